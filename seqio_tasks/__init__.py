@@ -1,0 +1,1 @@
+"""SciRIFF as SeqIO tasks and mixtures: `import seqio_tasks` registers everything."""
