@@ -1,0 +1,98 @@
+"""`sciriff-jax <subcommand>`: the gin run modes plus the tools (score, data, convert, export, aot)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+RUN_FILES = {"train": "runs/finetune.gin", "eval": "runs/eval.gin", "infer": "runs/infer.gin", "demo": "runs/demo.gin"}
+
+USAGE = """usage: sciriff-jax <subcommand> [args]
+
+gin runs (same flags as `python -m sciriff_jax.main`; default --gin_file in brackets):
+  train   finetune a model                       [runs/finetune.gin]
+  eval    decode an eval mixture and score it    [runs/eval.gin]
+  infer   decode and write predictions only      [runs/infer.gin]
+  demo    the built-in end-to-end demo           [runs/demo.gin]
+tools:
+  score   score predictions from any model: --task TASK --predictions FILE.jsonl
+  data    stats MIXTURE | show TASK
+  convert Hugging Face Llama directory -> Orbax checkpoint: convert HF_DIR OUT_DIR
+  export  Orbax checkpoint -> Hugging Face directory: export CKPT_DIR HF_DIR
+  aot     ahead-of-time compile for a TPU topology: aot --gin_file=... --topology=v5p-128
+"""
+
+
+def _run_mode(mode: str, argv: list[str]) -> int:
+    from sciriff_jax import main as main_lib
+
+    if not any(a.startswith("--gin_file") for a in argv):
+        argv = [f"--gin_file={RUN_FILES[mode]}", *argv]
+    if mode != "demo" and not any(a.startswith("--mode") for a in argv):
+        argv = [*argv, f"--mode={mode}"]
+    return main_lib.main(argv)
+
+
+def _convert(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sciriff-jax convert", description="Import a Hugging Face Llama checkpoint into Orbax.")
+    parser.add_argument("hf_dir")
+    parser.add_argument("out_dir")
+    parser.add_argument("--dtype", default="float32", help="parameter dtype of the Orbax checkpoint")
+    args = parser.parse_args(argv)
+    from sciriff_jax import hf
+
+    hf.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype)
+    print(f"wrote Orbax checkpoint to {args.out_dir}")
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sciriff-jax export", description="Export an Orbax checkpoint as a Hugging Face Llama directory.")
+    parser.add_argument("ckpt_dir")
+    parser.add_argument("hf_dir")
+    args = parser.parse_args(argv)
+    from sciriff_jax import hf
+
+    hf.export_hf(args.ckpt_dir, args.hf_dir)
+    print(f"wrote Hugging Face checkpoint to {args.hf_dir}")
+    return 0
+
+
+def _data(argv: list[str]) -> int:
+    from seqio_tasks import tools
+
+    return tools.main(argv)
+
+
+def _score(argv: list[str]) -> int:
+    from sciriff_jax import score
+
+    return score.main(argv)
+
+
+def _aot(argv: list[str]) -> int:
+    from sciriff_jax import aot
+
+    return aot.main(argv)
+
+
+TOOLS = {"score": _score, "data": _data, "convert": _convert, "export": _export, "aot": _aot}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch `sciriff-jax SUBCOMMAND ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in RUN_FILES:
+        return _run_mode(command, rest)
+    if command in TOOLS:
+        return TOOLS[command](rest) or 0
+    print(f"sciriff-jax: unknown subcommand {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

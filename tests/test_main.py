@@ -1,0 +1,51 @@
+"""The gin entry point: flag parsing and the errors a user sees for bad bindings."""
+import pytest
+
+from sciriff_jax import main as main_lib
+
+
+@pytest.fixture
+def run_file(tmp_path):
+    path = tmp_path / "run.gin"
+    path.write_text('MODEL_DIR = %gin.REQUIRED\nTRAIN_STEPS = 10\nrun.modes = ["train"]\n')
+    return str(path)
+
+
+def test_gin_dot_flags_become_bindings():
+    flags = main_lib.parse_flags(["--gin_file=a.gin", '--gin.MODEL_DIR="/tmp/x"', "--gin.TRAIN_STEPS=5"])
+    assert flags.gin_file == ["a.gin"]
+    assert flags.gin_bindings == ['MODEL_DIR="/tmp/x"', "TRAIN_STEPS=5"]
+
+
+def test_macro_override_is_applied(run_file):
+    main_lib.load_config([run_file], ['MODEL_DIR="/tmp/x"', "TRAIN_STEPS=5"])
+    macros = main_lib.defined_macros()
+    assert macros["TRAIN_STEPS"] == 5 and macros["MODEL_DIR"] == "/tmp/x"
+
+
+def test_unknown_macro_is_named(run_file, capsys):
+    assert main_lib.main([f"--gin_file={run_file}", '--gin.MODEL_DIR="/x"', "--gin.TRAIN_STEPZ=5"]) == 2
+    err = capsys.readouterr().err
+    assert "TRAIN_STEPZ" in err and "TRAIN_STEPS" in err
+
+
+def test_missing_required_macro_is_named(run_file, capsys):
+    assert main_lib.main([f"--gin_file={run_file}"]) == 2
+    assert "MODEL_DIR" in capsys.readouterr().err
+
+
+def test_unknown_configurable_is_named(run_file, capsys):
+    assert main_lib.main([f"--gin_file={run_file}", '--gin.MODEL_DIR="/x"', "--gin.no_such_fn.x=1"]) == 2
+    assert "no_such_fn" in capsys.readouterr().err
+
+
+def test_missing_gin_file_is_named(tmp_path, capsys):
+    missing = str(tmp_path / "nope.gin")
+    assert main_lib.main([f"--gin_file={missing}"]) == 2
+    assert "nope.gin" in capsys.readouterr().err
+
+
+def test_unknown_mode_is_rejected(run_file):
+    main_lib.load_config([run_file], ['MODEL_DIR="/x"'])
+    with pytest.raises(main_lib.GinConfigError, match="bogus"):
+        main_lib.run(modes=["bogus"])
