@@ -6,7 +6,7 @@ Run files (gin_configs/runs/*.gin) set `run.modes` (train, eval, infer, in order
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
 import pathlib
 import sys
@@ -14,6 +14,9 @@ import time
 from typing import Sequence
 
 import gin
+
+# Quiet TensorFlow's C++ start-up chatter (the data layer imports it); set before TF loads.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 GIN_CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
 MODES = ("train", "eval", "infer")
@@ -58,11 +61,22 @@ def is_required(value: object) -> bool:
     return repr(value) == "%gin.REQUIRED"
 
 
+class _QuietIncludeSearch(logging.Filter):
+    """Drop gin's 'Path not found' log lines: it logs one per search path it tries for every include."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Path not found:")
+
+
+_QUIET_INCLUDE_SEARCH = _QuietIncludeSearch()
+
+
 def load_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parse gin files then bindings; unknown macros, unknown configurables and missing required macros fail by name."""
     from sciriff_jax import gin_setup  # noqa: F401  registers the configurables
 
     gin.clear_config()
+    logging.getLogger().addFilter(_QUIET_INCLUDE_SEARCH)  # adding the same filter twice is a no-op
     for path in [os.getcwd(), str(GIN_CONFIGS_DIR), str(GIN_CONFIGS_DIR.parent), *search_paths]:
         gin.add_config_file_search_path(path)
     for path in gin_files:
