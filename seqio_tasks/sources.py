@@ -1,0 +1,362 @@
+"""Raw data: the SciRIFF release as a TFDS builder (local hub layout or download), chat data, the built-in sample.
+
+Every source yields the release's fields as strings: `input`, `output`, `_instance_id`, `metadata`
+(JSON text); chat sources yield `messages_role` / `messages_content` (1-D string lists), `id`, `dataset`.
+"""
+import functools
+import glob
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+import seqio
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from seqio_tasks import catalog, sample
+
+DATA_DIR_ENV = "SCIRIFF_JAX_DATA_DIR"
+HUB_URL = "https://huggingface.co/datasets/{repo}/resolve/main/{path}"
+HUB_TREE_URL = "https://huggingface.co/api/datasets/{repo}/tree/main/{folder}"
+RELEASE_FIELDS = ("input", "output", "metadata", "_instance_id")
+SPLITS = ("train", "validation", "test")
+_SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.(?P<ext>parquet|jsonl)$")
+
+
+# --- reading files ---------------------------------------------------------------------------------
+
+
+def read_jsonl(path, required=RELEASE_FIELDS) -> list[dict]:
+    """Rows of a JSONL file; a malformed line or missing field fails naming file:line and what was expected."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}); "
+                                 "expected one JSON object per line") from None
+            _check_fields(row, required, f"{path}:{lineno}")
+            rows.append(row)
+    return rows
+
+
+def read_parquet(path, required=RELEASE_FIELDS) -> list[dict]:
+    """Rows of a parquet file as dicts; a missing column fails naming the file."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = [f for f in required if f not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(required)}, found {table.column_names}")
+    return table.to_pylist()
+
+
+def read_rows(path, required=RELEASE_FIELDS) -> list[dict]:
+    """Rows of a .jsonl or .parquet file."""
+    return (read_parquet if str(path).endswith(".parquet") else read_jsonl)(path, required)
+
+
+def _check_fields(row, required, where):
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object with fields {list(required)}, got {type(row).__name__}")
+    missing = [f for f in required if f not in row]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}; expected {list(required)}")
+
+
+def release_row(row: dict) -> dict:
+    """A release row with every field as str (metadata as JSON text) plus its task name."""
+    meta = row["metadata"]
+    return {"input": str(row["input"]), "output": str(row["output"]), "_instance_id": str(row["_instance_id"]),
+            "metadata": meta if isinstance(meta, str) else json.dumps(meta, sort_keys=True),
+            "task": task_of(str(row["_instance_id"]))}
+
+
+def task_of(instance_id: str) -> str:
+    """The task name in an `_instance_id` (`task:split:index`)."""
+    return instance_id.split(":", 1)[0]
+
+
+def find_release_files(root, config, split) -> list[str]:
+    """`<root>/<config>/<split>-NNNNN-of-NNNNN.{parquet,jsonl}`, in shard order (empty if none)."""
+    files = sorted(glob.glob(os.path.join(str(root), str(config), f"{split}-*-of-*.*")))
+    return [f for f in files if _SHARD_RE.match(os.path.basename(f))]
+
+
+# --- the SciRIFF release as a TFDS builder ---------------------------------------------------------
+
+
+class Sciriff(tfds.core.GeneratorBasedBuilder):
+    """allenai/SciRIFF: configs 4096/8192/16384, splits train/validation/test, examples grouped by task."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    # No checksums file ships with this builder (hub files are fetched by URL); also spares TFDS the
+    # importlib_resources lookup that locating one needs.
+    code_path = None
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=str(c), description=f"max {c} Llama-2 tokens")
+                       for c in catalog.CONTEXT_CONFIGS]
+
+    def __init__(self, *, source_dir=None, **kwargs):
+        self._source_dir = source_dir
+        super().__init__(**kwargs)
+
+    def _info(self):
+        text = tfds.features.Text()
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({k: text for k in (*RELEASE_FIELDS, "task")}),
+            homepage="https://huggingface.co/datasets/allenai/SciRIFF",
+            disable_shuffling=True)  # keep each task's examples contiguous (read by slicing)
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config.name
+        if self._source_dir:
+            files = {s: find_release_files(self._source_dir, config, s) for s in SPLITS}
+            if not any(files.values()):
+                raise FileNotFoundError(
+                    f"no SciRIFF files under {self._source_dir}/{config}/ (expected "
+                    f"<split>-NNNNN-of-NNNNN.parquet or .jsonl, as on the hub); set ${DATA_DIR_ENV} to the "
+                    "folder holding 4096/, 8192/, 16384/")
+        else:
+            files = {s: dl_manager.download(hub_files("allenai/SciRIFF", config, s)) for s in SPLITS}
+        return {s: self._generate_examples(f) for s, f in files.items() if f}
+
+    def _generate_examples(self, files):
+        rows = [release_row(r) for f in files for r in read_rows(f)]
+        order = sorted(range(len(rows)), key=lambda i: (rows[i]["task"], i))  # stable: release order within task
+        for key, i in enumerate(order):
+            yield key, rows[i]
+
+
+def hub_files(repo: str, folder: str, split: str) -> list[str]:
+    """URLs of a split's shard files in a hub dataset folder (lists the folder through the hub API)."""
+    import urllib.request
+
+    url = HUB_TREE_URL.format(repo=repo, folder=folder)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            listing = json.load(r)
+    except OSError as e:
+        raise ConnectionError(f"could not list {url} ({e}); download the release yourself and set "
+                              f"${DATA_DIR_ENV} to its folder") from e
+    names = sorted(os.path.basename(x["path"]) for x in listing if x.get("type") == "file")
+    return [HUB_URL.format(repo=repo, path=f"{folder}/{n}") for n in names
+            if _SHARD_RE.match(n) and n.startswith(split + "-")]
+
+
+LOCAL_RELEASE = {"dir": None}  # set by seqio_tasks.configure(source_dir=...)
+
+
+def download_to_cache(url: str, name: str) -> str:
+    """Download `url` once into the cache (atomically) and return the local path."""
+    import urllib.request
+
+    from seqio_tasks.vocab import cache_dir
+
+    path = cache_dir() / "downloads" / name / os.path.basename(url)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"sciriff-jax: downloading {url} -> {path}", flush=True)
+        try:
+            urllib.request.urlretrieve(url, str(path) + ".tmp")
+        except OSError as e:
+            raise ConnectionError(f"could not download {url} ({e}); download it yourself and point "
+                                  "seqio_tasks.configure(...) or the matching $SCIRIFF_JAX_* variable at it") from e
+        os.replace(str(path) + ".tmp", path)
+    return str(path)
+
+
+def release_source_dir(source_dir=None):
+    """The local release folder: the argument, configure(source_dir=), $SCIRIFF_JAX_DATA_DIR, else None (hub)."""
+    found = source_dir or LOCAL_RELEASE["dir"] or os.environ.get(DATA_DIR_ENV) or None
+    return str(found) if found else None
+
+
+def _tfds_data_dir(source_dir) -> str:
+    from seqio_tasks.vocab import cache_dir
+
+    if source_dir is None:
+        return str(cache_dir() / "tfds" / "hub")
+    # Prepared data is keyed by the source folder and its files' sizes/mtimes, so edits re-prepare.
+    stamp = [(f, os.path.getsize(f), int(os.path.getmtime(f)))
+             for f in sorted(glob.glob(os.path.join(source_dir, "*", "*")))]
+    key = hashlib.sha256(json.dumps([os.path.abspath(source_dir), stamp]).encode()).hexdigest()[:12]
+    return str(cache_dir() / "tfds" / f"local-{key}")
+
+
+@functools.lru_cache(maxsize=None)
+def get_builder(config: int, source_dir=None) -> Sciriff:
+    """The prepared SciRIFF builder for a context config (prepares on first use, with a progress line)."""
+    source_dir = release_source_dir(source_dir)
+    builder = Sciriff(config=str(config), source_dir=source_dir, data_dir=_tfds_data_dir(source_dir))
+    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+        print(f"sciriff-jax: preparing SciRIFF {config} from {source_dir or 'the Hugging Face hub'} "
+              f"-> {builder.data_dir}", flush=True)
+        builder.download_and_prepare()
+    return builder
+
+
+@functools.lru_cache(maxsize=None)
+def task_ranges(config: int, split: str, source_dir=None) -> dict[str, tuple[int, int]]:
+    """{task: (start, stop)} of each task's contiguous examples in a prepared split (cached as JSON)."""
+    builder = get_builder(config, source_dir)
+    if split not in builder.info.splits:
+        return {}
+    path = os.path.join(builder.data_dir, f"task_ranges-{split}.json")
+    if tf.io.gfile.exists(path):
+        return {k: tuple(v) for k, v in json.loads(tf.io.gfile.GFile(path).read()).items()}
+    ranges = {}
+    for i, task in enumerate(builder.as_dataset(split=split).map(lambda x: x["task"]).as_numpy_iterator()):
+        start, _ = ranges.get(task.decode(), (i, i))
+        ranges[task.decode()] = (start, i + 1)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write(json.dumps(ranges))
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    return ranges
+
+
+def _shuffled_shard(n: int, shuffle: bool, seed, shard_info) -> np.ndarray:
+    """Indices of this host's shard of n examples; a seeded permutation when shuffling (same on every host)."""
+    idx = np.arange(n)
+    if shuffle:
+        idx = np.random.RandomState(0 if seed is None else seed % 2**32).permutation(n)
+    if shard_info is not None:
+        idx = idx[shard_info.index::shard_info.num_shards]
+    return idx
+
+
+class SciriffTaskSource(seqio.DataSource):
+    """One SciRIFF task of one context config, read from the prepared TFDS dataset by slicing."""
+
+    def __init__(self, config: int, task: str, source_dir=None):
+        self.config, self.task, self._source_dir = config, task, source_dir
+        super().__init__(splits=SPLITS)
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def list_shards(self, split):
+        return [f"{self.config}/{split}/{self.task}"]
+
+    def num_input_examples(self, split):
+        start, stop = task_ranges(self.config, split, release_source_dir(self._source_dir)).get(self.task, (0, 0))
+        return stop - start
+
+    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, *, sequence_length=None,
+                    use_cached=False, num_epochs=1):
+        source_dir = release_source_dir(self._source_dir)
+        start, stop = task_ranges(self.config, split, source_dir).get(self.task, (0, 0))
+        builder = get_builder(self.config, source_dir)
+        if stop == start:
+            return _rows_dataset([])
+        # Slicing reads only this task's records; sharding and shuffling act on those indices.
+        ds = builder.as_dataset(split=f"{split}[{start}:{stop}]", shuffle_files=False)
+        ds = ds.map(lambda x: {k: x[k] for k in RELEASE_FIELDS})
+        if shard_info is not None and shard_info.num_shards > 1:
+            ds = ds.shard(shard_info.num_shards, shard_info.index)
+        if shuffle:
+            ds = ds.shuffle(min(stop - start, 10_000), seed=seed, reshuffle_each_iteration=True)
+        return ds
+
+
+# --- in-memory sources: the built-in sample, local JSONL/parquet, chat data ----------------------------
+
+
+def _rows_dataset(rows: list[dict], keys=RELEASE_FIELDS) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices({k: np.array([r[k] for r in rows], dtype=object).astype(str)
+                                               if rows else tf.zeros([0], tf.string) for k in keys})
+
+
+class RowsSource(seqio.DataSource):
+    """A source over rows loaded in Python (small data): deterministic seeded shuffling and per-host shards."""
+
+    def __init__(self, load_split, splits, keys=RELEASE_FIELDS):
+        self._load_split, self._keys = load_split, keys
+        super().__init__(splits=splits)
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def list_shards(self, split):
+        return [split]
+
+    def num_input_examples(self, split):
+        return len(self._load_split(split))
+
+    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, *, sequence_length=None,
+                    use_cached=False, num_epochs=1):
+        if split not in self.splits:
+            raise ValueError(f"split {split!r} not available; this source has {list(self.splits)}")
+        rows = self._load_split(split)
+        idx = _shuffled_shard(len(rows), shuffle, seed, shard_info)
+        if self._keys == CHAT_KEYS:
+            return _chat_dataset([rows[i] for i in idx])
+        return _rows_dataset([rows[i] for i in idx], self._keys)
+
+
+@functools.lru_cache(maxsize=None)
+def _sample_rows(split: str) -> dict[str, list[dict]]:
+    by_task = {}
+    for row in read_jsonl(sample.sample_path(split)):
+        r = release_row(row)
+        by_task.setdefault(r["task"], []).append(r)
+    return by_task
+
+
+def sample_source(task: str) -> RowsSource:
+    """One task of the built-in sample (splits train, validation)."""
+    return RowsSource(lambda split: _sample_rows(split).get(task, []), splits=sample.SPLITS)
+
+
+CHAT_KEYS = ("messages_role", "messages_content", "id", "dataset")
+
+
+@functools.lru_cache(maxsize=None)
+def load_chat_rows(path: str, limit: int | None = None) -> list[dict]:
+    """Tulu-v2 `messages` rows from a .jsonl/.parquet file (or a folder of them), first `limit` rows."""
+    files = sorted(glob.glob(os.path.join(path, "*.jsonl")) + glob.glob(os.path.join(path, "*.parquet"))) \
+        if os.path.isdir(path) else [path]
+    if not files or not all(os.path.exists(f) for f in files):
+        raise FileNotFoundError(f"chat data not found at {path!r}; expected a .jsonl/.parquet file with a "
+                                "`messages` column (Tulu-v2 format) or a folder of them")
+    out = []
+    for f in files:
+        for i, row in enumerate(read_rows(f, required=("messages",))):
+            msgs = row["messages"]
+            if not msgs or any(m.get("role") not in ("system", "user", "assistant") for m in msgs):
+                raise ValueError(f"{f}: row {i + 1}: `messages` must be a non-empty list of "
+                                 "{role: system|user|assistant, content} dicts")
+            out.append({"messages_role": [m["role"] for m in msgs],
+                        "messages_content": [str(m["content"]) for m in msgs],
+                        "id": str(row.get("id", f"{os.path.basename(f)}:{i}")), "dataset": str(row.get("dataset", ""))})
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+def _chat_dataset(rows: list[dict]) -> tf.data.Dataset:
+    def gen():
+        for r in rows:
+            yield {k: r[k] for k in CHAT_KEYS}
+
+    sig = {"messages_role": tf.TensorSpec([None], tf.string), "messages_content": tf.TensorSpec([None], tf.string),
+           "id": tf.TensorSpec([], tf.string), "dataset": tf.TensorSpec([], tf.string)}
+    return tf.data.Dataset.from_generator(gen, output_signature=sig)
+
+
+def chat_source(path_fn, limit_fn=lambda: None) -> RowsSource:
+    """General chat data (Tulu-v2 `messages`) from the path `path_fn()` returns when the data is first read."""
+    def load(split):
+        path = path_fn()
+        if not path:
+            raise ValueError("no chat data configured: set $SCIRIFF_JAX_TULU_PATH (or call "
+                             "seqio_tasks.configure(tulu_path=...)) to a Tulu-v2 `messages` .jsonl/.parquet")
+        return load_chat_rows(path, limit_fn())
+
+    return RowsSource(load, splits=("train",), keys=CHAT_KEYS)

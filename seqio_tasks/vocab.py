@@ -1,0 +1,98 @@
+"""SentencePiece vocabulary: a configured .model file, or one trained from the built-in sample and reused."""
+import hashlib
+import json
+import os
+import pathlib
+import tempfile
+
+import seqio
+
+from seqio_tasks import sample
+
+VOCAB_ENV = "SCIRIFF_JAX_VOCAB"
+CACHE_ENV = "SCIRIFF_JAX_CACHE"
+CHAT_MARKERS = ("<|user|>", "<|assistant|>")
+# Settings of the sample-trained vocabulary; part of the cache key, so changing one retrains.
+TRAINER_SETTINGS = dict(vocab_size=1500, model_type="bpe", byte_fallback=True, pad_id=0, eos_id=1, unk_id=2,
+                        bos_id=-1, character_coverage=1.0, split_digits=True, num_threads=1,
+                        user_defined_symbols=",".join(CHAT_MARKERS),
+                        normalization_rule_name="identity", remove_extra_whitespaces=False)
+
+
+def cache_dir() -> pathlib.Path:
+    """Root of sciriff-jax's caches: $SCIRIFF_JAX_CACHE, else ~/.cache/sciriff-jax."""
+    return pathlib.Path(os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "sciriff-jax")
+
+
+def sample_vocab_path() -> pathlib.Path:
+    """Where the sample-trained vocabulary lives: named by a hash of the sample and the trainer settings."""
+    key = hashlib.sha256((sample.sample_fingerprint() + json.dumps(TRAINER_SETTINGS, sort_keys=True)).encode())
+    return cache_dir() / "vocab" / f"sample-{key.hexdigest()[:12]}.model"
+
+
+def _sample_sentences():
+    """Every input and output of the sample's train split, one line at a time (the trainer's corpus)."""
+    for line in open(sample.sample_path("train"), encoding="utf-8"):
+        row = json.loads(line)
+        for text in (row["input"], row["output"]):
+            yield from (s for s in text.split("\n") if s.strip())
+
+
+def train_sample_vocab(path: pathlib.Path) -> pathlib.Path:
+    """Train the sample vocabulary with SentencePiece and write it atomically to `path`."""
+    import sentencepiece as spm
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"sciriff-jax: training a {TRAINER_SETTINGS['vocab_size']}-piece SentencePiece vocabulary "
+          f"from the built-in sample -> {path} (once; reused afterwards)", flush=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        prefix = os.path.join(tmp, "spm")
+        spm.SentencePieceTrainer.train(sentence_iterator=_sample_sentences(), model_prefix=prefix,
+                                       minloglevel=2, **TRAINER_SETTINGS)
+        os.replace(prefix + ".model", path)  # atomic: a concurrent reader sees the old file or the whole new one
+    return path
+
+
+class SentencePieceFileVocabulary(seqio.SentencePieceVocabulary):
+    """seqio.SentencePieceVocabulary whose load errors name the file and say what to do."""
+
+    def _model_context(self):
+        if self._model is None:
+            self._ensure_file()
+            try:
+                return super()._model_context()
+            except Exception as e:  # sentencepiece / gfile raise bare RuntimeError / OSError without the path
+                raise ValueError(
+                    f"could not load SentencePiece vocabulary {self._sentencepiece_model_file!r}: {e}. Expected "
+                    f"a SentencePiece .model file (e.g. Llama-2's tokenizer.model); set ${VOCAB_ENV} or pass "
+                    "a valid path, or unset it to use the vocabulary trained from the built-in sample.") from e
+        return self._model
+
+    def _ensure_file(self):
+        pass
+
+
+class SampleVocabulary(SentencePieceFileVocabulary):
+    """The sample-trained vocabulary: trains (once, cached) on first use, so creating it is free."""
+
+    def __init__(self):
+        super().__init__(str(sample_vocab_path()))
+
+    def _ensure_file(self):
+        path = pathlib.Path(self._sentencepiece_model_file)
+        if not path.exists():
+            train_sample_vocab(path)
+
+
+def get_vocabulary(path: str | None = None) -> seqio.SentencePieceVocabulary:
+    """The vocabulary at `path`, else at $SCIRIFF_JAX_VOCAB, else the one trained from the built-in sample."""
+    path = path or os.environ.get(VOCAB_ENV)
+    if not path:
+        return SampleVocabulary()
+    if "://" not in path and not os.path.exists(path):
+        where = f"${VOCAB_ENV}" if path == os.environ.get(VOCAB_ENV) else "the vocabulary path"
+        raise FileNotFoundError(f"SentencePiece vocabulary not found: {path!r} (from {where}). Expected a "
+                                ".model file such as Llama-2's tokenizer.model.")
+    vocab = SentencePieceFileVocabulary(path)
+    vocab.load_model()  # fail here, naming the path, rather than deep inside a tf.data pipeline
+    return vocab

@@ -1,0 +1,115 @@
+"""The SciRIFF release source: TFDS builder over the hub layout, per-task slicing, bad-input errors."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import seqio
+
+import seqio_tasks
+from seqio_tasks import sources
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SCIRIFF_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+def _row(task, split, i, text="Abstract: graphs."):
+    return {"input": f"{text} #{i}", "output": json.dumps({"Method": [f"m{i}"]}), "_instance_id": f"{task}:{split}:{i}",
+            "metadata": {"domains": ["artificial_intelligence"], "input_context": "paragraph",
+                         "output_context": "json", "source_type": "single_source",
+                         "task_family": "ie.named_entity_recognition"}}
+
+
+def _write_release(root, config="8192"):
+    """A two-task release in the hub's layout: train as two parquet shards, validation as JSONL."""
+    (root / config).mkdir(parents=True)
+    rows = [_row("scierc_ner" if i % 2 else "biored_ner", "train", i) for i in range(10)]
+    pq.write_table(pa.Table.from_pylist(rows[:6]), root / config / "train-00000-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[6:]), root / config / "train-00001-of-00002.parquet")
+    with open(root / config / "validation-00000-of-00001.jsonl", "w") as f:
+        for i in range(3):
+            f.write(json.dumps(_row("scierc_ner", "validation", i)) + "\n")
+    return rows
+
+
+def test_hub_layout_is_read_into_one_contiguous_range_per_task(shared_sciriff):
+    root = str(shared_sciriff / "hub_layout")
+    ranges = sources.task_ranges(4096, "validation", root)
+    expected = {}
+    for r in pq.read_table(shared_sciriff / "hub_layout/4096/validation-00000-of-00001.parquet").to_pylist():
+        expected[sources.task_of(r["_instance_id"])] = expected.get(sources.task_of(r["_instance_id"]), 0) + 1
+    assert {t: b - a for t, (a, b) in ranges.items()} == expected
+    assert sorted(ranges.values()) == sorted(ranges.values(), key=lambda r: r[0])
+
+
+def test_task_source_yields_the_release_fields_of_that_task_in_order(shared_sciriff):
+    src = sources.SciriffTaskSource(4096, "scierc_ner", source_dir=str(shared_sciriff / "hub_layout"))
+    got = list(src.get_dataset("validation", shuffle=False).as_numpy_iterator())
+    want = [json.loads(line) for line in open(shared_sciriff / "eval_sample/scierc_ner.jsonl")]
+    assert [g["_instance_id"].decode() for g in got] == [w["_instance_id"] for w in want]
+    assert got[0]["output"].decode() == want[0]["output"]
+    assert json.loads(got[0]["metadata"]) == want[0]["metadata"]
+
+
+def test_parquet_shards_and_jsonl_written_by_the_test_are_loaded(tmp_path):
+    rows = _write_release(tmp_path)
+    src = sources.SciriffTaskSource(8192, "scierc_ner", source_dir=str(tmp_path))
+    train = [x["_instance_id"].decode() for x in src.get_dataset("train", shuffle=False).as_numpy_iterator()]
+    assert train == [r["_instance_id"] for r in rows if r["_instance_id"].startswith("scierc_ner")]
+    assert src.num_input_examples("validation") == 3
+    assert src.num_input_examples("test") == 0
+
+
+def test_shards_partition_a_task_and_shuffling_is_seeded(tmp_path):
+    _write_release(tmp_path)
+    src = sources.SciriffTaskSource(8192, "biored_ner", source_dir=str(tmp_path))
+
+    def ids(**kw):
+        return [x["_instance_id"].decode() for x in src.get_dataset("train", **kw).as_numpy_iterator()]
+
+    shards = [ids(shuffle=False, shard_info=seqio.ShardInfo(i, 2)) for i in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(ids(shuffle=False)) and not set(shards[0]) & set(shards[1])
+    assert ids(shuffle=True, seed=3) == ids(shuffle=True, seed=3)
+
+
+def test_missing_release_folder_says_what_was_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="NNNNN-of-NNNNN"):
+        sources.get_builder(16384, str(tmp_path))
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "validation-00000-of-00001.jsonl"
+    path.write_text(json.dumps(_row("scierc_ner", "validation", 0)) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"validation-00000-of-00001.jsonl:2"):
+        sources.read_jsonl(path)
+
+
+def test_missing_field_is_named(tmp_path):
+    path = tmp_path / "x.jsonl"
+    row = _row("scierc_ner", "validation", 0)
+    del row["output"]
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=r"x.jsonl:1: missing field\(s\) \['output'\]"):
+        sources.read_jsonl(path)
+
+
+def test_chat_rows_keep_every_turn(tmp_path):
+    path = tmp_path / "tulu.jsonl"
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]
+    path.write_text(json.dumps({"dataset": "oasst", "id": "a", "messages": msgs}) + "\n")
+    (row,) = sources.load_chat_rows(str(path))
+    assert row["messages_role"] == ["user", "assistant", "user", "assistant"]
+    assert row["messages_content"] == ["hi", "hello", "bye", "ciao"]
+
+
+def test_a_mixture_with_tasks_missing_from_the_local_copy_is_refused_by_name(shared_sciriff, monkeypatch):
+    monkeypatch.setitem(sources.LOCAL_RELEASE, "dir", None)  # restored after the test
+    seqio_tasks.configure(source_dir=str(shared_sciriff / "hub_layout"))
+    with pytest.raises(ValueError, match="discomat_te"):
+        seqio_tasks.get_dataset("sciriff_4096_eval", "validation", {"targets": 512}, 1)

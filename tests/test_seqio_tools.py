@@ -1,0 +1,28 @@
+"""`data stats` and `data show`: per-task counts with over-long instances, examples with the loss mask."""
+import io
+
+import seqio_tasks
+from seqio_tasks import render, tools
+
+
+def test_data_show_marks_exactly_the_answer_and_eos_as_trained():
+    buf = io.StringIO()
+    tools.data_show("sample_classification", n=1, split="validation", out=buf)
+    (ex,) = seqio_tasks.raw_examples("sample_classification", "validation", max_examples=1)
+    text = buf.getvalue()
+    assert ex["_instance_id"] in text
+    assert text.count("[[") == 1 and f"{ex['output']}</s>]]" in text
+    assert "<|assistant|>\n[[" in text
+
+
+def test_data_stats_counts_instances_and_overlong_per_task():
+    vocab = seqio_tasks.get_vocabulary()
+    rows = seqio_tasks.raw_examples("sample_summarization", "validation")
+    lengths = [len(render.tokenize_messages(render.single_turn(r["input"], r["output"]), vocab)[0]) for r in rows]
+    limit = sorted(lengths)[len(lengths) // 2]
+    (stats,) = tools.data_stats("sciriff_sample_summarization", "validation", length=limit, pack_rows=2,
+                                out=io.StringIO())
+    assert stats["instances"] == len(rows)
+    assert stats["truncated"] == sum(n > limit for n in lengths) > 0
+    assert stats["tokens"] == sum(min(n, limit) for n in lengths)
+    assert 0 < stats["fill"] <= 1
