@@ -1,0 +1,113 @@
+"""LM judge over an OpenAI-compatible endpoint, tested against a local HTTP server the test starts."""
+import http.server
+import json
+import threading
+
+import pytest
+
+from seqio_tasks import judge as judge_lib
+from seqio_tasks import metrics
+
+
+class FakeJudgeServer:
+    """A chat-completions server on 127.0.0.1 that rates 5 when the model answer mentions BERT, else 1."""
+
+    def __init__(self, status=200):
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                if status != 200:
+                    self.send_response(status)
+                    self.end_headers()
+                    return
+                prompt = body["messages"][0]["content"]
+                tail = prompt.rsplit("Model", 1)[-1]
+                rating = 5 if "BERT" in tail else 1
+                reply = {"choices": [{"message": {"role": "assistant", "content": f"Explanation: ok.\nRating: {rating}"}}]}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+QASPER_INPUT = "Paper:\n" + "-" * 40 + "\nA Paper Title\n\nBody.\n\nQuestion: What do they compare to?\n"
+REF = json.dumps({"answer": "BERT", "evidence": ["We compare against BERT."]})
+
+
+def test_qasper_judge_rates_answers_and_missing_answers_get_the_lowest_rating():
+    examples = [{"input": QASPER_INPUT, "output": REF, "prediction": '{"answer": "BERT", "evidence": []}'},
+                {"input": QASPER_INPUT, "output": REF, "prediction": '{"answer": "GPT-2", "evidence": []}'},
+                {"input": QASPER_INPUT, "output": REF, "prediction": "no json"}]
+    with FakeJudgeServer() as server:
+        judge = judge_lib.Judge(server.url, "judge-model", api_key="k123", timeout=5, max_retries=0)
+        res = metrics.score("qasper_abstractive_qa", examples, judge=judge)
+    # ratings 5, 1 and 1 (no answer: no call) -> mean 7/3 -> (7/3 - 1) / 4
+    assert res["headline"]["lm_judge_answer"] == pytest.approx((7 / 3 - 1) / 4)
+    assert len(server.requests) == 2 and res["judge"]["n_called"] == 2
+    request = server.requests[0]
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer k123"
+    assert request["body"]["model"] == "judge-model"
+    prompt = request["body"]["messages"][0]["content"]
+    assert "Title: A Paper Title" in prompt and "Question: What do they compare to?" in prompt
+
+
+def test_mup_judge_keeps_ratings_of_one():
+    examples = [{"input": "Paper title:\nT\nPaper body:\nB", "output": "A summary.", "prediction": "About BERT."},
+                {"input": "Paper title:\nT\nPaper body:\nB", "output": "A summary.", "prediction": "Unrelated."}]
+    with FakeJudgeServer() as server:
+        res = metrics.score("mup_single_document_summarization", examples, judge=judge_lib.Judge(server.url, "m", max_retries=0))
+    assert res["headline"]["lm_judge_reference"] == pytest.approx(0.5)  # ratings 5 and 1, not 5 alone
+    assert res["judge"]["n_rated"] == 2
+
+
+def test_failing_judge_reports_failure_not_zero():
+    examples = [{"output": "A summary.", "prediction": "About BERT."}]
+    with FakeJudgeServer(status=500) as server:
+        res = metrics.score("mup_single_document_summarization", examples,
+                            judge=judge_lib.Judge(server.url, "m", timeout=5, max_retries=0))
+    assert res["headline"]["lm_judge_reference"] is None and res["judge"]["status"] == "failed"
+    assert len(server.requests) == 1
+
+
+def test_without_a_judge_judge_metrics_are_skipped_and_the_rest_is_scored(monkeypatch):
+    for var in ("SCIRIFF_JUDGE_URL", "SCIRIFF_JUDGE_MODEL", "SCIRIFF_JUDGE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    assert judge_lib.judge_from_env() is None
+    res = metrics.score("qasper_abstractive_qa", [{"output": REF, "prediction": REF}], judge=judge_lib.judge_from_env())
+    assert res["headline"] == {"lm_judge_answer": "skipped", "f1_evidence": 1.0}
+
+
+def test_judge_is_configured_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SCIRIFF_JUDGE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("SCIRIFF_JUDGE_MODEL", "gpt-x")
+    monkeypatch.setenv("SCIRIFF_JUDGE_API_KEY", "secret")
+    judge = judge_lib.judge_from_env()
+    assert judge.endpoint == "http://127.0.0.1:9/v1/chat/completions" and judge.model == "gpt-x"
+    assert "secret" not in repr(judge)
+
+
+def test_rating_is_read_from_the_last_rating_line():
+    assert judge_lib.extract_rating("Explanation: a 3 would be unfair.\nRating: 4") == 4
+    assert judge_lib.extract_rating("Decision: 1") == 1
+    assert judge_lib.extract_rating("Rating: 9") is None and judge_lib.extract_rating("no rating") is None
