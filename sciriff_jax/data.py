@@ -1,0 +1,167 @@
+"""SeqIO mixtures -> per-host numpy batches -> global jax.Arrays on the mesh, with a restorable position.
+
+The only module on the training path that touches SeqIO/TensorFlow, and only inside functions, so
+`import sciriff_jax.data` works on a box without TensorFlow (synthetic batches need only numpy).
+A run's input position is (seed, batches consumed): a restarted run rebuilds the same deterministic
+stream and skips what was consumed, so it sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+
+BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+              "decoder_segment_ids", "decoder_positions")
+
+
+def local_rows(sharding, global_batch_size: int) -> tuple[int, int]:
+    """[start, stop) of the global batch rows this process feeds under `sharding` (batch = dim 0)."""
+    width = jax.device_count()  # a stand-in length any length-sharding divides
+    idx = sharding.addressable_devices_indices_map((global_batch_size, width))
+    starts = [s[0].start or 0 for s in idx.values()]
+    stops = [global_batch_size if s[0].stop is None else s[0].stop for s in idx.values()]
+    start, stop = min(starts), max(stops)
+    covered = sum(b - a for a, b in {(a, b) for a, b in zip(starts, stops)})
+    if covered != stop - start:
+        raise ValueError(f"this process's batch rows under {sharding} are not one contiguous block; "
+                         "use a mesh whose data axes follow the process order (partitioning.make_mesh does).")
+    cols = {(s[1].start or 0, width if s[1].stop is None else s[1].stop) for s in idx.values()}
+    if sum(b - a for a, b in cols) < width:
+        raise ValueError(f"the sequence axis of {sharding} is split across hosts; the data feed needs each host "
+                         "to hold whole rows (keep the 'context' mesh axis within one host).")
+    return start, stop
+
+
+def host_shard(sharding, global_batch_size: int) -> tuple[int, int, int]:
+    """(shard_index, num_shards, rows_per_host): which input shard this host reads (hosts with equal rows share one)."""
+    start, stop = local_rows(sharding, global_batch_size)
+    rows = stop - start
+    if global_batch_size % rows:
+        raise ValueError(f"global batch {global_batch_size} does not split into per-host blocks of {rows} rows.")
+    return start // rows, global_batch_size // rows, rows
+
+
+class GlobalBatches:
+    """Iterator of global batches (dict of jax.Array [B, L]) assembled from this host's numpy rows.
+
+    `make_local(skip)` returns an iterator of this host's numpy batches, starting after `skip` batches.
+    """
+
+    def __init__(self, make_local: Callable[[int], Iterator[dict]], *, sharding, global_batch_size: int,
+                 seed: int, description: str = "", batches_consumed: int = 0):
+        self.make_local, self.sharding = make_local, sharding
+        self.global_batch_size, self.seed, self.description = global_batch_size, seed, description
+        self.batches_consumed = batches_consumed
+        self._it = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._it is None:
+            self._it = iter(self.make_local(self.batches_consumed))
+        local = next(self._it)
+        self.batches_consumed += 1
+        return {k: jax.make_array_from_process_local_data(
+                    self.sharding, np.asarray(local[k], np.int32), (self.global_batch_size, *local[k].shape[1:]))
+                for k in BATCH_KEYS}
+
+    def state(self) -> dict:
+        """JSON position: batches consumed + seed (+ what the stream is, to refuse a mismatched restore)."""
+        return {"batches_consumed": self.batches_consumed, "seed": self.seed, "data": self.description}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a saved `state()`: the next batch is the one after the last consumed."""
+        if state.get("seed") != self.seed or state.get("data", self.description) != self.description:
+            raise ValueError(
+                f"the checkpoint's input stream ({state}) differs from this run's (seed={self.seed}, "
+                f"data={self.description!r}); resume with the same mixture, lengths, batch size and seed, "
+                "or start in a new MODEL_DIR.")
+        self.batches_consumed = int(state["batches_consumed"])
+        self._it = None
+
+
+def synthetic_local_batches(*, vocab_size: int, length: int, rows: tuple[int, int], seed: int,
+                            skip: int = 0) -> Iterator[dict]:
+    """Deterministic packed batches for tests/benchmarks: row r of batch i depends only on (seed, i, r)."""
+    i = skip
+    while True:
+        out = {k: [] for k in BATCH_KEYS}
+        for r in range(*rows):
+            rng = np.random.default_rng([seed, i, r])
+            cut = int(rng.integers(2, length - 1))
+            seg = np.where(np.arange(length) < cut, 1, 2)
+            pos = np.where(seg == 1, np.arange(length), np.arange(length) - cut)
+            targets = rng.integers(1, vocab_size, size=length)
+            inputs = np.where(pos == 0, 0, np.roll(targets, 1))
+            prompt = rng.integers(1, max(cut // 2, 2))
+            weights = ((pos >= prompt) & (seg > 0)).astype(np.int32)
+            for k, v in zip(BATCH_KEYS, (inputs, targets, weights, seg, pos)):
+                out[k].append(v)
+        yield {k: np.stack(v).astype(np.int32) for k, v in out.items()}
+        i += 1
+
+
+def synthetic_batches(*, sharding, global_batch_size: int, length: int, vocab_size: int, seed: int = 0) -> GlobalBatches:
+    """A GlobalBatches over `synthetic_local_batches` (same global batch whatever the process count)."""
+    rows = local_rows(sharding, global_batch_size)
+    return GlobalBatches(
+        lambda skip: synthetic_local_batches(vocab_size=vocab_size, length=length, rows=rows, seed=seed, skip=skip),
+        sharding=sharding, global_batch_size=global_batch_size, seed=seed,
+        description=f"synthetic:v{vocab_size}:l{length}:b{global_batch_size}")
+
+
+def seqio_local_batches(*, mixture_or_task_name: str, split: str, task_feature_lengths, rows_per_host: int,
+                        shard_index: int, num_shards: int, seed: int, shuffle: bool = True, pack: bool = True,
+                        use_cached_tasks: bool = False, skip: int = 0) -> Iterator[dict]:
+    """This host's numpy batches of a SeqIO mixture (repeated forever), after skipping `skip` batches."""
+    import seqio_tasks  # lazy: TensorFlow is only needed when a SeqIO stream is actually read
+
+    kwargs = dict(split=split, feature_lengths=task_feature_lengths, batch_size=rows_per_host, shuffle=shuffle,
+                  seed=seed, shard_index=shard_index, num_shards=num_shards, pack=pack, num_epochs=None)
+    if "use_cached" in inspect.signature(seqio_tasks.get_dataset).parameters:
+        kwargs["use_cached"] = use_cached_tasks
+    elif use_cached_tasks:
+        raise ValueError("USE_CACHED_TASKS=True but seqio_tasks.get_dataset has no `use_cached` option.")
+    ds = seqio_tasks.get_dataset(mixture_or_task_name, **kwargs)
+    if skip:
+        ds = ds.skip(skip)
+    for batch in ds.as_numpy_iterator():
+        yield {k: batch[k] for k in BATCH_KEYS}
+
+
+def seqio_batches(*, mixture_or_task_name: str, task_feature_lengths, global_batch_size: int, sharding,
+                  split: str = "train", seed: int = 0, shuffle: bool = True, pack: bool = True,
+                  use_cached_tasks: bool = False) -> GlobalBatches:
+    """A GlobalBatches over a SeqIO mixture; each host reads only its shard of every global batch."""
+    shard_index, num_shards, rows = host_shard(sharding, global_batch_size)
+
+    def make_local(skip):
+        return seqio_local_batches(
+            mixture_or_task_name=mixture_or_task_name, split=split, task_feature_lengths=task_feature_lengths,
+            rows_per_host=rows, shard_index=shard_index, num_shards=num_shards, seed=seed, shuffle=shuffle,
+            pack=pack, use_cached_tasks=use_cached_tasks, skip=skip)
+
+    lengths = ",".join(f"{k}={v}" for k, v in sorted(dict(task_feature_lengths).items()))
+    return GlobalBatches(make_local, sharding=sharding, global_batch_size=global_batch_size, seed=seed,
+                         description=f"{mixture_or_task_name}:{split}:{lengths}:b{global_batch_size}:pack={pack}")
+
+
+def steps_per_epoch(*, mixture_or_task_name: str, task_feature_lengths, global_batch_size: int,
+                    split: str = "train", pack: bool = True, use_cached_tasks: bool = False) -> int:
+    """Full global batches in one pass over the mixture (counted by reading it once, so packing is exact)."""
+    import seqio_tasks
+
+    if use_cached_tasks and "use_cached" not in inspect.signature(seqio_tasks.get_dataset).parameters:
+        raise ValueError("USE_CACHED_TASKS=True but seqio_tasks.get_dataset has no `use_cached` option.")
+    print(f"[sciriff-jax] counting the batches of one epoch of {mixture_or_task_name}:{split} ...", flush=True)
+    ds = seqio_tasks.get_dataset(mixture_or_task_name, split=split, feature_lengths=task_feature_lengths,
+                                 batch_size=global_batch_size, shuffle=False, seed=0, pack=pack, num_epochs=1)
+    n = int(ds.reduce(0, lambda count, _: count + 1).numpy())
+    if n == 0:
+        raise ValueError(f"{mixture_or_task_name}:{split} has fewer packed rows than BATCH_SIZE={global_batch_size}; "
+                         "lower BATCH_SIZE or set TRAIN_STEPS.")
+    return n

@@ -1,0 +1,144 @@
+"""Run logging: progress lines with ETA and MFU, MODEL_DIR/metrics.jsonl, TensorBoard events, operative config."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import jax
+
+# Dense bf16 peak FLOP/s per device (vendor figures); MFU is reported only where the device is known.
+PEAK_FLOPS = {
+    "h100": 989e12, "h200": 989e12, "a100": 312e12, "l4": 121e12, "a10": 125e12,
+    "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v5": 459e12,
+    "tpu v6 lite": 918e12, "tpu v6e": 918e12,
+}
+
+
+def device_peak_flops(device=None) -> float | None:
+    """Peak bf16 FLOP/s of `device` (default: the first device), or None when unknown (e.g. CPU)."""
+    device = device or jax.devices()[0]
+    kind = getattr(device, "device_kind", "").lower()
+    for name, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+        if name in kind:
+            return flops
+    return None
+
+
+def llama_flops_per_token(num_params: int, num_layers: int = 0, hidden_size: int = 0, seq_len: int = 0) -> float:
+    """Training FLOPs per token: 6N for the weights + 12 * layers * hidden * seq for attention."""
+    return 6.0 * num_params + 12.0 * num_layers * hidden_size * seq_len
+
+
+def save_operative_config(model_dir, text: str | None) -> str | None:
+    """Write the gin operative config to MODEL_DIR/operative_config.gin (process 0 only)."""
+    if text is None or jax.process_index() != 0:
+        return None
+    path = pathlib.Path(model_dir) / "operative_config.gin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class RunLogger:
+    """Every `log_every` steps: a progress line, one metrics.jsonl object and TensorBoard scalars."""
+
+    def __init__(self, model_dir, *, total_steps: int, start_step: int = 0, tokens_per_step: int,
+                 flops_per_token: float | None = None, log_every: int = 10, tensorboard: bool = True):
+        self.model_dir = pathlib.Path(model_dir)
+        self.total_steps, self.start_step, self.log_every = total_steps, start_step, max(int(log_every), 1)
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.is_writer = jax.process_index() == 0
+        peak = device_peak_flops()
+        self.peak_total = peak * jax.device_count() if peak else None
+        self._t0 = self._last_t = time.time()
+        self._last_step = start_step
+        self._writer = None
+        if self.is_writer:
+            self.model_dir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(self.model_dir / "metrics.jsonl", "a")
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.model_dir / "tensorboard"))
+
+    def _write(self, record: dict) -> None:
+        if not self.is_writer:
+            return
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._writer.add_scalar(k, v, record["step"])
+            self._writer.flush()
+
+    def log_train(self, step: int, metrics: dict) -> None:
+        """Record a training step's metrics (logged every `log_every` steps, and the first and last)."""
+        if not (step % self.log_every == 0 or step == self.total_steps or step == self.start_step + 1):
+            return
+        now = time.time()
+        steps = step - self._last_step
+        dt = max(now - self._last_t, 1e-9)
+        tokens_per_s = steps * self.tokens_per_step / dt
+        record = {"step": step, **{k: v for k, v in metrics.items() if v is not None},
+                  "tokens_per_s": tokens_per_s, "steps_per_s": steps / dt, "elapsed_s": now - self._t0}
+        if self.flops_per_token and self.peak_total:
+            record["mfu"] = tokens_per_s * self.flops_per_token / self.peak_total
+        self._write(record)
+        done = step - self.start_step
+        eta = (now - self._t0) / max(done, 1) * (self.total_steps - step)
+        pct = 100.0 * step / max(self.total_steps, 1)
+        bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
+        extra = f" mfu {100 * record['mfu']:.1f}%" if "mfu" in record else ""
+        lr = metrics.get("learning_rate")
+        lr_s = f" lr {lr:.3g}" if lr is not None else ""
+        if self.is_writer:
+            print(f"[{bar}] step {step}/{self.total_steps} loss {metrics['loss']:.4f}{lr_s} "
+                  f"gnorm {metrics.get('grad_norm', float('nan')):.3f} {tokens_per_s:,.0f} tok/s{extra} "
+                  f"eta {_fmt_time(eta)}", flush=True)
+        self._last_t, self._last_step = now, step
+
+    def log_eval(self, step: int, results: dict) -> None:
+        """Record evaluation results under `eval/<name>`; non-numeric values go to jsonl only."""
+        flat = {f"eval/{k}": v for k, v in _flatten(results).items()}
+        self._write({"step": step, **flat})
+        if self.is_writer:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in flat.items() if isinstance(v, float))[:300]
+            print(f"[sciriff-jax] eval at step {step}: {shown}", flush=True)
+        self._last_t = time.time()  # evaluation time is not training throughput
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        if self.is_writer:
+            self._jsonl.close()
+            if self._writer is not None:
+                self._writer.close()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        elif hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            out[key] = v.item()
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[key] = v
+    return out
+
+
+def read_metrics(model_dir) -> list[dict]:
+    """All records of MODEL_DIR/metrics.jsonl, in order."""
+    path = os.path.join(os.fspath(model_dir), "metrics.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
