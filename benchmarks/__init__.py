@@ -1,0 +1,1 @@
+"""Speed benchmarks for sciriff-jax (run as `python -m benchmarks.<name>` from the repository root)."""

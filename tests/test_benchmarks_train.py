@@ -1,0 +1,48 @@
+"""The training-step benchmark times both stacks on CPU at tiny shapes and writes its JSON."""
+import json
+import math
+import pathlib
+import sys
+
+import pytest
+
+# benchmarks/ is a top-level folder of scripts, not an installed package: import it from the checkout.
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import train_step  # noqa: E402
+
+FAST = ["--tiny", "--iters", "1", "--warmup", "0"]
+
+
+def _read(path):
+    payload = json.loads(path.read_text())
+    assert payload["environment"]["jax"] and payload["environment"]["device"]
+    return payload
+
+
+def test_train_step_benchmark_times_both_stacks_on_one_batch(tmp_path):
+    out = tmp_path / "train.json"
+    train_step.main(FAST + ["--remat", "none", "--profile", str(tmp_path / "trace"), "--out", str(out)])
+    payload = _read(out)
+    systems = [r["system"] for r in payload["rows"]]
+    assert systems[0].startswith("transformers") and systems[1].startswith("sciriff-jax")
+    vocab = payload["model"]["vocab_size"]
+    for r in payload["rows"]:
+        assert r["tokens_per_s"] > 0 and r["model_tflops"] > 0
+        # Random init on random tokens: both stacks start near the uniform-prediction loss.
+        assert abs(r["final_loss"] - math.log(vocab)) < 0.5
+    # Both stacks built the same model: their own parameter counts match the config's.
+    assert [r["params"] for r in payload["rows"]] == [payload["num_params"]] * 2
+    assert payload["rows"][0]["vs_transformers"] == pytest.approx(1.0)
+    # The traced steps left a trace and a ranking of the ops that took the time.
+    top = payload["rows"][1]["profile_top"]
+    assert top and all(r["ms_per_call"] > 0 for r in top) and sum(r["share"] for r in top) <= 1.0 + 1e-9
+    assert list((tmp_path / "trace").rglob("*.xplane.pb"))
+
+
+def test_train_step_synthetic_batch_follows_the_batch_contract():
+    b = train_step.synthetic_batch(2, 8, 50, doc=4)
+    assert (b["decoder_segment_ids"][0] == [1, 1, 1, 1, 2, 2, 2, 2]).all()
+    assert (b["decoder_positions"][0] == [0, 1, 2, 3, 0, 1, 2, 3]).all()
+    assert (b["decoder_input_tokens"][:, 1:] == b["decoder_target_tokens"][:, :-1]).all()
