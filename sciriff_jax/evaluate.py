@@ -211,6 +211,8 @@ def make_eval_hook(mixture_or_task_name: str, *, config, vocabulary, max_example
     names = task_names_of(mixture_or_task_name)
     loaded = load_examples(names, split, max_examples)
     scorers = {name: scorer for name, (_, scorer) in loaded.items()}
+    if bos_id is None:
+        bos_id = training_bos_id(vocabulary)
 
     def hook(params, step: int) -> dict:
         step_dir = None if output_dir is None else pathlib.Path(output_dir) / f"step_{step}"
@@ -246,7 +248,16 @@ def load_for_eval(checkpoint_path: str, *, vocabulary_path: str | None = None, d
     from sciriff_jax import checkpoint
 
     params, config = checkpoint.load_params(path)
-    return config, params, vocab_lib.get_vocabulary(vocabulary_path), None
+    vocabulary = vocab_lib.get_vocabulary(vocabulary_path)
+    return config, params, vocabulary, training_bos_id(vocabulary)
+
+
+def training_bos_id(vocabulary) -> int | None:
+    """The BOS that training put before every document (seqio_tasks.render), so eval prompts start the same way."""
+    from seqio_tasks import render
+
+    bos = render.bos_ids(vocabulary)
+    return bos[0] if bos else None
 
 
 def _hf_bos_id(path: pathlib.Path, vocabulary) -> int | None:
@@ -275,7 +286,11 @@ def _shard(config, params, mesh_layout, mesh_shape):
 
 
 def _default_output_dir(checkpoint_path: str, mixture_or_task_name: str) -> pathlib.Path:
-    return pathlib.Path("sciriff_eval") / pathlib.Path(checkpoint_path).name / mixture_or_task_name
+    """MODEL_DIR/eval/<mixture> for a training run's MODEL_DIR (as t5x keeps inference beside the run), else ./sciriff_eval."""
+    path = pathlib.Path(checkpoint_path)
+    if (path / "checkpoints").is_dir():
+        return path / "eval" / mixture_or_task_name
+    return pathlib.Path("sciriff_eval") / path.name / mixture_or_task_name
 
 
 def evaluate_run(*, checkpoint_path: str, mixture_or_task_name: str = "sciriff_4096_eval", output_dir: str | None = None,
