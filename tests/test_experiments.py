@@ -1,0 +1,103 @@
+"""gin_configs/experiments/*.gin: each parses with the real registrations, names registered mixtures,
+and each recommended mesh fits the hardware it is named for."""
+import pathlib
+import re
+
+import gin
+import pytest
+
+from sciriff_jax import aot
+from sciriff_jax import main as main_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "gin_configs" / "experiments"
+TRAINING = ["scitulu_7b.gin", "scitulu_7b_16k.gin", "scitulu_70b.gin"]
+REQUIRED = {"MODEL_DIR": '"/tmp/run"', "INITIAL_CHECKPOINT_PATH": '"/tmp/init"', "CHECKPOINT_PATH": '"/tmp/ckpt"'}
+GPU_CHIPS = {"8XH100": 8, "4X8XH100": 32}
+
+
+def load(name, extra=()):
+    """Parse an experiment with its required paths set; returns the defined macros."""
+    path = str(EXPERIMENTS / name)
+    try:
+        main_lib.load_config([path], list(extra))
+    except main_lib.GinConfigError:
+        pass  # required macros missing: set the ones this file defines, then parse again
+    macros = main_lib.defined_macros()
+    bindings = [f"{k}={v}" for k, v in REQUIRED.items() if k in macros] + list(extra)
+    main_lib.load_config([path], bindings)
+    return main_lib.defined_macros()
+
+
+def recommended_meshes(name):
+    """(macro name, hardware, microbatches from its comment) for each MESH_* line of an experiment file."""
+    out = []
+    for line in (EXPERIMENTS / name).read_text().splitlines():
+        m = re.match(r"^(MESH_([A-Z0-9_]+)) = \{.*MICROBATCHES = (\d+)", line)
+        if m:
+            out.append((m.group(1), m.group(2), int(m.group(3))))
+    return out
+
+
+def test_the_four_experiments_exist():
+    assert sorted(p.name for p in EXPERIMENTS.glob("*.gin")) == sorted(TRAINING + ["eval_sciriff.gin"])
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_training_experiment_parses_into_a_finetune_run(name):
+    load(name)
+    s = gin.get_bindings("finetune")
+    assert s["model_config"].vocab_size == 32000
+    assert s["learning_rate"] == 2e-5 and s["num_epochs"] == 2.0 and s["schedule"] == "linear"
+    assert s["initial_checkpoint_path"] == "/tmp/init"
+    length = dict(s["task_feature_lengths"])["targets"]
+    assert s["batch_size"] * length == 128 * 4096  # the paper's tokens per step
+    assert s["mixture_or_task_name"] == f"sciriff_{length}_scitulu"
+
+
+def test_eval_experiment_parses_into_sciriff_eval():
+    load("eval_sciriff.gin")
+    s = gin.get_bindings("evaluate_run")
+    assert s["mixture_or_task_name"] == "sciriff_4096_eval" and s["split"] == "validation"
+    assert s["max_new_tokens"] == 1024 and s["checkpoint_path"] == "/tmp/ckpt"
+
+
+def test_16k_experiment_splits_the_sequence_over_the_context_axis_with_ring_attention():
+    load("scitulu_7b_16k.gin")
+    s = gin.get_bindings("finetune")
+    assert s["mesh_layout"] == "fsdp_tp_cp" and s["attention_backend"] == "ring"
+    assert s["mesh_shape"]["context"] > 1
+    assert s["model_config"].max_position >= 16384
+
+
+def test_70b_experiment_uses_the_70b_shape():
+    load("scitulu_70b.gin")
+    assert gin.get_bindings("finetune")["model_config"].num_layers == 80
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_each_recommended_mesh_fits_its_hardware_and_the_batch(name):
+    meshes = recommended_meshes(name)
+    hardware = {hw for _, hw, _ in meshes}
+    assert any(hw.startswith("V4") for hw in hardware) and "V5P_128" in hardware and "V5E_256" in hardware
+    assert any(hw.endswith("H100") for hw in hardware)
+    for macro, hw, microbatches in meshes:
+        load(name, [f"MESH_SHAPE=%{macro}", f"MICROBATCHES={microbatches}"])
+        s = gin.get_bindings("finetune")
+        mesh = s["mesh_shape"]
+        chips = GPU_CHIPS.get(hw) or aot.parse_topology(hw.lower().replace("_", "-")).num_chips
+        assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] * mesh["context"] == chips, macro
+        rows = s["batch_size"] // microbatches
+        assert rows * microbatches == s["batch_size"] and rows % (mesh["data"] * mesh["fsdp"]) == 0, macro
+        assert dict(s["task_feature_lengths"])["targets"] % mesh["context"] == 0, macro
+
+
+def test_experiment_mixtures_are_registered():
+    import seqio
+    import seqio_tasks  # noqa: F401  registers the SciRIFF tasks and mixtures
+
+    for name in TRAINING + ["eval_sciriff.gin"]:
+        load(name)
+        selector = "finetune" if name in TRAINING else "evaluate_run"
+        mixture = gin.get_bindings(selector)["mixture_or_task_name"]
+        assert mixture in seqio.MixtureRegistry.names(), f"{name}: {mixture}"
