@@ -12,8 +12,9 @@ import jax.numpy as jnp
 
 from sciriff_jax import checkpoint, data, distributed, logging_utils, optim, train
 
-# Fields of LlamaConfig that change numerics or memory but not the checkpoint's parameter shapes.
-_RUNTIME_FIELDS = ("dtype", "remat_policy", "attention_backend")
+# Fields of LlamaConfig a run may change on top of a checkpoint: numerics, memory and context length (e.g. the
+# 16K experiment scales RoPE), never the parameter shapes.
+_RUNTIME_FIELDS = ("dtype", "remat_policy", "attention_backend", "rope_scaling", "max_position")
 
 
 def resolve_model_config(model_config, initial_checkpoint_path, *, attention_backend=None, remat_policy=None):

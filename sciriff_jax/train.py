@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 NONFINITE_POLICIES = ("stop", "skip")
 
@@ -114,9 +115,19 @@ def make_train_step(model, tx: optax.GradientTransformation, *, microbatches: in
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, mesh=None, rules=None):
-    """Shardings of `tx.init(params)` as XLA propagates them from the params' shardings (no allocation)."""
-    with mesh_context(mesh, rules):
-        return jax.jit(tx.init).lower(abstract_params).compile().output_shardings
+    """Shardings of `tx.init(params)`: params-shaped state (Adam moments) sharded like the params, the rest replicated.
+
+    XLA's own propagation replicates the moments (zeros do not depend on the params), which puts a full copy of
+    every moment on each device; optax knows which parts of the state mirror the params.
+    """
+    del rules  # the params' shardings already carry the rule table
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated = NamedSharding(mesh, P()) if mesh is not None else None
+    param_shardings = jax.tree.map(lambda p: p.sharding, abstract_params)
+    return optax.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract_opt, param_shardings,
+        transform_non_params=lambda leaf: replicated if replicated is not None else leaf.sharding,
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
 
 
 def train_loop(*, step_fn, params, opt_state, batches: Iterator, train_steps: int, start_step: int = 0,

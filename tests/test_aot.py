@@ -110,9 +110,6 @@ def test_tpu_topology_compiles_with_libtpu_and_uses_the_chip_memory():
     assert report.argument_bytes >= sum(a.shard_bytes for a in step.arrays)
 
 
-@pytest.mark.xfail(strict=True, reason="train.opt_state_shardings takes the shardings XLA gives tx.init's outputs, "
-                   "which are replicated (zeros do not depend on the params); the AdamW moments should be sharded "
-                   "like the params. Remove this marker once train.py shards them.")
 def test_optimizer_moments_are_sharded_like_the_params(fsdp_step):
     by_path = {a.path: a for a in fsdp_step.arrays}
     emb = by_path["['params']['embedding']"]
