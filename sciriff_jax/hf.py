@@ -1,0 +1,227 @@
+"""Hugging Face Llama checkpoints <-> our params: import to Orbax, export to config.json + safetensors.
+
+Conversion streams one tensor at a time into preallocated numpy buffers (layer tensors go straight
+into their slot of the scanned [layers, ...] array), so host memory stays near one copy of the weights.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import shutil
+
+import numpy as np
+
+from sciriff_jax.model.config import LlamaConfig
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+# HF name inside a layer -> (our path inside a layer, how to reshape the transposed [in, out] matrix).
+_LAYER_MAP = {
+    "self_attn.q_proj": (("attn", "q_proj"), "heads"),
+    "self_attn.k_proj": (("attn", "k_proj"), "kv_heads"),
+    "self_attn.v_proj": (("attn", "v_proj"), "kv_heads"),
+    "self_attn.o_proj": (("attn", "o_proj"), "out"),
+    "mlp.gate_proj": (("mlp", "gate_proj"), None),
+    "mlp.up_proj": (("mlp", "up_proj"), None),
+    "mlp.down_proj": (("mlp", "down_proj"), None),
+    "input_layernorm": (("input_norm", "scale"), "vector"),
+    "post_attention_layernorm": (("post_attn_norm", "scale"), "vector"),
+}
+
+
+def _np_dtype(name: str):
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def _to_ours(hf_tensor: np.ndarray, kind, config: LlamaConfig) -> np.ndarray:
+    """HF torch-layout tensor ([out, in] Linear weight or a vector) -> our kernel layout."""
+    if kind == "vector":
+        return hf_tensor
+    w = hf_tensor.T  # torch Linear stores [out, in]; we store [in, out]
+    if kind == "heads":
+        return w.reshape(config.hidden_size, config.num_heads, config.head_dim)
+    if kind == "kv_heads":
+        return w.reshape(config.hidden_size, config.num_kv_heads, config.head_dim)
+    if kind == "out":
+        return w.reshape(config.num_heads, config.head_dim, config.hidden_size)
+    return w
+
+
+def _to_hf(ours: np.ndarray, kind) -> np.ndarray:
+    """Inverse of `_to_ours`."""
+    if kind == "vector":
+        return ours
+    if kind in ("heads", "kv_heads"):
+        ours = ours.reshape(ours.shape[0], -1)
+    elif kind == "out":
+        ours = ours.reshape(-1, ours.shape[-1])
+    return np.ascontiguousarray(ours.T)
+
+
+def _weight_files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
+    index = hf_dir / "model.safetensors.index.json"
+    if index.exists():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [hf_dir / n for n in names]
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{hf_dir}: no *.safetensors weights (PyTorch .bin checkpoints are not supported; "
+                                "re-save with `model.save_pretrained(dir, safe_serialization=True)`).")
+    return files
+
+
+def _iter_tensors(hf_dir: pathlib.Path, dtype):
+    """Yield (name, numpy array in `dtype`) one tensor at a time over every safetensors shard."""
+    from safetensors import safe_open
+
+    for path in _weight_files(hf_dir):
+        with safe_open(str(path), framework="flax") as f:
+            for name in f.keys():
+                yield name, np.asarray(f.get_tensor(name).astype(dtype))
+
+
+def load_hf_config(hf_dir, dtype: str = "float32") -> LlamaConfig:
+    """LlamaConfig from a Hugging Face model directory's config.json (params held in `dtype`)."""
+    path = pathlib.Path(hf_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: a Hugging Face model directory needs config.json.")
+    compute = "float32" if dtype == "float32" else "bfloat16"
+    return LlamaConfig.from_hf_config(json.loads(path.read_text()), param_dtype=dtype, dtype=compute)
+
+
+def load_hf_params(hf_dir, dtype: str = "float32", scan_layers: bool = True, progress: bool = False):
+    """Read a Hugging Face Llama directory into memory: (params as numpy arrays, LlamaConfig)."""
+    hf_dir = pathlib.Path(hf_dir)
+    config = load_hf_config(hf_dir, dtype).replace(scan_layers=scan_layers)
+    npd = _np_dtype(dtype)
+    n = config.num_layers
+    layers: dict = {}
+    params: dict = {}
+    seen: set = set()
+    for name, tensor in _iter_tensors(hf_dir, npd):
+        m = _LAYER.match(name)
+        if m:
+            i, sub = int(m.group(1)), m.group(2)
+            if sub not in _LAYER_MAP:
+                raise ValueError(f"{hf_dir}: unexpected tensor {name!r} (only bias-free Llama layers are supported).")
+            (group, leaf), kind = _LAYER_MAP[sub]
+            value = _to_ours(tensor, kind, config)
+            slot = layers.setdefault(group, {})
+            if leaf not in slot:
+                slot[leaf] = np.empty((n,) + value.shape, npd)
+            slot[leaf][i] = value
+            seen.add((sub, i))
+        elif name == "model.embed_tokens.weight":
+            params["embedding"] = tensor
+        elif name == "model.norm.weight":
+            params["final_norm"] = {"scale": tensor}
+        elif name == "lm_head.weight":
+            if not config.tie_embeddings:
+                params["lm_head"] = np.ascontiguousarray(tensor.T)
+        elif name.endswith("rotary_emb.inv_freq"):
+            continue  # recomputed from the config
+        else:
+            raise ValueError(f"{hf_dir}: unexpected tensor {name!r} in a Llama checkpoint.")
+        if progress:
+            print(f"hf import: {name} {tuple(tensor.shape)}", flush=True)
+    missing = [f"model.layers.{i}.{sub}.weight" for sub in _LAYER_MAP for i in range(n) if (sub, i) not in seen]
+    for key in ("embedding", "final_norm") + (() if config.tie_embeddings else ("lm_head",)):
+        if key not in params:
+            missing.append(key)
+    if missing:
+        raise ValueError(f"{hf_dir}: checkpoint is missing {len(missing)} tensors, e.g. {missing[:3]}.")
+    if scan_layers:
+        params["layers"] = layers
+    else:
+        for i in range(n):
+            params[f"layers_{i}"] = {g: {k: v[i] for k, v in d.items()} for g, d in layers.items()}
+    return params, config
+
+
+def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+
+
+def import_hf(hf_dir, out_dir, dtype: str = "float32", progress: bool = True) -> LlamaConfig:
+    """Convert a Hugging Face Llama directory into an Orbax checkpoint at out_dir; returns its config."""
+    from sciriff_jax.checkpoint import save_params
+
+    params, config = load_hf_params(hf_dir, dtype=dtype, progress=progress)
+    save_params(out_dir, params, config)
+    _copy_tokenizer(pathlib.Path(hf_dir), pathlib.Path(out_dir))
+    if progress:
+        print(f"hf import: wrote {config.num_params() / 1e6:.1f}M parameters to {out_dir}", flush=True)
+    return config
+
+
+def hf_tensors(params, config: LlamaConfig):
+    """Yield (HF tensor name, element count, thunk -> numpy array in torch layout), converting lazily."""
+    params = dict(params)
+
+    def leaf(x, kind):
+        return lambda: _to_hf(np.asarray(x), kind)
+
+    yield "model.embed_tokens.weight", params["embedding"].size, leaf(params["embedding"], "vector")
+    for i in range(config.num_layers):
+        for sub, ((group, name), kind) in _LAYER_MAP.items():
+            if "layers" in params:
+                stacked = params["layers"][group][name]
+                yield (f"model.layers.{i}.{sub}.weight", stacked.size // config.num_layers,
+                       (lambda s=stacked, i=i, k=kind: _to_hf(np.asarray(s[i]), k)))
+            else:
+                x = params[f"layers_{i}"][group][name]
+                yield f"model.layers.{i}.{sub}.weight", x.size, leaf(x, kind)
+    yield "model.norm.weight", params["final_norm"]["scale"].size, leaf(params["final_norm"]["scale"], "vector")
+    if not config.tie_embeddings:
+        yield "lm_head.weight", params["lm_head"].size, leaf(params["lm_head"], None)
+
+
+def write_hf(params, config: LlamaConfig, hf_dir, max_shard_bytes: int = 5 * 2 ** 30, dtype: str | None = None,
+             progress: bool = False):
+    """Write config.json + (sharded) safetensors for params that `transformers` loads, one shard in memory."""
+    import jax.numpy as jnp
+    from safetensors.flax import save_file
+
+    hf_dir = pathlib.Path(hf_dir)
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    dtype = dtype or config.param_dtype
+    itemsize = _np_dtype(dtype).itemsize
+    # Plan shards from sizes alone, so file names can carry the shard count before any tensor is converted.
+    plan: list[list] = [[]]
+    size = total = 0
+    for name, count, thunk in hf_tensors(params, config):
+        nbytes = count * itemsize
+        if size and size + nbytes > max_shard_bytes:
+            plan.append([])
+            size = 0
+        plan[-1].append((name, thunk))
+        size += nbytes
+        total += nbytes
+    names = ["model.safetensors"] if len(plan) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
+    weight_map = {}
+    for fname, shard in zip(names, plan):
+        tensors = {name: jnp.asarray(thunk()).astype(dtype) for name, thunk in shard}
+        save_file(tensors, str(hf_dir / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, fname))
+        if progress:
+            print(f"hf export: wrote {hf_dir / fname} ({len(tensors)} tensors)", flush=True)
+        del tensors
+    if len(plan) > 1:
+        (hf_dir / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (hf_dir / "config.json").write_text(json.dumps(config.replace(param_dtype=dtype).to_hf_config(), indent=2))
+
+
+def export_hf(ckpt_dir, hf_dir, dtype: str | None = None, max_shard_bytes: int = 5 * 2 ** 30) -> None:
+    """Export an Orbax checkpoint (step dir or MODEL_DIR) to a Hugging Face directory `transformers` loads."""
+    from sciriff_jax.checkpoint import load_params, resolve_checkpoint_dir
+
+    params, config = load_params(ckpt_dir)
+    write_hf(params, config, hf_dir, max_shard_bytes=max_shard_bytes, dtype=dtype, progress=True)
+    _copy_tokenizer(resolve_checkpoint_dir(ckpt_dir), pathlib.Path(hf_dir))

@@ -1,0 +1,102 @@
+"""The one attention entry point; backends live in attention_*.py and are picked here.
+
+Shapes: q [B, Lq, H, D], k and v [B, Lk, KV, D] with KV dividing H (grouped-query attention);
+segment_ids [B, L] (packed rows: tokens attend only within their own segment). Output [B, Lq, H, D].
+"""
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "reference", "blockwise", "cudnn", "splash", "ring")
+_MASK_VALUE = -1e30  # finite, so fully-masked rows never produce NaN
+# Below this many tokens per row, materialising S x S is cheaper than blockwise bookkeeping.
+_REFERENCE_MAX_LEN = 2048
+
+
+def make_mask(q_len: int, k_len: int, segment_ids=None, kv_segment_ids=None, causal: bool = True,
+              q_offset=0) -> jnp.ndarray:
+    """Boolean [B or 1, Lq, Lk] mask: causal (query i sees keys <= i + q_offset) and same segment."""
+    qi = jnp.arange(q_len)[:, None] + q_offset
+    ki = jnp.arange(k_len)[None, :]
+    mask = (qi >= ki) if causal else jnp.ones((q_len, k_len), bool)
+    mask = mask[None]
+    if segment_ids is not None:
+        kv_seg = segment_ids if kv_segment_ids is None else kv_segment_ids
+        mask = mask & (segment_ids[:, :, None] == kv_seg[:, None, :])
+    return mask
+
+
+def reference_attention(q, k, v, mask=None) -> jnp.ndarray:
+    """Plain XLA attention materialising the [Lq, Lk] scores; softmax in float32. mask: [B|1, Lq, Lk]."""
+    b, lq, h, d = q.shape
+    kv = k.shape[2]
+    qg = q.reshape(b, lq, kv, h // kv, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (d ** -0.5)
+    if mask is not None:
+        scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, lq, h, d).astype(q.dtype)
+
+
+def _context_size(mesh) -> int:
+    return 1 if mesh is None or "context" not in mesh.shape else int(mesh.shape["context"])
+
+
+def select_backend(backend: str, q, segment_ids=None, mesh=None) -> str:
+    """Resolve "auto" to a concrete backend for this platform/dtype/mesh, logging why others were skipped."""
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ValueError(f"attention backend {backend!r} is unknown; choose one of {BACKENDS}.")
+        return backend
+    if _context_size(mesh) > 1:
+        return "ring"
+    platform = jax.default_backend()
+    length = q.shape[1]
+    if platform == "gpu":
+        if q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0:
+            return "cudnn"
+        log.info("attention auto: cuDNN needs bf16/fp16 and head_dim <= 128 (a multiple of 8); got %s, "
+                 "head_dim %d; falling back to XLA.", q.dtype, q.shape[-1])
+    elif platform == "tpu":
+        if length % 128 == 0:
+            return "splash"
+        log.info("attention auto: splash needs rows that are a multiple of 128 tokens (got %d); "
+                 "falling back to XLA.", length)
+    else:
+        log.debug("attention auto: no fused attention kernel on platform %r; using XLA.", platform)
+    if length > _REFERENCE_MAX_LEN:
+        return "blockwise"
+    return "reference"
+
+
+def attention(q, k, v, *, segment_ids=None, causal: bool = True, backend: str = "auto", mesh=None):
+    """Causal (packed-aware) grouped-query attention through the chosen backend."""
+    name = select_backend(backend, q, segment_ids, mesh)
+    if name == "reference":
+        return reference_attention(q, k, v, make_mask(q.shape[1], k.shape[1], segment_ids, causal=causal))
+    if name == "blockwise":
+        from sciriff_jax.model.attention_blockwise import blockwise_attention
+
+        return blockwise_attention(q, k, v, segment_ids=segment_ids, causal=causal)
+    if name == "cudnn":
+        from sciriff_jax.model.attention_cudnn import cudnn_attention
+
+        return cudnn_attention(q, k, v, segment_ids=segment_ids, causal=causal)
+    if name == "splash":
+        from sciriff_jax.model.attention_splash import splash_attention
+
+        return splash_attention(q, k, v, segment_ids=segment_ids, causal=causal)
+    if name == "ring":
+        if mesh is None:
+            raise ValueError("attention backend 'ring' needs a mesh with a 'context' axis (pass mesh=...).")
+        from sciriff_jax.model.attention_ring import ring_attention
+
+        return ring_attention(q, k, v, segment_ids=segment_ids, causal=causal, mesh=mesh)
+    raise AssertionError(name)

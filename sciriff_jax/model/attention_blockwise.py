@@ -1,0 +1,143 @@
+"""Memory-efficient (flash-style) attention in plain JAX: query x key blocks, online softmax, custom VJP.
+
+The forward keeps only the output and the per-row log-sum-exp; the backward recomputes each
+[block_q, block_k] score tile from them. Nothing larger than one tile is ever built, so memory is
+O(S) rather than O(S^2). Runs anywhere XLA runs (the CPU fallback for the fused GPU/TPU kernels).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+_NEG = -1e30
+
+
+def _pad_to(x, length, axis, value):
+    pad = length - x.shape[axis]
+    if pad == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _tile(qi, kj, sqi, skj, i, j, causal, bq, bk, scale):
+    """Scores [B, KV, G, bq, bk] (fp32) and mask for query block i against key block j."""
+    s = jnp.einsum("bkgqd,bksd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * scale
+    mask = (sqi[:, :, None] == skj[:, None, :])[:, None, None]
+    if causal:
+        mask = mask & ((i * bq + jnp.arange(bq))[:, None] >= (j * bk + jnp.arange(bk))[None, :])
+    return s, mask
+
+
+def _needed(i, j, causal, bq, bk):
+    # Key blocks entirely after the query block contribute nothing under a causal mask.
+    return (j * bk <= i * bq + bq - 1) if causal else True
+
+
+def _forward(qb, kb, vb, seg_q, seg_k, causal, bq, bk):
+    """Blocked forward: out [nq, B, KV, G, bq, D] (fp32) and log-sum-exp [nq, B, KV, G, bq]."""
+    scale = qb.shape[-1] ** -0.5
+    nk = kb.shape[0]
+
+    def one_query_block(args):
+        qi, sqi, i = args
+
+        def step(carry, xs):
+            kj, vj, skj, j = xs
+
+            def compute(carry):
+                m, l, acc = carry
+                s, mask = _tile(qi, kj, sqi, skj, i, j, causal, bq, bk, scale)
+                m_new = jnp.maximum(m, jnp.where(mask, s, _NEG).max(-1))
+                p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+                corr = jnp.exp(m - m_new)
+                pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
+                return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
+
+            return jax.lax.cond(_needed(i, j, causal, bq, bk), compute, lambda c: c, carry), None
+
+        shape = qi.shape[:-1]
+        init = (jnp.full(shape, _NEG, jnp.float32), jnp.zeros(shape, jnp.float32),
+                jnp.zeros(qi.shape, jnp.float32))
+        (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, seg_k, jnp.arange(nk)))
+        l = jnp.maximum(l, 1e-30)
+        return acc / l[..., None], m + jnp.log(l)
+
+    return jax.lax.map(one_query_block, (qb, seg_q, jnp.arange(qb.shape[0])))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _flash(qb, kb, vb, seg_q, seg_k, causal, bq, bk):
+    return _forward(qb, kb, vb, seg_q, seg_k, causal, bq, bk)[0].astype(qb.dtype)
+
+
+def _flash_fwd(qb, kb, vb, seg_q, seg_k, causal, bq, bk):
+    out, lse = _forward(qb, kb, vb, seg_q, seg_k, causal, bq, bk)
+    return out.astype(qb.dtype), (qb, kb, vb, seg_q, seg_k, out, lse)
+
+
+def _flash_bwd(causal, bq, bk, residuals, dout):
+    qb, kb, vb, seg_q, seg_k, out, lse = residuals
+    scale = qb.shape[-1] ** -0.5
+    dout = dout.astype(jnp.float32)
+    delta = jnp.sum(dout * out, axis=-1)  # [nq, B, KV, G, bq]: rowsum(dO * O)
+    nk = kb.shape[0]
+
+    def query_block(carry, xs):
+        dk, dv = carry
+        qi, sqi, doi, lsei, di, i = xs
+
+        def kv_block(dq, ys):
+            kj, vj, skj, j = ys
+
+            def compute(dq):
+                s, mask = _tile(qi, kj, sqi, skj, i, j, causal, bq, bk, scale)
+                p = jnp.where(mask, jnp.exp(s - lsei[..., None]), 0.0)
+                dv_j = jnp.einsum("bkgqs,bkgqd->bksd", p, doi)
+                dp = jnp.einsum("bkgqd,bksd->bkgqs", doi, vj.astype(jnp.float32))
+                ds = p * (dp - di[..., None]) * scale
+                dk_j = jnp.einsum("bkgqs,bkgqd->bksd", ds, qi.astype(jnp.float32))
+                return dq + jnp.einsum("bkgqs,bksd->bkgqd", ds, kj.astype(jnp.float32)), dk_j, dv_j
+
+            zeros = jnp.zeros(kj.shape, jnp.float32)
+            dq, dk_j, dv_j = jax.lax.cond(_needed(i, j, causal, bq, bk), compute,
+                                          lambda dq: (dq, zeros, zeros), dq)
+            return dq, (dk_j, dv_j)
+
+        dq_i, (dk_i, dv_i) = jax.lax.scan(kv_block, jnp.zeros(qi.shape, jnp.float32),
+                                          (kb, vb, seg_k, jnp.arange(nk)))
+        return (dk + dk_i, dv + dv_i), dq_i
+
+    init = (jnp.zeros(kb.shape, jnp.float32), jnp.zeros(vb.shape, jnp.float32))
+    (dk, dv), dq = jax.lax.scan(query_block, init, (qb, seg_q, dout, lse, delta, jnp.arange(qb.shape[0])))
+    return dq.astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype), None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def blockwise_attention(q, k, v, *, segment_ids=None, causal: bool = True, block_q: int = 512,
+                        block_k: int = 512):
+    """Same function as `reference_attention` with a causal/segment mask, in O(S) memory (values and grads)."""
+    b, length, h, d = q.shape
+    kv = k.shape[2]
+    g = h // kv
+    bq, bk = min(block_q, length), min(block_k, length)
+    padded = -(-length // math.lcm(bq, bk)) * math.lcm(bq, bk)
+    seg = jnp.zeros((b, length), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    # Padding gets its own segment id so real tokens never attend to it.
+    seg = _pad_to(seg, padded, 1, -1)
+    qp, kp, vp = (_pad_to(x, padded, 1, 0) for x in (q, k, v))
+    nq, nk = padded // bq, padded // bk
+    qb = qp.reshape(b, nq, bq, kv, g, d).transpose(1, 0, 3, 4, 2, 5)  # [nq, B, KV, G, bq, D]
+    kb = kp.reshape(b, nk, bk, kv, d).transpose(1, 0, 3, 2, 4)  # [nk, B, KV, bk, D]
+    vb = vp.reshape(b, nk, bk, kv, d).transpose(1, 0, 3, 2, 4)
+    seg_q = seg.reshape(b, nq, bq).transpose(1, 0, 2)
+    seg_k = seg.reshape(b, nk, bk).transpose(1, 0, 2)
+    out = _flash(qb, kb, vb, seg_q, seg_k, causal, bq, bk)  # [nq, B, KV, G, bq, D]
+    out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, padded, h, d)[:, :length]
+    return out

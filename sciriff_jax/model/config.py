@@ -1,0 +1,157 @@
+"""LlamaConfig: the model's shape and numerics, convertible to and from Hugging Face config dicts."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_BACKENDS = ("auto", "reference", "blockwise", "cudnn", "splash", "ring")
+
+
+@dataclasses.dataclass
+class LlamaConfig:
+    """Shape and numerics of a decoder-only Llama-2 style model."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int | None = None
+    rope_theta: float = 10000.0
+    # None, {"rope_type": "linear", "factor": f} or {"rope_type": "llama3", "factor", "low_freq_factor",
+    # "high_freq_factor", "original_max_position_embeddings"} (Hugging Face's keys).
+    rope_scaling: dict | None = None
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    max_position: int = 4096
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    attention_backend: str = "auto"
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"LlamaConfig: hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
+                    "set head_dim explicitly.")
+            self.head_dim = self.hidden_size // self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"LlamaConfig: num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads} "
+                "(grouped-query attention shares each KV head among num_heads/num_kv_heads query heads).")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"LlamaConfig.remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}.")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"LlamaConfig.attention_backend={self.attention_backend!r}; choose one of {ATTENTION_BACKENDS}.")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            if kind not in ("linear", "llama3", "default"):
+                raise ValueError(
+                    f"LlamaConfig.rope_scaling type {kind!r} is not supported; use 'linear', 'llama3' or None.")
+
+    def __hash__(self):
+        # Hashable so a config can be a static jit argument / Flax module attribute.
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    def replace(self, **changes) -> "LlamaConfig":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LlamaConfig":
+        """Inverse of `to_dict`; unknown keys are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"LlamaConfig.from_dict: unknown keys {unknown}; known keys are {sorted(names)}.")
+        return cls(**d)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """A Hugging Face `LlamaConfig` dict (config.json contents) describing this model."""
+        rope_parameters = {"rope_type": "default", "rope_theta": float(self.rope_theta)}
+        if self.rope_scaling:
+            rope_parameters = {**{k: v for k, v in self.rope_scaling.items() if k != "type"},
+                               "rope_type": self.rope_scaling.get("rope_type", self.rope_scaling.get("type")),
+                               "rope_theta": float(self.rope_theta)}
+        torch_dtype = "float32" if self.param_dtype == "float32" else self.param_dtype
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_embeddings,
+            "attention_bias": False,
+            "mlp_bias": False,
+            # Both spellings: transformers>=5 reads rope_parameters, older versions rope_theta/rope_scaling.
+            "rope_parameters": rope_parameters,
+            "rope_theta": float(self.rope_theta),
+            "rope_scaling": dict(rope_parameters) if self.rope_scaling else None,
+            "torch_dtype": torch_dtype,
+            "dtype": torch_dtype,
+        }
+
+    @classmethod
+    def from_hf_config(cls, hf: dict[str, Any], **overrides) -> "LlamaConfig":
+        """Build from a Hugging Face config.json dict (transformers 4.x or 5.x spelling)."""
+        if hf.get("model_type", "llama") not in ("llama", "mistral"):
+            raise ValueError(f"from_hf_config: model_type={hf.get('model_type')!r} is not a Llama architecture.")
+        if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise ValueError("from_hf_config: only silu activations without attention/MLP biases are supported.")
+        rope = dict(hf.get("rope_parameters") or {})
+        theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+        scaling = hf.get("rope_scaling") or rope or None
+        if scaling is not None:
+            scaling = {k: v for k, v in scaling.items() if k != "rope_theta"}
+            kind = scaling.get("rope_type", scaling.get("type", "default"))
+            scaling = None if kind == "default" else {**scaling, "rope_type": kind}
+            if scaling is not None:
+                scaling.pop("type", None)
+        heads = hf["num_attention_heads"]
+        kw = dict(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-5),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            max_position=hf.get("max_position_embeddings", 4096),
+        )
+        kw.update(overrides)
+        return cls(**kw)
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        """Parameter count (embedding and untied output head included unless asked otherwise)."""
+        d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
+        per_layer = attn + 3 * d * f + 2 * d
+        n = self.num_layers * per_layer + d
+        if include_embedding:
+            n += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 * params + 6 * layers * hidden * seq_len (the ANCHORS.md definition)."""
+        return 6.0 * self.num_params() + 6.0 * self.num_layers * self.hidden_size * seq_len

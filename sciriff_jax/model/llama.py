@@ -1,0 +1,207 @@
+"""Flax Llama-2 decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU; scan over layers; KV-cache decode.
+
+Every parameter and key activation carries logical axis names; `sciriff_jax.partitioning` maps them
+to mesh axes per layout. Parameters live in `param_dtype` (fp32 by default), compute runs in `dtype`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sciriff_jax.model.attention import attention, make_mask, reference_attention
+from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.model.rope import apply_rope, inverse_frequencies, positions_from_segments
+
+_INIT = nn.initializers.normal(0.02)  # Hugging Face's initializer_range default
+
+_REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _constrain(x, axes):
+    return nn.with_logical_constraint(x, axes)
+
+
+def _param(module: nn.Module, name: str, shape, axes, init=_INIT):
+    c = module.config
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(c.param_dtype))
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale; statistics in float32."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x):
+        scale = _param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones)
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.config.rms_norm_eps)
+        return (y * scale.astype(jnp.float32)).astype(jnp.dtype(self.config.dtype))
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with rotary embeddings; optional KV cache for decoding."""
+
+    config: LlamaConfig
+    mesh: Any = None
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids, cache=None, cache_index=None, kv_mask=None):
+        c = self.config
+        dt = jnp.dtype(c.dtype)
+        d, h, kvh, hd = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        wq = _param(self, "q_proj", (d, h, hd), ("embed", "heads", "head_dim"))
+        wk = _param(self, "k_proj", (d, kvh, hd), ("embed", "kv_heads", "head_dim"))
+        wv = _param(self, "v_proj", (d, kvh, hd), ("embed", "kv_heads", "head_dim"))
+        wo = _param(self, "o_proj", (h, hd, d), ("heads", "head_dim", "embed"))
+        q = jnp.einsum("bld,dhk->blhk", x, wq.astype(dt))
+        k = jnp.einsum("bld,dhk->blhk", x, wk.astype(dt))
+        v = jnp.einsum("bld,dhk->blhk", x, wv.astype(dt))
+        q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
+        k = _constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
+        v = _constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
+        inv_freq = inverse_frequencies(hd, c.rope_theta, c.rope_scaling)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        new_cache = None
+        if cache is None:
+            out = attention(q, k, v, segment_ids=segment_ids, backend=c.attention_backend, mesh=self.mesh)
+        else:
+            # Decoding: write this step's keys/values at slot cache_index, attend over valid cache slots.
+            ck, cv = cache
+            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            mask = make_mask(q.shape[1], ck.shape[1], causal=True, q_offset=cache_index) & kv_mask[:, None, :]
+            out = reference_attention(q, ck.astype(dt), cv.astype(dt), mask)
+            new_cache = (ck, cv)
+        out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
+        y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
+        return y, new_cache
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        dt = jnp.dtype(c.dtype)
+        gate = _param(self, "gate_proj", (c.hidden_size, c.intermediate_size), ("embed", "mlp"))
+        up = _param(self, "up_proj", (c.hidden_size, c.intermediate_size), ("embed", "mlp"))
+        down = _param(self, "down_proj", (c.intermediate_size, c.hidden_size), ("mlp", "embed"))
+        hidden = jax.nn.silu(x @ gate.astype(dt)) * (x @ up.astype(dt))
+        hidden = _constrain(hidden, ("activation_batch", "activation_length", "activation_mlp"))
+        return hidden @ down.astype(dt)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer block; returns (x, new_cache) so it can sit inside nn.scan."""
+
+    config: LlamaConfig
+    mesh: Any = None
+
+    @nn.compact
+    def __call__(self, x, cache, positions, segment_ids, cache_index, kv_mask):
+        h = RMSNorm(self.config, name="input_norm")(x)
+        a, new_cache = Attention(self.config, self.mesh, name="attn")(
+            h, positions, segment_ids, cache, cache_index, kv_mask)
+        x = x + a
+        x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="post_attn_norm")(x))
+        x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        return x, new_cache
+
+
+def _layer_class(config: LlamaConfig):
+    if config.remat_policy == "none":
+        return DecoderLayer
+    return nn.remat(DecoderLayer, policy=_REMAT[config.remat_policy], prevent_cse=not config.scan_layers)
+
+
+class Llama(nn.Module):
+    """Decoder-only Llama. __call__(tokens, segment_ids, positions) -> float32 logits [B, L, V].
+
+    With `cache` (from `init_cache`), `cache_index` (first slot written) and `kv_mask` ([B, max_len]
+    bool, valid cache slots) it returns (logits, new_cache) instead: the decode path.
+    """
+
+    config: LlamaConfig
+    mesh: Any = None
+
+    @nn.compact
+    def __call__(self, tokens, segment_ids=None, positions=None, *, cache=None, cache_index=None, kv_mask=None):
+        c = self.config
+        dt = jnp.dtype(c.dtype)
+        if positions is None:
+            if segment_ids is not None:
+                positions = positions_from_segments(segment_ids)
+            else:
+                positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+        embedding = _param(self, "embedding", (c.vocab_size, c.hidden_size), ("vocab", "embed"))
+        x = jnp.take(embedding.astype(dt), tokens, axis=0)
+        x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        layer_cls = _layer_class(c)
+        cache_kv = None if cache is None else (cache["k"], cache["v"])
+        if c.scan_layers:
+            scanned = nn.scan(
+                layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+            x, new_kv = scanned(c, self.mesh, name="layers")(x, cache_kv, positions, segment_ids, cache_index, kv_mask)
+        else:
+            outs = []
+            for i in range(c.num_layers):
+                layer_cache = None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i])
+                x, nc = layer_cls(c, self.mesh, name=f"layers_{i}")(
+                    x, layer_cache, positions, segment_ids, cache_index, kv_mask)
+                outs.append(nc)
+            new_kv = None if cache_kv is None else (jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs]))
+        x = RMSNorm(c, name="final_norm")(x)
+        if c.tie_embeddings:
+            logits = jnp.einsum("bld,vd->blv", x, embedding.astype(dt), preferred_element_type=jnp.float32)
+        else:
+            head = _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"))
+            logits = jnp.einsum("bld,dv->blv", x, head.astype(dt), preferred_element_type=jnp.float32)
+        logits = _constrain(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+        if cache is None:
+            return logits
+        return logits, {"k": new_kv[0], "v": new_kv[1]}
+
+
+def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
+    """Zeroed KV cache {"k", "v"}: [layers, batch, max_len, kv_heads, head_dim] in the compute dtype."""
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    dt = jnp.dtype(dtype or config.dtype)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+
+
+def _boxed_init(config: LlamaConfig, rng):
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    # Shapes do not depend on the attention backend; the reference one accepts any dummy row length.
+    return Llama(config.replace(attention_backend="reference")).init(rng, tokens)
+
+
+def init_params(config: LlamaConfig, rng) -> dict:
+    """Random parameters (the plain pytree under "params", in param_dtype)."""
+    variables = jax.jit(_boxed_init, static_argnums=0)(config, rng)
+    return nn.meta.unbox(variables)["params"]
+
+
+def logical_axes(config: LlamaConfig) -> dict:
+    """Pytree (same structure as params) of logical PartitionSpecs, e.g. P("layers", "embed", "mlp")."""
+    abstract = jax.eval_shape(lambda rng: _boxed_init(config, rng), jax.random.PRNGKey(0))
+    return nn.get_partition_spec(abstract)["params"]
+
+
+def param_shapes(config: LlamaConfig) -> dict:
+    """Pytree of jax.ShapeDtypeStruct for params, without allocating them."""
+    abstract = jax.eval_shape(lambda rng: _boxed_init(config, rng), jax.random.PRNGKey(0))
+    return nn.meta.unbox(abstract)["params"]

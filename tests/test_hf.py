@@ -1,0 +1,91 @@
+"""Hugging Face checkpoints: import matches transformers' logits; export loads in transformers; round trip exact."""
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from sciriff_jax.hf import export_hf, import_hf, load_hf_params, write_hf  # noqa: E402
+from sciriff_jax.model import Llama  # noqa: E402
+
+TOKENS = np.array([[5, 9, 13, 2, 77, 31, 8, 1], [3, 3, 60, 99, 14, 0, 41, 7]])
+
+
+def hf_model(kv_heads=2, tie=False, rope_parameters=None, seed=0):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=kv_heads, tie_word_embeddings=tie, max_position_embeddings=64, rms_norm_eps=1e-6,
+        initializer_range=0.2, rope_parameters=rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def torch_logits(model, tokens=TOKENS):
+    with torch.no_grad():
+        return model(torch.tensor(tokens)).logits.float().numpy()
+
+
+def our_logits(params, config, tokens=TOKENS):
+    return np.asarray(jax.jit(lambda p, t: Llama(config).apply({"params": p}, t))(params, tokens))
+
+
+def assert_close_to_scale(got, want):
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(got - want).max() <= 1e-4 * scale, np.abs(got - want).max()
+
+
+@pytest.mark.parametrize("kv_heads,tie,rope", [
+    (2, False, None),
+    (4, True, None),
+    (1, False, {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    (2, True, {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}),
+])
+def test_imported_model_matches_transformers_logits(tmp_path, kv_heads, tie, rope):
+    model = hf_model(kv_heads, tie, rope)
+    # A small max_shard_size forces a sharded checkpoint with an index file.
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    params, config = load_hf_params(tmp_path)
+    assert (config.num_kv_heads, config.tie_embeddings) == (kv_heads, tie)
+    assert_close_to_scale(our_logits(params, config), torch_logits(model))
+
+
+def test_export_loads_in_transformers_and_reimports_exactly(tmp_path):
+    model = hf_model(kv_heads=2, tie=False, seed=1)
+    model.save_pretrained(tmp_path / "hf")
+    params, config = load_hf_params(tmp_path / "hf")
+    write_hf(params, config, tmp_path / "out", max_shard_bytes=30_000)
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    np.testing.assert_array_equal(torch_logits(reloaded), torch_logits(model))
+    again, config2 = load_hf_params(tmp_path / "out")
+    assert config2 == config
+    jax.tree.map(np.testing.assert_array_equal, again, params)
+
+
+def test_import_writes_an_orbax_checkpoint_and_export_copies_the_tokenizer(tmp_path):
+    from sciriff_jax.checkpoint import load_params
+
+    model = hf_model(kv_heads=2, tie=True, seed=2)
+    model.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.model").write_bytes(b"not a real sentencepiece model")
+    config = import_hf(tmp_path / "hf", tmp_path / "ckpt", progress=False)
+    params, loaded_config = load_params(tmp_path / "ckpt")
+    assert loaded_config == config
+    assert_close_to_scale(our_logits(params, config), torch_logits(model))
+    export_hf(tmp_path / "ckpt", tmp_path / "back")
+    assert (tmp_path / "back" / "tokenizer.model").read_bytes() == b"not a real sentencepiece model"
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
+    np.testing.assert_array_equal(torch_logits(reloaded), torch_logits(model))
+
+
+def test_missing_tensors_are_reported_by_name(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    hf_model().save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="model.layers.1.mlp.up_proj.weight"):
+        load_hf_params(tmp_path)
