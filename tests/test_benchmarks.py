@@ -1,24 +1,14 @@
 """Each benchmark runs on CPU at tiny shapes, prints its table and writes its JSON; the FLOP formulas hold."""
-import json
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
-# benchmarks/ is a top-level folder of scripts, not an installed package: import it from the checkout.
+from benchmark_results import FAST, read_result as _read
+from benchmarks import analysis, attention, common
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks import analysis, attention, common  # noqa: E402
-
-FAST = ["--tiny", "--iters", "1", "--warmup", "0"]
-
-
-def _read(path):
-    payload = json.loads(path.read_text())
-    assert payload["environment"]["jax"] and payload["environment"]["device"]
-    return payload
 
 
 def test_useful_flops_reproduce_the_anchor_packed_attention_throughput():

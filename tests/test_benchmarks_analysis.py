@@ -1,13 +1,7 @@
 """The analysis compiles the real train step from abstract inputs and reports memory, FLOPs and bytes."""
 import json
-import pathlib
-import sys
 
-# benchmarks/ is a top-level folder of scripts, not an installed package: import it from the checkout.
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks import analysis, common  # noqa: E402
+from benchmarks import analysis, common
 
 
 def test_analysis_compiles_the_real_train_step_and_counts_parameters(tmp_path):

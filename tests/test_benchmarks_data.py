@@ -1,13 +1,7 @@
 """The data-pipeline benchmark (the one needing seqio + TensorFlow) reads the sample mixture, writes JSON."""
 import json
-import pathlib
-import sys
 
-# benchmarks/ is a top-level folder of scripts, not an installed package: import it from the checkout.
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks import data_pipeline  # noqa: E402
+from benchmarks import data_pipeline
 
 
 def test_data_pipeline_benchmark_reports_fill_rate(tmp_path):

@@ -1,13 +1,7 @@
 """The decoding benchmark runs both stacks on the same weights at tiny shapes and writes its JSON."""
 import json
-import pathlib
-import sys
 
-# benchmarks/ is a top-level folder of scripts, not an installed package: import it from the checkout.
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks import decode  # noqa: E402
+from benchmarks import decode
 
 
 def test_decode_benchmark_times_both_stacks_on_the_same_weights(tmp_path):

@@ -1,24 +1,11 @@
 """The training-step benchmark times both stacks on CPU at tiny shapes and writes its JSON."""
-import json
 import math
-import pathlib
-import sys
 
 import pytest
 
-# benchmarks/ is a top-level folder of scripts, not an installed package: import it from the checkout.
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from benchmark_results import FAST, read_result as _read
+from benchmarks import train_step
 
-from benchmarks import train_step  # noqa: E402
-
-FAST = ["--tiny", "--iters", "1", "--warmup", "0"]
-
-
-def _read(path):
-    payload = json.loads(path.read_text())
-    assert payload["environment"]["jax"] and payload["environment"]["device"]
-    return payload
 
 
 def test_train_step_benchmark_times_both_stacks_on_one_batch(tmp_path):
