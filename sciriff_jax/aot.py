@@ -264,19 +264,12 @@ class CompiledStep:
     out_of_memory: str = ""       # the compiler's message when it ran out of HBM
 
 
-def target_attention_backend(backend: str, platform: str, length: int, context: int) -> str:
-    """What "auto" becomes on the target platform (the compiling host may be a CPU)."""
-    if backend != "auto":
-        return backend
-    if context > 1:
-        return "ring"
-    if platform == "tpu" and length % 128 == 0:
-        try:
-            import sciriff_jax.model.attention_splash  # noqa: F401
-        except ImportError:
-            return "auto"
-        return "splash"
-    return "auto"
+def target_attention_backend(config, platform: str, length: int, mesh=None) -> str:
+    """What `config.attention_backend` becomes on the target platform (the compiling host may be a CPU)."""
+    from sciriff_jax.model.attention import select_backend
+
+    q = jax.ShapeDtypeStruct((1, length, config.num_heads, config.head_dim), jnp.dtype(config.dtype))
+    return select_backend(config.attention_backend, q, mesh=mesh, platform=platform)
 
 
 def compile_train_step(config, devices, *, mesh_layout: str = "fsdp", mesh_shape=None, batch_size: int,
@@ -291,7 +284,7 @@ def compile_train_step(config, devices, *, mesh_layout: str = "fsdp", mesh_shape
     mesh = partitioning.make_mesh(mesh_layout, mesh_shape, devices=devices)
     rules = partitioning.logical_rules(mesh_layout)
     platform = devices[0].platform
-    backend = target_attention_backend(config.attention_backend, platform, length, int(mesh.shape["context"]))
+    backend = target_attention_backend(config, platform, length, mesh)
     # Shapes come from the config as given: initialising with a short dummy row must not hit splash's limits.
     shape_config, config = config, config.replace(attention_backend=backend)
     psh = partitioning.param_shardings(shape_config, mesh, mesh_layout)
@@ -314,18 +307,18 @@ def compile_train_step(config, devices, *, mesh_layout: str = "fsdp", mesh_shape
             f"the training step cannot be lowered for {platform} with attention backend {backend!r} on mesh "
             f"{dict(mesh.shape)}: {str(err).splitlines()[0]} -- try another backend, e.g. "
             "--gin.ATTENTION_BACKEND='\"blockwise\"'") from err
-    inputs = {"params": params, "opt_state": opt_state, "batch": batch}
+    # The step is jitted with exactly these in_shardings, so they are what the compiled program takes.
+    # (`compiled.input_shardings` cannot be used: with splash its kernel's mask tables become extra
+    # executable inputs and jax 0.10.2 fails to unflatten them, "Too many leaves for PyTreeDef".)
+    arrays = describe_arrays({"params": params, "opt_state": opt_state, "batch": batch},
+                             {"params": psh, "opt_state": osh, "batch": {k: bsh for k in BATCH_KEYS}})
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as err:
         # The TPU compiler refuses a program that cannot fit rather than reporting its size.
         if "RESOURCE_EXHAUSTED" not in str(err):
             raise
-        arrays = describe_arrays(inputs, {"params": psh, "opt_state": osh, "batch": {k: bsh for k in BATCH_KEYS}})
         return CompiledStep(None, mesh, config, arrays, time.time() - started, str(err).splitlines()[0])
-    in_shardings = compiled.input_shardings[0]
-    arrays = describe_arrays(inputs, {"params": in_shardings[0], "opt_state": in_shardings[1],
-                                      "batch": in_shardings[2]})
     return CompiledStep(compiled, mesh, config, arrays, time.time() - started)
 
 

@@ -72,6 +72,21 @@ def test_the_verdict_compares_the_total_with_the_chip_memory(fsdp_step):
     assert small.fits is False and "DOES NOT FIT" in aot.format_report(small)
 
 
+@pytest.mark.parametrize("platform, length, dtype, want", [
+    ("gpu", 256, "bfloat16", "cudnn"),
+    ("gpu", 256, "float32", "reference"),
+    ("tpu", 256, "bfloat16", "splash"),
+    ("tpu", 200, "bfloat16", "reference"),
+    ("cpu", 4096, "bfloat16", "blockwise"),
+])
+def test_auto_attention_resolves_for_the_target_platform_not_the_host(platform, length, dtype, want):
+    assert aot.target_attention_backend(TINY.replace(dtype=dtype), platform, length) == want
+
+
+def test_an_explicit_attention_backend_is_kept_for_any_target():
+    assert aot.target_attention_backend(TINY.replace(attention_backend="blockwise"), "tpu", 256) == "blockwise"
+
+
 def test_eval_configs_are_refused_with_a_pointer_to_a_training_config():
     with pytest.raises(aot.AotError, match="training"):
         aot.finetune_settings(["gin_configs/experiments/eval_sciriff.gin"])
@@ -108,6 +123,18 @@ def test_tpu_topology_compiles_with_libtpu_and_uses_the_chip_memory():
     report = aot.memory_report(step.compiled, step.arrays, topo.hbm_bytes)
     assert report.fits and report.hbm_bytes == aot.CHIPS["v5e"].hbm_bytes
     assert report.argument_bytes >= sum(a.shard_bytes for a in step.arrays)
+
+
+@pytest.mark.skipif(not HAVE_LIBTPU, reason="needs libtpu (pip install -e .[aot]) to compile for a TPU topology")
+def test_auto_attention_compiles_splash_for_a_tpu_topology_on_a_sharded_mesh():
+    # Splash is a Mosaic kernel: it compiles on a batch- and head-sharded mesh only inside shard_map.
+    config = TINY.replace(hidden_size=256, num_heads=2, num_kv_heads=2, dtype="bfloat16", max_position=256)
+    topo = aot.parse_topology("v5e-8")
+    step = aot.compile_train_step(config, aot.topology_devices(topo), mesh_layout="fsdp_tp", batch_size=8,
+                                  length=256)
+    assert step.config.attention_backend == "splash" and dict(step.mesh.shape)["tensor"] == 2
+    report = aot.memory_report(step.compiled, step.arrays, topo.hbm_bytes)
+    assert report.fits and report.argument_bytes >= sum(a.shard_bytes for a in step.arrays)
 
 
 def test_optimizer_moments_are_sharded_like_the_params(fsdp_step):

@@ -6,7 +6,7 @@ import pytest
 
 from sciriff_jax import partitioning
 from sciriff_jax.model.attention import attention, make_mask, reference_attention, select_backend
-from sciriff_jax.model.attention_blockwise import blockwise_attention
+from sciriff_jax.model.attention_blockwise import blockwise_attention, live_blocks
 from sciriff_jax.model.attention_cudnn import segment_runs
 
 
@@ -59,6 +59,24 @@ def test_blockwise_matches_reference(kv_heads, packed):
     assert_same(lambda q, k, v: blockwise_attention(q, k, v, segment_ids=seg, block_q=8, block_k=16), q, k, v, seg)
 
 
+def test_blockwise_skips_key_blocks_of_other_documents():
+    # Blocks of 8: documents 1 | 2 | 3 | padding in row 0, and 1 | 2 (over two blocks) | padding in row 1.
+    seg = jnp.array([[1] * 8 + [2] * 8 + [3] * 8 + [0] * 8, [1] * 8 + [2] * 16 + [0] * 8])
+    blocks = seg.reshape(2, 4, 8).transpose(1, 0, 2)
+    live = np.asarray(live_blocks(blocks, blocks, True, 8, 8))
+    np.testing.assert_array_equal(live, [[1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]])
+    q, k, v = qkv(length=32)
+    assert_same(lambda q, k, v: blockwise_attention(q, k, v, segment_ids=seg, block_q=8, block_k=8), q, k, v, seg)
+
+
+def test_blockwise_block_ranges_keep_documents_that_straddle_blocks():
+    # Block 1 holds the end of document 1 and padding; block 2 only padding (0) and blockwise's own (-1).
+    seg = jnp.array([[1] * 12 + [0] * 8])
+    blocks = jnp.pad(seg, ((0, 0), (0, 4)), constant_values=-1).reshape(1, 3, 8).transpose(1, 0, 2)
+    live = np.asarray(live_blocks(blocks, blocks, False, 8, 8))
+    np.testing.assert_array_equal(live, [[1, 1, 0], [1, 1, 1], [0, 1, 1]])
+
+
 def test_blockwise_gradient_never_materialises_the_score_matrix():
     length = 4096
     q = jax.ShapeDtypeStruct((1, length, 2, 16), jnp.float32)
@@ -99,6 +117,17 @@ def test_auto_picks_reference_for_short_rows_blockwise_for_long_and_ring_on_a_co
     assert select_backend("auto", q_short, mesh=mesh) == "ring"
     with pytest.raises(ValueError, match="unknown"):
         select_backend("flash9000", q_short)
+
+
+def test_auto_follows_the_given_platform_not_the_host():
+    # Ahead-of-time compilation on a CPU host must pick what the GPU/TPU target would.
+    bf16 = jax.ShapeDtypeStruct((1, 256, 4, 64), jnp.bfloat16)
+    assert select_backend("auto", bf16, platform="gpu") == "cudnn"
+    assert select_backend("auto", bf16.update(dtype=jnp.float32), platform="gpu") == "reference"
+    assert select_backend("auto", bf16, platform="tpu") == "splash"
+    assert select_backend("auto", jax.ShapeDtypeStruct((1, 200, 4, 64), jnp.bfloat16), platform="tpu") == "reference"
+    assert select_backend("auto", bf16, platform="cpu") == "reference"
+    assert select_backend("auto", bf16) == select_backend("auto", bf16, platform=jax.default_backend())
 
 
 def test_segment_runs_describe_each_document_for_the_varlen_kernel():

@@ -49,15 +49,19 @@ def _context_size(mesh) -> int:
     return 1 if mesh is None or "context" not in mesh.shape else int(mesh.shape["context"])
 
 
-def select_backend(backend: str, q, segment_ids=None, mesh=None) -> str:
-    """Resolve "auto" to a concrete backend for this platform/dtype/mesh, logging why others were skipped."""
+def select_backend(backend: str, q, segment_ids=None, mesh=None, platform: str | None = None) -> str:
+    """Resolve "auto" to a concrete backend for this platform/dtype/mesh, logging why others were skipped.
+
+    `platform` ("cpu", "gpu", "tpu") is the one the program will run on; None means `jax.default_backend()`.
+    Ahead-of-time compilation passes the target's, since the compiling host may be a CPU.
+    """
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(f"attention backend {backend!r} is unknown; choose one of {BACKENDS}.")
         return backend
     if _context_size(mesh) > 1:
         return "ring"
-    platform = jax.default_backend()
+    platform = jax.default_backend() if platform is None else platform
     length = q.shape[1]
     if platform == "gpu":
         if q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0:
@@ -92,7 +96,7 @@ def attention(q, k, v, *, segment_ids=None, causal: bool = True, backend: str = 
     if name == "splash":
         from sciriff_jax.model.attention_splash import splash_attention
 
-        return splash_attention(q, k, v, segment_ids=segment_ids, causal=causal)
+        return splash_attention(q, k, v, segment_ids=segment_ids, causal=causal, mesh=mesh)
     if name == "ring":
         if mesh is None:
             raise ValueError("attention backend 'ring' needs a mesh with a 'context' axis (pass mesh=...).")

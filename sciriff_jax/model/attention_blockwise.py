@@ -3,6 +3,9 @@
 The forward keeps only the output and the per-row log-sum-exp; the backward recomputes each
 [block_q, block_k] score tile from them. Nothing larger than one tile is ever built, so memory is
 O(S) rather than O(S^2). Runs anywhere XLA runs (the CPU fallback for the fused GPU/TPU kernels).
+Tiles that no query can attend into are skipped: those above the causal diagonal, and those whose
+query and key blocks hold different documents of a packed row (decided once per call from each
+block's segment-id range, so a sharded batch costs one small all-reduce, not one per tile).
 """
 from __future__ import annotations
 
@@ -33,21 +36,45 @@ def _tile(qi, kj, sqi, skj, i, j, causal, bq, bk, scale):
     return s, mask
 
 
-def _needed(i, j, causal, bq, bk):
-    # Key blocks entirely after the query block contribute nothing under a causal mask.
-    return (j * bk <= i * bq + bq - 1) if causal else True
+def _block_summary(seg):
+    """Per block [n, B]: the range of its document ids (> 0) and which of the padding ids 0 / -1 it holds."""
+    doc = seg > 0
+    lo = jnp.where(doc, seg, jnp.iinfo(jnp.int32).max).min(-1)
+    hi = jnp.where(doc, seg, 0).max(-1)
+    # The batch contract has no ids below 0 (and -1 is this module's padding); should one appear anyway,
+    # its block is treated as matching every block rather than risk skipping a tile the mask keeps.
+    odd = (seg < -1).any(-1)
+    return lo, hi, (seg == 0).any(-1), (seg == -1).any(-1), odd
 
 
-def _forward(qb, kb, vb, seg_q, seg_k, causal, bq, bk):
+def live_blocks(seg_q, seg_k, causal, bq, bk):
+    """Bool [nq, nk]: whether query block i can attend to any key of block j in some row of the batch.
+
+    seg_q [nq, B, bq] and seg_k [nk, B, bk]. False only where the causal mask or the segment ids rule out
+    every pair; equal ids need overlapping ranges, so this never drops a tile the mask would keep.
+    """
+    lo_q, hi_q, zero_q, pad_q, odd_q = (x[:, None] for x in _block_summary(seg_q))  # [nq, 1, B]
+    lo_k, hi_k, zero_k, pad_k, odd_k = (x[None] for x in _block_summary(seg_k))  # [1, nk, B]
+    same = ((lo_q <= hi_k) & (lo_k <= hi_q)) | (zero_q & zero_k) | (pad_q & pad_k) | odd_q | odd_k
+    live = same.any(-1)
+    if causal:
+        # Key blocks entirely after the query block contribute nothing under a causal mask.
+        i = jnp.arange(seg_q.shape[0])[:, None]
+        j = jnp.arange(seg_k.shape[0])[None, :]
+        live = live & (j * bk <= i * bq + bq - 1)
+    return live
+
+
+def _forward(qb, kb, vb, seg_q, seg_k, live, causal, bq, bk):
     """Blocked forward: out [nq, B, KV, G, bq, D] (fp32) and log-sum-exp [nq, B, KV, G, bq]."""
     scale = qb.shape[-1] ** -0.5
     nk = kb.shape[0]
 
     def one_query_block(args):
-        qi, sqi, i = args
+        qi, sqi, live_i, i = args
 
         def step(carry, xs):
-            kj, vj, skj, j = xs
+            kj, vj, skj, live_ij, j = xs
 
             def compute(carry):
                 m, l, acc = carry
@@ -58,30 +85,30 @@ def _forward(qb, kb, vb, seg_q, seg_k, causal, bq, bk):
                 pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
                 return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
 
-            return jax.lax.cond(_needed(i, j, causal, bq, bk), compute, lambda c: c, carry), None
+            return jax.lax.cond(live_ij, compute, lambda c: c, carry), None
 
         shape = qi.shape[:-1]
         init = (jnp.full(shape, _NEG, jnp.float32), jnp.zeros(shape, jnp.float32),
                 jnp.zeros(qi.shape, jnp.float32))
-        (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, seg_k, jnp.arange(nk)))
+        (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, seg_k, live_i, jnp.arange(nk)))
         l = jnp.maximum(l, 1e-30)
         return acc / l[..., None], m + jnp.log(l)
 
-    return jax.lax.map(one_query_block, (qb, seg_q, jnp.arange(qb.shape[0])))
+    return jax.lax.map(one_query_block, (qb, seg_q, live, jnp.arange(qb.shape[0])))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _flash(qb, kb, vb, seg_q, seg_k, causal, bq, bk):
-    return _forward(qb, kb, vb, seg_q, seg_k, causal, bq, bk)[0].astype(qb.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _flash(qb, kb, vb, seg_q, seg_k, live, causal, bq, bk):
+    return _forward(qb, kb, vb, seg_q, seg_k, live, causal, bq, bk)[0].astype(qb.dtype)
 
 
-def _flash_fwd(qb, kb, vb, seg_q, seg_k, causal, bq, bk):
-    out, lse = _forward(qb, kb, vb, seg_q, seg_k, causal, bq, bk)
-    return out.astype(qb.dtype), (qb, kb, vb, seg_q, seg_k, out, lse)
+def _flash_fwd(qb, kb, vb, seg_q, seg_k, live, causal, bq, bk):
+    out, lse = _forward(qb, kb, vb, seg_q, seg_k, live, causal, bq, bk)
+    return out.astype(qb.dtype), (qb, kb, vb, seg_q, seg_k, live, out, lse)
 
 
 def _flash_bwd(causal, bq, bk, residuals, dout):
-    qb, kb, vb, seg_q, seg_k, out, lse = residuals
+    qb, kb, vb, seg_q, seg_k, live, out, lse = residuals
     scale = qb.shape[-1] ** -0.5
     dout = dout.astype(jnp.float32)
     delta = jnp.sum(dout * out, axis=-1)  # [nq, B, KV, G, bq]: rowsum(dO * O)
@@ -89,10 +116,10 @@ def _flash_bwd(causal, bq, bk, residuals, dout):
 
     def query_block(carry, xs):
         dk, dv = carry
-        qi, sqi, doi, lsei, di, i = xs
+        qi, sqi, doi, lsei, di, live_i, i = xs
 
         def kv_block(dq, ys):
-            kj, vj, skj, j = ys
+            kj, vj, skj, live_ij, j = ys
 
             def compute(dq):
                 s, mask = _tile(qi, kj, sqi, skj, i, j, causal, bq, bk, scale)
@@ -104,17 +131,16 @@ def _flash_bwd(causal, bq, bk, residuals, dout):
                 return dq + jnp.einsum("bkgqs,bksd->bkgqd", ds, kj.astype(jnp.float32)), dk_j, dv_j
 
             zeros = jnp.zeros(kj.shape, jnp.float32)
-            dq, dk_j, dv_j = jax.lax.cond(_needed(i, j, causal, bq, bk), compute,
-                                          lambda dq: (dq, zeros, zeros), dq)
+            dq, dk_j, dv_j = jax.lax.cond(live_ij, compute, lambda dq: (dq, zeros, zeros), dq)
             return dq, (dk_j, dv_j)
 
         dq_i, (dk_i, dv_i) = jax.lax.scan(kv_block, jnp.zeros(qi.shape, jnp.float32),
-                                          (kb, vb, seg_k, jnp.arange(nk)))
+                                          (kb, vb, seg_k, live_i, jnp.arange(nk)))
         return (dk + dk_i, dv + dv_i), dq_i
 
     init = (jnp.zeros(kb.shape, jnp.float32), jnp.zeros(vb.shape, jnp.float32))
-    (dk, dv), dq = jax.lax.scan(query_block, init, (qb, seg_q, dout, lse, delta, jnp.arange(qb.shape[0])))
-    return dq.astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype), None, None
+    (dk, dv), dq = jax.lax.scan(query_block, init, (qb, seg_q, dout, lse, delta, live, jnp.arange(qb.shape[0])))
+    return dq.astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype), None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -138,6 +164,7 @@ def blockwise_attention(q, k, v, *, segment_ids=None, causal: bool = True, block
     vb = vp.reshape(b, nk, bk, kv, d).transpose(1, 0, 3, 2, 4)
     seg_q = seg.reshape(b, nq, bq).transpose(1, 0, 2)
     seg_k = seg.reshape(b, nk, bk).transpose(1, 0, 2)
-    out = _flash(qb, kb, vb, seg_q, seg_k, causal, bq, bk)  # [nq, B, KV, G, bq, D]
+    live = live_blocks(seg_q, seg_k, causal, bq, bk)
+    out = _flash(qb, kb, vb, seg_q, seg_k, live, causal, bq, bk)  # [nq, B, KV, G, bq, D]
     out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, padded, h, d)[:, :length]
     return out

@@ -2,6 +2,8 @@
 
 Grouped-query attention maps onto splash's multi-query kernel: each KV head serves its G query heads.
 `interpret=True` runs the same kernel through the Pallas interpreter (CPU tests).
+Given a mesh, the kernel runs per device under `shard_map` (batch over "data"/"fsdp", heads over "tensor"):
+XLA cannot partition a Mosaic kernel itself.
 """
 from __future__ import annotations
 
@@ -24,18 +26,33 @@ def _kernel(length: int, group: int, causal: bool, interpret: bool):
     return sk.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def splash_attention(q, k, v, *, segment_ids=None, causal: bool = True, interpret: bool = False):
+def splash_attention(q, k, v, *, segment_ids=None, causal: bool = True, interpret: bool = False, mesh=None):
     """Splash attention with the same semantics as `reference_attention` + causal/segment mask."""
+    b, length, h, d = q.shape
+    if length % 128 and not interpret:
+        raise ValueError(f"splash attention needs rows that are a multiple of 128 tokens (got {length}); "
+                         "pad rows or use attention_backend='blockwise'.")
+    seg = jnp.zeros((b, length), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    local = functools.partial(_local, causal=causal, interpret=interpret)
+    if mesh is None:
+        return local(q, k, v, seg)
+    from sciriff_jax.model.attention_ring import _specs
+
+    # Rows stay whole on each device (no length axis): only batch and heads are split.
+    qkv_spec, seg_spec = _specs(mesh, None, b, k.shape[2])
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, seg_spec), out_specs=qkv_spec,
+                       check_vma=False)
+    return fn(q, k, v, seg)
+
+
+def _local(q, k, v, seg, *, causal: bool, interpret: bool):
+    """The kernel over one device's rows and heads: q [B, L, H, D], k/v [B, L, KV, D], seg [B, L] int32."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
     b, length, h, d = q.shape
     kvh = k.shape[2]
     g = h // kvh
-    if length % 128 and not interpret:
-        raise ValueError(f"splash attention needs rows that are a multiple of 128 tokens (got {length}); "
-                         "pad rows or use attention_backend='blockwise'.")
     kernel = _kernel(length, g, causal, interpret)
-    seg = jnp.zeros((b, length), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
     # Splash does not scale the logits itself.
     qh = (q * (d ** -0.5)).reshape(b, length, kvh, g, d).transpose(0, 2, 3, 1, 4)  # [B, KV, G, L, D]
     kh = k.transpose(0, 2, 1, 3)  # [B, KV, L, D]
