@@ -44,7 +44,7 @@ def _finalized_steps(directory: pathlib.Path) -> list[int]:
 
 def resolve_checkpoint_dir(path) -> pathlib.Path:
     """A checkpoint step directory from `path`: itself, or the latest step under path[/checkpoints]."""
-    p = pathlib.Path(path).expanduser()
+    p = pathlib.Path(path).expanduser().absolute()  # Orbax refuses relative paths
     if (p / "params").is_dir():
         return p
     for base in (p / CHECKPOINTS_SUBDIR, p):

@@ -39,6 +39,13 @@ def test_save_params_then_load_params_returns_same_params_and_config(tmp_path):
     assert cfg2 == cfg
 
 
+def test_relative_checkpoint_paths_load_from_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ck.save_params("run/ckpt", _params(), _tiny_config())
+    params, _ = ck.load_params("run/ckpt")
+    _assert_tree_equal(_params(), params)
+
+
 def test_load_params_onto_shardings_places_arrays_on_the_mesh(tmp_path):
     cfg = _tiny_config()
     p = _params()
