@@ -71,12 +71,33 @@ class _QuietIncludeSearch(logging.Filter):
 _QUIET_INCLUDE_SEARCH = _QuietIncludeSearch()
 
 
+def _tolerate_plain_directories_in_include_search() -> None:
+    """Make gin's package-resource lookup skip plain directories instead of crashing.
+
+    gin tries every include (e.g. 'runs/finetune.gin') as a Python package resource too; a plain folder of the
+    same name in the working directory (a user's `runs/`) is a namespace package without a file, and gin then
+    fails with a TypeError instead of going on to the next search path.
+    """
+    from gin import config as gin_config
+    from gin import resource_reader
+
+    def exists(path: str) -> bool:
+        try:
+            return resource_reader.system_path_file_exists(path)
+        except TypeError:
+            return False
+
+    readers = gin_config._FILE_READERS
+    readers[:] = [(read, exists if check is resource_reader.system_path_file_exists else check) for read, check in readers]
+
+
 def load_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parse gin files then bindings; unknown macros, unknown configurables and missing required macros fail by name."""
     from sciriff_jax import gin_setup  # noqa: F401  registers the configurables
 
     gin.clear_config()
     logging.getLogger().addFilter(_QUIET_INCLUDE_SEARCH)  # adding the same filter twice is a no-op
+    _tolerate_plain_directories_in_include_search()
     for path in [os.getcwd(), str(GIN_CONFIGS_DIR), str(GIN_CONFIGS_DIR.parent), *search_paths]:
         gin.add_config_file_search_path(path)
     for path in gin_files:

@@ -49,3 +49,11 @@ def test_unknown_mode_is_rejected(run_file):
     main_lib.load_config([run_file], ['MODEL_DIR="/x"'])
     with pytest.raises(main_lib.GinConfigError, match="bogus"):
         main_lib.run(modes=["bogus"])
+
+
+def test_includes_resolve_when_the_working_directory_has_a_folder_of_the_same_name(tmp_path, monkeypatch):
+    # A user's runs/ folder must not shadow gin_configs/runs/ (gin looked it up as a Python package and crashed).
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    main_lib.load_config([str(main_lib.GIN_CONFIGS_DIR / "runs" / "demo.gin")], ['MODEL_DIR="/tmp/x"'])
+    assert main_lib.defined_macros()["MIXTURE_OR_TASK_NAME"] == "sciriff_sample"
