@@ -7,7 +7,6 @@ stream and skips what was consumed, so it sees exactly the batches it would have
 """
 from __future__ import annotations
 
-import inspect
 from typing import Callable, Iterator
 
 import jax
@@ -120,13 +119,9 @@ def seqio_local_batches(*, mixture_or_task_name: str, split: str, task_feature_l
     """This host's numpy batches of a SeqIO mixture (repeated forever), after skipping `skip` batches."""
     import seqio_tasks  # lazy: TensorFlow is only needed when a SeqIO stream is actually read
 
-    kwargs = dict(split=split, feature_lengths=task_feature_lengths, batch_size=rows_per_host, shuffle=shuffle,
-                  seed=seed, shard_index=shard_index, num_shards=num_shards, pack=pack, num_epochs=None)
-    if "use_cached" in inspect.signature(seqio_tasks.get_dataset).parameters:
-        kwargs["use_cached"] = use_cached_tasks
-    elif use_cached_tasks:
-        raise ValueError("USE_CACHED_TASKS=True but seqio_tasks.get_dataset has no `use_cached` option.")
-    ds = seqio_tasks.get_dataset(mixture_or_task_name, **kwargs)
+    ds = seqio_tasks.get_dataset(mixture_or_task_name, split=split, feature_lengths=task_feature_lengths,
+                                 batch_size=rows_per_host, shuffle=shuffle, seed=seed, shard_index=shard_index,
+                                 num_shards=num_shards, pack=pack, num_epochs=None, use_cached=use_cached_tasks)
     if skip:
         ds = ds.skip(skip)
     for batch in ds.as_numpy_iterator():
@@ -155,11 +150,10 @@ def steps_per_epoch(*, mixture_or_task_name: str, task_feature_lengths, global_b
     """Full global batches in one pass over the mixture (counted by reading it once, so packing is exact)."""
     import seqio_tasks
 
-    if use_cached_tasks and "use_cached" not in inspect.signature(seqio_tasks.get_dataset).parameters:
-        raise ValueError("USE_CACHED_TASKS=True but seqio_tasks.get_dataset has no `use_cached` option.")
     print(f"[sciriff-jax] counting the batches of one epoch of {mixture_or_task_name}:{split} ...", flush=True)
     ds = seqio_tasks.get_dataset(mixture_or_task_name, split=split, feature_lengths=task_feature_lengths,
-                                 batch_size=global_batch_size, shuffle=False, seed=0, pack=pack, num_epochs=1)
+                                 batch_size=global_batch_size, shuffle=False, seed=0, pack=pack, num_epochs=1,
+                                 use_cached=use_cached_tasks)
     n = int(ds.reduce(0, lambda count, _: count + 1).numpy())
     if n == 0:
         raise ValueError(f"{mixture_or_task_name}:{split} has fewer packed rows than BATCH_SIZE={global_batch_size}; "

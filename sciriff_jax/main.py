@@ -38,6 +38,8 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding, e.g. 'MODEL_DIR=\"/tmp/x\"' (repeatable)")
     parser.add_argument("--mode", choices=MODES, action="append", default=None, help="override run.modes (repeatable)")
     parser.add_argument("--gin_search_path", action="append", default=[], help="extra directory for gin includes")
+    parser.add_argument("--max_examples", type=int, default=None,
+                        help="quick runs: decode at most this many examples per task (same as --gin.MAX_EXAMPLES=N)")
     known, rest = parser.parse_known_args(list(argv))
     for arg in rest:
         if not arg.startswith("--gin."):
@@ -46,6 +48,8 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
         if not sep:
             parser.error(f"{arg!r}: expected --gin.NAME=VALUE")
         known.gin_bindings.append(f"{name}={value}")
+    if known.max_examples is not None:
+        known.gin_bindings.append(f"MAX_EXAMPLES={known.max_examples}")
     if not known.gin_file:
         parser.error("at least one --gin_file is needed, e.g. --gin_file=gin_configs/runs/demo.gin")
     return known

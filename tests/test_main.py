@@ -57,3 +57,9 @@ def test_includes_resolve_when_the_working_directory_has_a_folder_of_the_same_na
     monkeypatch.chdir(tmp_path)
     main_lib.load_config([str(main_lib.GIN_CONFIGS_DIR / "runs" / "demo.gin")], ['MODEL_DIR="/tmp/x"'])
     assert main_lib.defined_macros()["MIXTURE_OR_TASK_NAME"] == "sciriff_sample"
+
+
+def test_max_examples_flag_sets_the_macro_of_eval_runs():
+    flags = main_lib.parse_flags(["--gin_file=runs/eval.gin", "--max_examples", "5"])
+    main_lib.load_config(flags.gin_file, ['CHECKPOINT_PATH="/tmp/x"', *flags.gin_bindings])
+    assert main_lib.defined_macros()["MAX_EXAMPLES"] == 5
