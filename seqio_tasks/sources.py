@@ -18,8 +18,17 @@ import tensorflow_datasets as tfds
 from seqio_tasks import catalog, sample
 
 DATA_DIR_ENV = "SCIRIFF_JAX_DATA_DIR"
-HUB_URL = "https://huggingface.co/datasets/{repo}/resolve/main/{path}"
-HUB_TREE_URL = "https://huggingface.co/api/datasets/{repo}/tree/main/{folder}"
+# HF_ENDPOINT is the Hugging Face hub's own variable for mirrors; tests point it at a local server.
+HUB_ENDPOINT_ENV = "HF_ENDPOINT"
+
+
+def hub_url(repo: str, path: str) -> str:
+    """The download URL of a file in a hub dataset repository."""
+    return f"{hub_endpoint()}/datasets/{repo}/resolve/main/{path}"
+
+
+def hub_endpoint() -> str:
+    return os.environ.get(HUB_ENDPOINT_ENV, "https://huggingface.co").rstrip("/")
 RELEASE_FIELDS = ("input", "output", "metadata", "_instance_id")
 SPLITS = ("train", "validation", "test")
 _SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.(?P<ext>parquet|jsonl)$")
@@ -136,7 +145,7 @@ def hub_files(repo: str, folder: str, split: str) -> list[str]:
     """URLs of a split's shard files in a hub dataset folder (lists the folder through the hub API)."""
     import urllib.request
 
-    url = HUB_TREE_URL.format(repo=repo, folder=folder)
+    url = f"{hub_endpoint()}/api/datasets/{repo}/tree/main/{folder}"
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
             listing = json.load(r)
@@ -144,7 +153,7 @@ def hub_files(repo: str, folder: str, split: str) -> list[str]:
         raise ConnectionError(f"could not list {url} ({e}); download the release yourself and set "
                               f"${DATA_DIR_ENV} to its folder") from e
     names = sorted(os.path.basename(x["path"]) for x in listing if x.get("type") == "file")
-    return [HUB_URL.format(repo=repo, path=f"{folder}/{n}") for n in names
+    return [hub_url(repo, f"{folder}/{n}") for n in names
             if _SHARD_RE.match(n) and n.startswith(split + "-")]
 
 

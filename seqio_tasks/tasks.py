@@ -167,8 +167,8 @@ def scitulu_science_rows(per_task: int = SCITULU_PER_TASK) -> int:
 
 def _train_mix_path() -> str:
     path = SETTINGS.train_mix_path or os.environ.get(TRAIN_MIX_PATH_ENV)
-    return path or sources.download_to_cache(sources.HUB_URL.format(
-        repo="allenai/SciRIFF-train-mix", path="data/train-00000-of-00001.parquet"), "train-mix")
+    return path or sources.download_to_cache(
+        sources.hub_url("allenai/SciRIFF-train-mix", "data/train-00000-of-00001.parquet"), "train-mix")
 
 
 def register_all(vocab=None, scitulu_per_task: int = SCITULU_PER_TASK, chat_rows: int | None = None) -> None:

@@ -113,3 +113,57 @@ def test_a_mixture_with_tasks_missing_from_the_local_copy_is_refused_by_name(sha
     seqio_tasks.configure(source_dir=str(shared_sciriff / "hub_layout"))
     with pytest.raises(ValueError, match="discomat_te"):
         seqio_tasks.get_dataset("sciriff_4096_eval", "validation", {"targets": 512}, 1)
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A hub stand-in on 127.0.0.1: the tree API and resolve/main downloads over a release written by the test."""
+    import http.server
+    import threading
+
+    root = tmp_path / "hub"
+    rows = _write_release(root)
+    requested = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            requested.append(self.path)
+            tree, resolve = "/api/datasets/allenai/SciRIFF/tree/main/", "/datasets/allenai/SciRIFF/resolve/main/"
+            if self.path.startswith(tree):
+                folder = root / self.path[len(tree):]
+                body = json.dumps([{"type": "file", "path": f"{folder.name}/{f.name}"} for f in folder.iterdir()]).encode()
+            elif self.path.startswith(resolve) and (root / self.path[len(resolve):]).is_file():
+                body = (root / self.path[len(resolve):]).read_bytes()
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.delenv("SCIRIFF_JAX_DATA_DIR", raising=False)
+    monkeypatch.setitem(sources.LOCAL_RELEASE, "dir", None)
+    sources.get_builder.cache_clear()
+    try:
+        yield rows, requested
+    finally:
+        sources.get_builder.cache_clear()
+        server.shutdown()
+        server.server_close()
+
+
+def test_without_a_local_copy_the_release_is_listed_and_downloaded_from_the_hub(local_hub):
+    rows, requested = local_hub
+    src = sources.SciriffTaskSource(8192, "scierc_ner")
+    train = [x["_instance_id"].decode() for x in src.get_dataset("train", shuffle=False).as_numpy_iterator()]
+    assert train == [r["_instance_id"] for r in rows if r["_instance_id"].startswith("scierc_ner")]
+    assert any(p.endswith("/tree/main/8192") for p in requested)
+    assert any(p.endswith("/8192/train-00001-of-00002.parquet") for p in requested)
