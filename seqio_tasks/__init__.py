@@ -1,4 +1,9 @@
 """SciRIFF as SeqIO tasks and mixtures: `import seqio_tasks` registers everything."""
+import tensorflow as tf
+
+# The input pipeline runs on the host: keep TensorFlow off the GPUs, whose memory belongs to JAX.
+tf.config.set_visible_devices([], "GPU")
+
 from seqio_tasks import mixtures, tasks
 from seqio_tasks.catalog import EVAL_TASKS, FAMILIES, TASKS, TaskInfo, get_task_info
 from seqio_tasks.datasets import get_dataset, get_provider, raw_examples
