@@ -24,6 +24,7 @@ def _light_import(name: str):
 
 # metrics and judge are pure Python: scoring works on a machine without TensorFlow or JAX.
 judge_lib = _light_import("judge")
+jsonl = _light_import("jsonl")
 metrics = _light_import("metrics")
 
 
@@ -37,26 +38,17 @@ def read_predictions(path: str | pathlib.Path, *, need_task: bool = False) -> li
     if not path.is_file():
         raise PredictionFileError(f"{path}: no such predictions file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PredictionFileError(f"{path}:{lineno}: not a JSON object ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise PredictionFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            needed = ["output", "prediction"] + (["task"] if need_task else [])
-            missing = [k for k in needed if k not in row]
-            if missing:
-                hint = " (or pass --task TASK)" if missing == ["task"] else ""
-                raise PredictionFileError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}{hint}; each line needs "
-                                          "'output' (the reference) and 'prediction' (the model's raw text)")
-            if not isinstance(row["prediction"], str) and row["prediction"] is not None:
-                raise PredictionFileError(f"{path}:{lineno}: 'prediction' must be the model's raw text (a string)")
-            row["_source"] = f"{path}:{lineno}"
-            rows.append(row)
+    for lineno, row in jsonl.read_objects(path, error=PredictionFileError):
+        needed = ["output", "prediction"] + (["task"] if need_task else [])
+        missing = [k for k in needed if k not in row]
+        if missing:
+            hint = " (or pass --task TASK)" if missing == ["task"] else ""
+            raise PredictionFileError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}{hint}; each line needs "
+                                      "'output' (the reference) and 'prediction' (the model's raw text)")
+        if not isinstance(row["prediction"], str) and row["prediction"] is not None:
+            raise PredictionFileError(f"{path}:{lineno}: 'prediction' must be the model's raw text (a string)")
+        row["_source"] = f"{path}:{lineno}"
+        rows.append(row)
     if not rows:
         raise PredictionFileError(f"{path}: no predictions in the file")
     return rows

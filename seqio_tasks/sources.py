@@ -15,7 +15,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from seqio_tasks import catalog, sample
+from seqio_tasks import catalog, jsonl, sample
 
 DATA_DIR_ENV = "SCIRIFF_JAX_DATA_DIR"
 # HF_ENDPOINT is the Hugging Face hub's own variable for mirrors; tests point it at a local server.
@@ -40,17 +40,9 @@ _SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.(?P<ex
 def read_jsonl(path, required=RELEASE_FIELDS) -> list[dict]:
     """Rows of a JSONL file; a malformed line or missing field fails naming file:line and what was expected."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}); "
-                                 "expected one JSON object per line") from None
-            _check_fields(row, required, f"{path}:{lineno}")
-            rows.append(row)
+    for lineno, row in jsonl.read_objects(path):
+        _check_fields(row, required, f"{path}:{lineno}")
+        rows.append(row)
     return rows
 
 
