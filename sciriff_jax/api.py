@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sciriff_jax import paths
 from sciriff_jax.model.config import LlamaConfig
 from sciriff_jax.model.llama import Llama
 
@@ -43,7 +43,7 @@ class LoadedModel:
 
 def load_model(path, dtype: str = "float32") -> LoadedModel:
     """Load a Hugging Face model directory (has config.json) or an Orbax checkpoint dir, params in `dtype`."""
-    p = pathlib.Path(path).expanduser()
+    p = paths.resolve(path)  # an Orbax checkpoint may be a URL (gs://...); a Hugging Face directory is local
     compute = "float32" if dtype == "float32" else "bfloat16"
     if (p / "config.json").exists():
         from sciriff_jax.hf import load_hf_params

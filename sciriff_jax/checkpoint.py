@@ -11,12 +11,14 @@ fully-committed steps are ever restored.
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import threading
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from sciriff_jax import paths
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 
@@ -35,16 +37,16 @@ def _config_from_dict(d: dict):
     return LlamaConfig.from_dict(d)
 
 
-def _finalized_steps(directory: pathlib.Path) -> list[int]:
+def _finalized_steps(directory: epath.Path) -> list[int]:
     # Orbax's in-progress saves are named "<step>.orbax-checkpoint-tmp-<n>": digits-only names are committed.
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def resolve_checkpoint_dir(path) -> pathlib.Path:
-    """A checkpoint step directory from `path`: itself, or the latest step under path[/checkpoints]."""
-    p = pathlib.Path(path).expanduser().absolute()  # Orbax refuses relative paths
+def resolve_checkpoint_dir(path) -> epath.Path:
+    """A checkpoint step directory from `path` (local or URL): itself, or the latest step under path[/checkpoints]."""
+    p = paths.resolve(path)
     if (p / "params").is_dir():
         return p
     for base in (p / CHECKPOINTS_SUBDIR, p):
@@ -68,7 +70,7 @@ def _abstract(tree, shardings=None):
 
 def save_params(path, params, config) -> None:
     """Write `params` and `config` (LlamaConfig or dict) as an Orbax checkpoint directory at `path`."""
-    path = pathlib.Path(path).expanduser().absolute()
+    path = paths.resolve(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     ckptr.save(
@@ -111,7 +113,7 @@ class TrainCheckpointer:
     """Periodic async saves of (params, opt_state, step, data position) under MODEL_DIR/checkpoints, keep-N."""
 
     def __init__(self, model_dir, *, period: int, keep: int | None = 3, config=None, async_save: bool = True):
-        self.directory = pathlib.Path(model_dir).expanduser().absolute() / CHECKPOINTS_SUBDIR
+        self.directory = paths.resolve(model_dir) / CHECKPOINTS_SUBDIR
         self.period = int(period) if period else 0
         self.config = _config_to_dict(config)
         self.manager = ocp.CheckpointManager(

@@ -7,9 +7,10 @@ predictions JSONL per task (scorable later with `sciriff-jax score`), summary.js
 from __future__ import annotations
 
 import json
-import pathlib
 import time
 from typing import Callable
+
+from sciriff_jax import paths
 
 # Prompts are decoded in chunks of this many batches, longest first, so progress shows and OOM shows early.
 CHUNK_BATCHES = 4
@@ -134,9 +135,9 @@ def predict_tasks(config, params, loaded: dict, vocabulary, *, max_new_tokens=10
              **({"input": ex["input"]} if scorer in JUDGE_SCORERS else {})}
             for i, (ex, ans) in enumerate(zip(examples, answers))]
         if output_dir is not None:
-            path = pathlib.Path(output_dir) / "predictions" / f"{name}.jsonl"
+            path = paths.resolve(output_dir) / "predictions" / f"{name}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
+            with path.open("w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records[name])
             print(f"[eval] {name}: wrote {len(records[name])} predictions to {path}", flush=True)
     return records
@@ -169,7 +170,7 @@ def evaluate_tasks(config, params, task_names: list[str], vocabulary, *, split="
 
 def write_summary(summary: dict, output_dir) -> None:
     """summary.json (everything) and summary.md (the headline table, x100, with parse rates)."""
-    out = pathlib.Path(output_dir)
+    out = paths.resolve(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
@@ -215,7 +216,7 @@ def make_eval_hook(mixture_or_task_name: str, *, config, vocabulary, max_example
         bos_id = training_bos_id(vocabulary)
 
     def hook(params, step: int) -> dict:
-        step_dir = None if output_dir is None else pathlib.Path(output_dir) / f"step_{step}"
+        step_dir = None if output_dir is None else paths.resolve(output_dir) / f"step_{step}"
         records = predict_tasks(config, params, loaded, vocabulary, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                 template=template, mesh=mesh, bos_id=bos_id, output_dir=step_dir)
         summary = score_records(records, scorers)
@@ -233,7 +234,7 @@ def load_for_eval(checkpoint_path: str, *, vocabulary_path: str | None = None, d
     """(config, params, vocabulary, bos_id) from an Orbax checkpoint or a Hugging Face model directory."""
     from seqio_tasks import vocab as vocab_lib
 
-    path = pathlib.Path(checkpoint_path)
+    path = paths.resolve(checkpoint_path)
     if not path.exists():
         raise FileNotFoundError(f"CHECKPOINT_PATH {checkpoint_path!r} does not exist; pass an Orbax checkpoint "
                                 "(MODEL_DIR or a step directory) or a Hugging Face model directory")
@@ -260,7 +261,7 @@ def training_bos_id(vocabulary) -> int | None:
     return bos[0] if bos else None
 
 
-def _hf_bos_id(path: pathlib.Path, vocabulary) -> int | None:
+def _hf_bos_id(path, vocabulary) -> int | None:
     """BOS to prepend as the model's own tokenizer does (Llama: yes), which a SeqIO vocabulary does not."""
     tokenizer_config = path / "tokenizer_config.json"
     if tokenizer_config.is_file() and json.loads(tokenizer_config.read_text()).get("add_bos_token") is False:
@@ -285,12 +286,12 @@ def _shard(config, params, mesh_layout, mesh_shape):
     return params, mesh, partitioning.activation_context(mesh, mesh_layout)
 
 
-def _default_output_dir(checkpoint_path: str, mixture_or_task_name: str) -> pathlib.Path:
+def _default_output_dir(checkpoint_path: str, mixture_or_task_name: str):
     """MODEL_DIR/eval/<mixture> for a training run's MODEL_DIR (as t5x keeps inference beside the run), else ./sciriff_eval."""
-    path = pathlib.Path(checkpoint_path)
+    path = paths.resolve(checkpoint_path)
     if (path / "checkpoints").is_dir():
         return path / "eval" / mixture_or_task_name
-    return pathlib.Path("sciriff_eval") / path.name / mixture_or_task_name
+    return paths.resolve("sciriff_eval") / path.name / mixture_or_task_name
 
 
 def evaluate_run(*, checkpoint_path: str, mixture_or_task_name: str = "sciriff_4096_eval", output_dir: str | None = None,
@@ -301,7 +302,7 @@ def evaluate_run(*, checkpoint_path: str, mixture_or_task_name: str = "sciriff_4
     """The `eval` mode: load a checkpoint (Orbax or Hugging Face), decode the tasks, score, write the table."""
     from seqio_tasks import judge as judge_lib
 
-    out = pathlib.Path(output_dir) if output_dir else _default_output_dir(checkpoint_path, mixture_or_task_name)
+    out = paths.resolve(output_dir) if output_dir else _default_output_dir(checkpoint_path, mixture_or_task_name)
     names = task_names_of(mixture_or_task_name)
     judge = judge_lib.judge_from_env(judge_url, judge_model)
     print(f"[eval] {mixture_or_task_name}: {len(names)} task(s), split {split}, max_examples={max_examples}, "
@@ -322,7 +323,7 @@ def infer_run(*, checkpoint_path: str, mixture_or_task_name: str = "sciriff_4096
               dtype: str = "bfloat16", fewshot: dict | None = None, mesh_layout: str | None = None,
               mesh_shape: dict | None = None) -> dict:
     """The `infer` mode: decode and write predictions/<task>.jsonl only (score them later with `sciriff-jax score`)."""
-    out = pathlib.Path(output_dir) if output_dir else _default_output_dir(checkpoint_path, mixture_or_task_name)
+    out = paths.resolve(output_dir) if output_dir else _default_output_dir(checkpoint_path, mixture_or_task_name)
     names = task_names_of(mixture_or_task_name)
     config, params, vocabulary, bos_id = load_for_eval(checkpoint_path, vocabulary_path=vocabulary_path, dtype=dtype)
     loaded = load_examples(names, split, max_examples)

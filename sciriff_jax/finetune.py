@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 import time
 from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from sciriff_jax import checkpoint, data, distributed, logging_utils, optim, train
+from sciriff_jax import checkpoint, data, distributed, logging_utils, optim, paths, train
 
 # Fields of LlamaConfig a run may change on top of a checkpoint: numerics, memory and context length (e.g. the
 # 16K experiment scales RoPE), never the parameter shapes.
@@ -82,7 +81,7 @@ def finetune(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths:
 
     distributed.maybe_initialize()
     t_start = time.time()
-    model_dir = str(pathlib.Path(model_dir).expanduser().absolute())
+    model_dir = str(paths.resolve(model_dir))  # a local directory or a URL such as gs://bucket/run
     is_main = jax.process_index() == 0
     config = resolve_model_config(model_config, initial_checkpoint_path, attention_backend=attention_backend,
                                   remat_policy=remat_policy)
@@ -177,7 +176,7 @@ def finetune(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths:
         hooks.append(evaluate.make_eval_hook(
             decode_eval_mixture_or_task_name, config=config, vocabulary=vocab_lib.get_vocabulary(), mesh=mesh,
             max_examples=decode_eval_max_examples, max_new_tokens=decode_eval_max_new_tokens,
-            output_dir=pathlib.Path(model_dir) / "eval"))
+            output_dir=paths.resolve(model_dir) / "eval"))
     if eval_fn is not None:
         hooks.append(eval_fn)
 
@@ -209,8 +208,7 @@ def finetune(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths:
             print(f"[sciriff-jax] done: steps {start_step}->{result['final_step']} in {result['seconds']:.1f}s, "
                   f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}; checkpoint {summary['checkpoint']}",
                   flush=True)
-        with open(pathlib.Path(model_dir) / "train_summary.json", "w") as f:
-            json.dump(summary, f, indent=1, default=str)
+        (paths.resolve(model_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 

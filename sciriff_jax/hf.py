@@ -6,12 +6,13 @@ into their slot of the scanned [layers, ...] array), so host memory stays near o
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
-import shutil
 
 import numpy as np
 
+from sciriff_jax import paths
 from sciriff_jax.model.config import LlamaConfig
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -61,6 +62,15 @@ def _to_hf(ours: np.ndarray, kind) -> np.ndarray:
     return np.ascontiguousarray(ours.T)
 
 
+def _local_hf_dir(hf_dir) -> pathlib.Path:
+    """`hf_dir` as a local path: safetensors and `transformers` read and write local files only."""
+    if paths.is_url(hf_dir):
+        raise ValueError(f"Hugging Face directory {os.fspath(hf_dir)!r} is a URL, but Hugging Face directories must be "
+                         "local (Orbax checkpoints and MODEL_DIR may be URLs). Copy it to or from a local directory, "
+                         "e.g. `gcloud storage cp -r`.")
+    return pathlib.Path(hf_dir)
+
+
 def _weight_files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
     index = hf_dir / "model.safetensors.index.json"
     if index.exists():
@@ -85,7 +95,7 @@ def _iter_tensors(hf_dir: pathlib.Path, dtype):
 
 def load_hf_config(hf_dir, dtype: str = "float32") -> LlamaConfig:
     """LlamaConfig from a Hugging Face model directory's config.json (params held in `dtype`)."""
-    path = pathlib.Path(hf_dir) / "config.json"
+    path = _local_hf_dir(hf_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: a Hugging Face model directory needs config.json.")
     compute = "float32" if dtype == "float32" else "bfloat16"
@@ -94,7 +104,7 @@ def load_hf_config(hf_dir, dtype: str = "float32") -> LlamaConfig:
 
 def load_hf_params(hf_dir, dtype: str = "float32", scan_layers: bool = True, progress: bool = False):
     """Read a Hugging Face Llama directory into memory: (params as numpy arrays, LlamaConfig)."""
-    hf_dir = pathlib.Path(hf_dir)
+    hf_dir = _local_hf_dir(hf_dir)
     config = load_hf_config(hf_dir, dtype).replace(scan_layers=scan_layers)
     npd = _np_dtype(dtype)
     n = config.num_layers
@@ -141,19 +151,20 @@ def load_hf_params(hf_dir, dtype: str = "float32", scan_layers: bool = True, pro
     return params, config
 
 
-def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> None:
+def _copy_tokenizer(src, dst) -> None:
+    # As bytes: one side may be a URL (epath.Path), and the files are small.
     for name in TOKENIZER_FILES:
         if (src / name).exists():
-            shutil.copy2(src / name, dst / name)
+            (dst / name).write_bytes((src / name).read_bytes())
 
 
 def import_hf(hf_dir, out_dir, dtype: str = "float32", progress: bool = True) -> LlamaConfig:
-    """Convert a Hugging Face Llama directory into an Orbax checkpoint at out_dir; returns its config."""
+    """Convert a local Hugging Face Llama directory to an Orbax checkpoint at out_dir (path or URL); returns its config."""
     from sciriff_jax.checkpoint import save_params
 
     params, config = load_hf_params(hf_dir, dtype=dtype, progress=progress)
     save_params(out_dir, params, config)
-    _copy_tokenizer(pathlib.Path(hf_dir), pathlib.Path(out_dir))
+    _copy_tokenizer(_local_hf_dir(hf_dir), paths.resolve(out_dir))
     if progress:
         print(f"hf import: wrote {config.num_params() / 1e6:.1f}M parameters to {out_dir}", flush=True)
     return config
@@ -187,7 +198,7 @@ def write_hf(params, config: LlamaConfig, hf_dir, max_shard_bytes: int = 5 * 2 *
     import jax.numpy as jnp
     from safetensors.flax import save_file
 
-    hf_dir = pathlib.Path(hf_dir)
+    hf_dir = _local_hf_dir(hf_dir)
     hf_dir.mkdir(parents=True, exist_ok=True)
     dtype = dtype or config.param_dtype
     itemsize = _np_dtype(dtype).itemsize
@@ -219,9 +230,10 @@ def write_hf(params, config: LlamaConfig, hf_dir, max_shard_bytes: int = 5 * 2 *
 
 
 def export_hf(ckpt_dir, hf_dir, dtype: str | None = None, max_shard_bytes: int = 5 * 2 ** 30) -> None:
-    """Export an Orbax checkpoint (step dir or MODEL_DIR) to a Hugging Face directory `transformers` loads."""
+    """Export an Orbax checkpoint (step dir or MODEL_DIR, local or URL) to a local Hugging Face directory."""
     from sciriff_jax.checkpoint import load_params, resolve_checkpoint_dir
 
+    hf_dir = _local_hf_dir(hf_dir)  # before reading the checkpoint, which may take minutes
     params, config = load_params(ckpt_dir)
     write_hf(params, config, hf_dir, max_shard_bytes=max_shard_bytes, dtype=dtype, progress=True)
-    _copy_tokenizer(resolve_checkpoint_dir(ckpt_dir), pathlib.Path(hf_dir))
+    _copy_tokenizer(resolve_checkpoint_dir(ckpt_dir), hf_dir)

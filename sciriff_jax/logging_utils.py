@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import time
 
 import jax
+
+from sciriff_jax import paths
 
 # Dense bf16 peak FLOP/s per device (vendor figures); MFU is reported only where the device is known.
 PEAK_FLOPS = {
@@ -35,7 +35,7 @@ def save_operative_config(model_dir, text: str | None) -> str | None:
     """Write the gin operative config to MODEL_DIR/operative_config.gin (process 0 only)."""
     if text is None or jax.process_index() != 0:
         return None
-    path = pathlib.Path(model_dir) / "operative_config.gin"
+    path = paths.resolve(model_dir) / "operative_config.gin"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return str(path)
@@ -53,7 +53,7 @@ class RunLogger:
 
     def __init__(self, model_dir, *, total_steps: int, start_step: int = 0, tokens_per_step: int,
                  flops_per_token: float | None = None, log_every: int = 10, tensorboard: bool = True):
-        self.model_dir = pathlib.Path(model_dir)
+        self.model_dir = paths.resolve(model_dir)
         self.total_steps, self.start_step, self.log_every = total_steps, start_step, max(int(log_every), 1)
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
         self.is_writer = jax.process_index() == 0
@@ -64,8 +64,14 @@ class RunLogger:
         self._writer = None
         if self.is_writer:
             self.model_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.model_dir / "metrics.jsonl", "a")
-            if tensorboard:
+            self._metrics_path = self.model_dir / "metrics.jsonl"
+            with self._metrics_path.open("a"):  # created at the start, as before the first record
+                pass
+            if tensorboard and paths.is_url(self.model_dir):
+                # tensorboardX reaches gs:// / s3:// only through google-cloud-storage / boto3, which we do not install.
+                print(f"[sciriff-jax] TensorBoard events are written for a local MODEL_DIR only: skipped for "
+                      f"{self.model_dir}; metrics go to {self._metrics_path}", flush=True)
+            elif tensorboard:
                 from tensorboardX import SummaryWriter
 
                 self._writer = SummaryWriter(str(self.model_dir / "tensorboard"))
@@ -73,8 +79,9 @@ class RunLogger:
     def _write(self, record: dict) -> None:
         if not self.is_writer:
             return
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        # Opened per record: TF's gfile (epath's gs:// backend) only opens files as context managers.
+        with self._metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
         if self._writer is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -117,11 +124,9 @@ class RunLogger:
         self._last_t = time.time()  # evaluation time is not training throughput
 
     def close(self) -> None:
-        """Flush and close the files."""
-        if self.is_writer:
-            self._jsonl.close()
-            if self._writer is not None:
-                self._writer.close()
+        """Close the TensorBoard writer (metrics.jsonl is closed after every record)."""
+        if self._writer is not None:
+            self._writer.close()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -139,6 +144,5 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def read_metrics(model_dir) -> list[dict]:
     """All records of MODEL_DIR/metrics.jsonl, in order."""
-    path = os.path.join(os.fspath(model_dir), "metrics.jsonl")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = (paths.resolve(model_dir) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
