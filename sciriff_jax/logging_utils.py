@@ -101,8 +101,10 @@ class RunLogger:
         if self.flops_per_token and self.peak_total:
             record["mfu"] = tokens_per_s * self.flops_per_token / self.peak_total
         self._write(record)
-        done = step - self.start_step
-        eta = (now - self._t0) / max(done, 1) * (self.total_steps - step)
+        # The first step includes compilation, and evaluations pause the clock (log_eval): estimate the rest of the
+        # run from the latest interval's pace, as the tokens/s shown.
+        first = step == self.start_step + 1
+        eta = "-- (first step compiles)" if first else _fmt_time(dt / max(steps, 1) * (self.total_steps - step))
         pct = 100.0 * step / max(self.total_steps, 1)
         bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
         extra = f" mfu {100 * record['mfu']:.1f}%" if "mfu" in record else ""
@@ -111,7 +113,7 @@ class RunLogger:
         if self.is_writer:
             print(f"[{bar}] step {step}/{self.total_steps} loss {metrics['loss']:.4f}{lr_s} "
                   f"gnorm {metrics.get('grad_norm', float('nan')):.3f} {tokens_per_s:,.0f} tok/s{extra} "
-                  f"eta {_fmt_time(eta)}", flush=True)
+                  f"eta {eta}", flush=True)
         self._last_t, self._last_step = now, step
 
     def log_eval(self, step: int, results: dict) -> None:

@@ -114,3 +114,16 @@ def test_mfu_is_reported_only_for_known_devices():
 def test_operative_config_is_saved_in_model_dir(tmp_path):
     path = logging_utils.save_operative_config(tmp_path, "finetune.batch_size = 8\n")
     assert open(path).read() == "finetune.batch_size = 8\n"
+
+
+def test_progress_eta_follows_the_latest_pace_not_the_compile_time(tmp_path, monkeypatch, capsys):
+    from sciriff_jax import logging_utils
+
+    clock = iter([0.0, 100.0, 110.0])  # start; step 1 after a 100 s compile; step 11 ten seconds later
+    monkeypatch.setattr(logging_utils.time, "time", lambda: next(clock))
+    logger = logging_utils.RunLogger(tmp_path, total_steps=111, tokens_per_step=10, log_every=10, tensorboard=False)
+    logger.log_train(1, {"loss": 1.0})
+    logger.log_train(10, {"loss": 0.5})
+    first, second = capsys.readouterr().out.strip().splitlines()
+    assert "eta -- (first step compiles)" in first
+    assert second.endswith("eta 01:52")  # 9 steps took 10 s; 101 steps left take 112 s
