@@ -9,6 +9,7 @@ import json
 import pytest
 from etils import epath
 from etils.epath import backend as epath_backend
+from etils.epath import gpath as epath_gpath
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.registry import _registry as fsspec_registry
 from fsspec.utils import stringify_path
@@ -33,6 +34,7 @@ class _InMemoryS3(MemoryFileSystem):
 def bucket(monkeypatch, tmp_path):
     """An empty s3://bucket/run in memory; the working directory is an empty tmp_path, to catch local writes."""
     monkeypatch.setenv("EPATH_USE_TF", "false")  # epath's fsspec backend, not TF's gfile (no s3 in TF 2.21)
+    epath_gpath._is_tf_installed.cache_clear()  # epath caches the choice: an earlier test may have made it with TF
     monkeypatch.setitem(fsspec_registry, "s3", _InMemoryS3)
     epath_backend.fsspec_backend._get_filesystem.cache_clear()
     monkeypatch.chdir(tmp_path)
@@ -40,6 +42,8 @@ def bucket(monkeypatch, tmp_path):
     _InMemoryS3.store.clear()
     _InMemoryS3.pseudo_dirs[:] = [""]
     epath_backend.fsspec_backend._get_filesystem.cache_clear()
+    monkeypatch.undo()
+    epath_gpath._is_tf_installed.cache_clear()
     assert list(tmp_path.iterdir()) == [], "a URL was written as a local path"
 
 
