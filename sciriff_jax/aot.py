@@ -293,7 +293,7 @@ def compile_train_step(config, devices, *, mesh_layout: str = "fsdp", mesh_shape
                                  weight_decay=weight_decay, grad_clip=grad_clip)
     shapes = param_shapes(shape_config)
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, psh)
-    osh = train.opt_state_shardings(tx, params, mesh=mesh, rules=rules)
+    osh = train.opt_state_shardings(tx, params, mesh=mesh)
     opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                              jax.eval_shape(tx.init, shapes), osh)
     batch = {k: jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=bsh) for k in BATCH_KEYS}

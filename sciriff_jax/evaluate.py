@@ -266,8 +266,8 @@ def _hf_bos_id(path, vocabulary) -> int | None:
     tokenizer_config = path / "tokenizer_config.json"
     if tokenizer_config.is_file() and json.loads(tokenizer_config.read_text()).get("add_bos_token") is False:
         return None
-    bos = vocabulary.tokenizer.bos_id()
-    return int(bos) if bos >= 0 else json.loads((path / "config.json").read_text()).get("bos_token_id")
+    bos = training_bos_id(vocabulary)
+    return bos if bos is not None else json.loads((path / "config.json").read_text()).get("bos_token_id")
 
 
 def _shard(config, params, mesh_layout, mesh_shape):

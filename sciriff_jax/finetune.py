@@ -121,7 +121,7 @@ def finetune(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths:
                                      weight_decay=weight_decay, grad_clip=grad_clip)
     shapes = param_shapes(config)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, psh)
-    osh = train.opt_state_shardings(tx, abstract, mesh=mesh, rules=rules)
+    osh = train.opt_state_shardings(tx, abstract, mesh=mesh)
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=checkpoint_period, keep=keep_checkpoints, config=config,
                                         async_save=async_checkpoints)
 

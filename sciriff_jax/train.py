@@ -114,13 +114,12 @@ def make_train_step(model, tx: optax.GradientTransformation, *, microbatches: in
     return run
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, mesh=None, rules=None):
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, mesh=None):
     """Shardings of `tx.init(params)`: params-shaped state (Adam moments) sharded like the params, the rest replicated.
 
     XLA's own propagation replicates the moments (zeros do not depend on the params), which puts a full copy of
     every moment on each device; optax knows which parts of the state mirror the params.
     """
-    del rules  # the params' shardings already carry the rule table
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = NamedSharding(mesh, P()) if mesh is not None else None
     param_shardings = jax.tree.map(lambda p: p.sharding, abstract_params)
