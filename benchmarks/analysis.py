@@ -5,7 +5,7 @@ For the TinyLlama-1.1B shape at (seq 4096, batch 4) and (seq 32768, batch 1):
   2. attention FLOPs per step, unpacked vs packed (documents of 1,024 tokens);
   3. the decoding case's bytes moved per step (weights + KV cache) -> the memory-bandwidth floor;
   4. per remat policy: the residuals the backward pass keeps (jaxpr level, backend-independent) and
-     XLA's memory analysis of the compiled real train step (`sciriff_jax.train.make_train_step`) on
+     XLA's memory analysis of the compiled real train step (`sciriff_jax.train.step.make_train_step`) on
      CPU, from abstract inputs (nothing big is allocated), against 80 GB / 141 GB;
   5. HLO FLOPs of one layer from XLA's cost analysis (1- and 2-layer unrolled steps, extrapolated).
 Runs on CPU; no GPU needed.
@@ -111,7 +111,7 @@ def residual_bytes(config, seq: int, batch: int) -> dict:
     from jax._src.ad_checkpoint import saved_residuals
 
     from sciriff_jax.model.llama import Llama, param_shapes
-    from sciriff_jax.train import make_loss_fn
+    from sciriff_jax.train.step import make_loss_fn
 
     loss = make_loss_fn(Llama(config))
     residuals = saved_residuals(lambda p, b: loss(p, b)[0], param_shapes(config), abstract_batch(batch, seq))
@@ -132,7 +132,7 @@ def compiled_memory(config, seq: int, batch: int) -> dict:
     import optax
 
     from sciriff_jax.model.llama import Llama, param_shapes
-    from sciriff_jax.train import make_train_step
+    from sciriff_jax.train.step import make_train_step
 
     tx = optax.adamw(1e-5)
     params = param_shapes(config)
@@ -181,7 +181,7 @@ def hlo_flop_rows(config, seq: int, batch: int) -> list[dict]:
     import optax
 
     from sciriff_jax.model.llama import Llama, param_shapes
-    from sciriff_jax.train import make_train_step
+    from sciriff_jax.train.step import make_train_step
 
     counts = {}
     for layers in (1, 2):

@@ -1,7 +1,7 @@
 """Greedy decoding, batch 32, 1,024-token prompts, 256 new tokens: sciriff-jax vs transformers `generate`, same run.
 
 Both stacks run the same bf16 weights (sciriff-jax's random init, copied into `LlamaForCausalLM` through
-`sciriff_jax.hf.hf_tensors`) on the same random prompts, and are forced to produce all new tokens (no
+`sciriff_jax.io.hf.hf_tensors`) on the same random prompts, and are forced to produce all new tokens (no
 EOS can stop them). Reported: new tokens/s end to end (prefill included, what a user waits for), and
 the decode-only rate from the difference with a 1-new-token run (prefill + first token), which is the
 figure to hold against the memory-bandwidth floor in `benchmarks.analysis` (~45K tokens/s on an H200).
@@ -26,8 +26,8 @@ def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[l
 
 def bench_jax(config, params, prompts, new_tokens: int, *, warmup: int, iters: int,
               split: bool = True, profile_dir: str | None = None) -> tuple[dict, list]:
-    """Time `sciriff_jax.decode.generate` for `new_tokens` and for 1 token; returns (row, generated tokens)."""
-    from sciriff_jax.decode import generate
+    """Time `sciriff_jax.eval.decode.generate` for `new_tokens` and for 1 token; returns (row, generated tokens)."""
+    from sciriff_jax.eval.decode import generate
 
     def run(n):
         # eos_id -1 never matches a token, so every row generates exactly n tokens.
@@ -51,7 +51,7 @@ def torch_model_from(config, params):
     import torch
     import transformers
 
-    from sciriff_jax.hf import hf_tensors
+    from sciriff_jax.io.hf import hf_tensors
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hf_config = transformers.LlamaConfig(**config.to_hf_config())

@@ -1,6 +1,6 @@
 """Training step at the TinyLlama-1.1B shape: sciriff-jax vs transformers LlamaForCausalLM, same run, same card.
 
-sciriff-jax: `sciriff_jax.train.make_train_step` (the real step: token-normalised loss, NaN guard) over
+sciriff-jax: `sciriff_jax.train.step.make_train_step` (the real step: token-normalised loss, NaN guard) over
 `Llama(config)` with scan over layers, a remat policy and the platform's attention backend, AdamW
 (optax, fp32 params/moments, bf16 compute). transformers: `LlamaForCausalLM` with SDPA attention,
 `torch.autocast(bfloat16)`, fp32 params and fused AdamW (foreach on CPU). Both: seq 4096, global batch 4,
@@ -36,7 +36,7 @@ def make_jax_step(config, lr: float = 1e-5):
     import optax
 
     from sciriff_jax.model.llama import Llama, init_params
-    from sciriff_jax.train import make_train_step
+    from sciriff_jax.train.step import make_train_step
 
     tx = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
     params = init_params(config, jax.random.PRNGKey(0))

@@ -6,7 +6,7 @@ tf.config.set_visible_devices([], "GPU")
 
 from seqio_tasks import mixtures, tasks
 from seqio_tasks.catalog import EVAL_TASKS, FAMILIES, TASKS, TaskInfo, get_task_info
-from seqio_tasks.datasets import get_dataset, get_provider, raw_examples
+from seqio_tasks.datasets import get_dataset, get_provider, raw_examples, task_names
 from seqio_tasks.render import render_prompt, tokenize_messages
 from seqio_tasks.sample import SAMPLE_TASKS, sample_path
 from seqio_tasks.tasks import OVERLONG_COUNTS, SETTINGS

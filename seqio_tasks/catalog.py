@@ -24,11 +24,6 @@ class TaskInfo:
     eval_task: bool
     eval_metrics: str
 
-    @property
-    def family_short(self) -> str:
-        """The family's last component, e.g. "named_entity_recognition" for ie.named_entity_recognition."""
-        return self.family.split(".")[-1]
-
 
 def load_catalog(path: pathlib.Path = TASKS_TSV) -> dict[str, TaskInfo]:
     """Parse a tasks.tsv (the release's task table) into {name: TaskInfo}, in file order."""

@@ -47,20 +47,27 @@ def _check_no_empty_tasks(mixture: seqio.Mixture, split: str) -> None:
                          "a complete copy of the release, or train on a task or mixture whose tasks all have data.")
 
 
+def task_names(name: str) -> list[str]:
+    """The task names of a registered mixture, or [name] for a task (through `get_provider`)."""
+    provider = get_provider(name)
+    tasks = getattr(provider, "tasks", None)
+    return [t.name for t in tasks] if tasks is not None else [provider.name]
+
+
 def resolve_task_name(name: str) -> str:
-    """Accept a registered task name, or a bare sample name (sample_ner -> sciriff_sample_ner)."""
-    if name in seqio.TaskRegistry.names():
-        return name
-    if "sciriff_" + name in seqio.TaskRegistry.names():
-        return "sciriff_" + name
-    get_provider(name)  # raises with close matches
-    raise KeyError(f"{name!r} is a mixture; raw_examples needs one task (e.g. one of its tasks: "
-                   f"{[t.name for t in seqio.get_mixture_or_task(name).tasks][:5]}...)")
+    """One task: a registered task name, or a bare sample name (sample_ner -> sciriff_sample_ner)."""
+    if name not in seqio.TaskRegistry.names() and "sciriff_" + name in seqio.TaskRegistry.names():
+        name = "sciriff_" + name
+    provider = get_provider(name)  # unknown names raise with close matches
+    if isinstance(provider, seqio.Mixture):
+        raise KeyError(f"{name!r} is a mixture; raw_examples needs one task (e.g. one of its tasks: "
+                       f"{task_names(name)[:5]}...)")
+    return name
 
 
 def raw_examples(task_name: str, split: str, max_examples: int | None = None) -> list[dict]:
     """The release fields (python str input/output/_instance_id/metadata JSON) of a task's split, in order."""
-    task = seqio.get_mixture_or_task(resolve_task_name(task_name))
+    task = get_provider(resolve_task_name(task_name))
     ds = task.source.get_dataset(split=split, shuffle=False)
     if max_examples is not None:
         ds = ds.take(max_examples)

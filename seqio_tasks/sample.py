@@ -2,24 +2,25 @@
 import hashlib
 import pathlib
 
+from sciriff_jax.eval.metrics import SAMPLE_SCORERS
+
 SAMPLE_DIR = pathlib.Path(__file__).resolve().parent / "data" / "sample"
 SPLITS = ("train", "validation")
 # Instances per task and split; 5 tasks x (360 + 30) = 1,800 train / 150 validation, under 2 MB on disk.
 SIZES = {"train": 360, "validation": 30}
 
-# name -> metadata; "scorer" names the seqio_tasks.metrics scorer the eval uses for the task.
+# name -> metadata; "scorer" (from metrics.SAMPLE_SCORERS) is what the eval scores the task with.
 SAMPLE_TASKS = {
-    "sample_ner": dict(family="ie.named_entity_recognition", output_context="json", scorer="scierc_ner",
-                       domains=("artificial_intelligence",)),
-    "sample_list_qa": dict(family="qa.abstractive", output_context="json", scorer="bioasq_list_qa",
-                           domains=("biomedicine",)),
-    "sample_classification": dict(family="classification", output_context="label", scorer="label_f1",
+    "sample_ner": dict(family="ie.named_entity_recognition", output_context="json", domains=("artificial_intelligence",)),
+    "sample_list_qa": dict(family="qa.abstractive", output_context="json", domains=("biomedicine",)),
+    "sample_classification": dict(family="classification", output_context="label",
                                   domains=("artificial_intelligence",)),
-    "sample_entailment": dict(family="entailment", output_context="json", scorer="scifact_entailment",
-                              domains=("biomedicine", "clinical_medicine")),
-    "sample_summarization": dict(family="summarization", output_context="sentence", scorer="token_f1",
+    "sample_entailment": dict(family="entailment", output_context="json", domains=("biomedicine", "clinical_medicine")),
+    "sample_summarization": dict(family="summarization", output_context="sentence",
                                  domains=("artificial_intelligence",)),
 }
+for _name, _info in SAMPLE_TASKS.items():
+    _info["scorer"] = SAMPLE_SCORERS[_name]
 
 
 def sample_path(split: str) -> pathlib.Path:

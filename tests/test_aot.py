@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from sciriff_jax import aot
+from sciriff_jax.run import aot
 from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.parallel.sharding import MeshConfig
 
 TINY = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                    max_position=64, dtype="float32", param_dtype="float32")
@@ -38,7 +39,7 @@ def test_unknown_topologies_are_rejected_with_what_is_accepted(spec):
 @pytest.fixture(scope="module")
 def fsdp_step():
     devices = aot.topology_devices(aot.parse_topology("cpu:8"))
-    return aot.compile_train_step(TINY, devices, mesh_layout="fsdp", batch_size=8, length=32)
+    return aot.compile_train_step(TINY, devices, mesh=MeshConfig("fsdp"), batch_size=8, length=32)
 
 
 def test_cpu_topology_compiles_the_train_step_on_the_requested_devices(fsdp_step):
@@ -94,8 +95,8 @@ def test_eval_configs_are_refused_with_a_pointer_to_a_training_config():
 
 def test_experiment_settings_reach_the_compile_with_required_paths_stubbed():
     s = aot.finetune_settings(["gin_configs/experiments/scitulu_7b.gin"], ["MESH_SHAPE=%MESH_V4_64"])
-    assert s["mesh_shape"]["fsdp"] == 32 and s["model_config"].num_layers == 32
-    assert s["initial_checkpoint_path"] == "unused-by-aot"
+    assert s["mesh"].shape["fsdp"] == 32 and s["model"].num_layers == 32
+    assert s["train"].initial_checkpoint_path == "unused-by-aot"
 
 
 def test_main_compiles_a_gin_config_for_the_cpu_devices(capsys):
@@ -118,7 +119,7 @@ def test_tpu_topology_compiles_with_libtpu_and_uses_the_chip_memory():
     topo = aot.parse_topology("v5e-4")
     devices = aot.topology_devices(topo)
     assert len(devices) == 4 and devices[0].platform == "tpu"
-    step = aot.compile_train_step(TINY.replace(attention_backend="reference"), devices, mesh_layout="fsdp",
+    step = aot.compile_train_step(TINY.replace(attention_backend="reference"), devices, mesh=MeshConfig("fsdp"),
                                   batch_size=4, length=128)
     report = aot.memory_report(step.compiled, step.arrays, topo.hbm_bytes)
     assert report.fits and report.hbm_bytes == aot.CHIPS["v5e"].hbm_bytes
@@ -130,7 +131,7 @@ def test_auto_attention_compiles_splash_for_a_tpu_topology_on_a_sharded_mesh():
     # Splash is a Mosaic kernel: it compiles on a batch- and head-sharded mesh only inside shard_map.
     config = TINY.replace(hidden_size=256, num_heads=2, num_kv_heads=2, dtype="bfloat16", max_position=256)
     topo = aot.parse_topology("v5e-8")
-    step = aot.compile_train_step(config, aot.topology_devices(topo), mesh_layout="fsdp_tp", batch_size=8,
+    step = aot.compile_train_step(config, aot.topology_devices(topo), mesh=MeshConfig("fsdp_tp"), batch_size=8,
                                   length=256)
     assert step.config.attention_backend == "splash" and dict(step.mesh.shape)["tensor"] == 2
     report = aot.memory_report(step.compiled, step.arrays, topo.hbm_bytes)

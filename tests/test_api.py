@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import sciriff_jax
-from sciriff_jax.checkpoint import save_params
-from sciriff_jax.hf import write_hf
+from sciriff_jax.io.checkpoint import save_params
+from sciriff_jax.io.hf import write_hf
 from sciriff_jax.model import Llama, LlamaConfig, init_params
 
 CONFIG = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sciriff_jax import partitioning
+from sciriff_jax.parallel import sharding as partitioning
 from sciriff_jax.model.attention import attention, make_mask, reference_attention, select_backend
 from sciriff_jax.model.attention_blockwise import blockwise_attention, live_blocks
 from sciriff_jax.model.attention_cudnn import segment_runs

@@ -42,7 +42,7 @@ def test_splash_on_tpu_matches_reference_in_bf16():
 
 def test_splash_on_a_sharded_mesh_runs_per_device_and_matches_reference():
     # XLA cannot partition a Mosaic kernel, so with a mesh splash must run under shard_map.
-    from sciriff_jax import partitioning
+    from sciriff_jax.parallel import sharding as partitioning
 
     mesh = partitioning.make_mesh("fsdp_tp", {"data": 2, "fsdp": 2, "tensor": 2})
     keys = jax.random.split(jax.random.PRNGKey(2), 3)

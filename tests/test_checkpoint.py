@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from sciriff_jax import checkpoint as ck
+from sciriff_jax.io import checkpoint as ck
 
 
 def _params():

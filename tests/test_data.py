@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sciriff_jax import data
+from sciriff_jax.data import batches as data
 
 
 def _sharding(n=8):

@@ -1,7 +1,7 @@
 """TRAIN_STEPS unset: the steps of one epoch are counted from the real SeqIO stream."""
 import pytest
 
-from sciriff_jax import data
+from sciriff_jax.data import batches as data
 
 
 def test_steps_per_epoch_of_an_unpacked_task_is_its_examples_over_the_batch():

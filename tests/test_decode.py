@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sciriff_jax.decode import bucket_length, generate
+from sciriff_jax.eval.decode import bucket_length, generate
 from sciriff_jax.model import Llama, LlamaConfig, init_params
 
 CONFIG = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -37,12 +37,12 @@ def test_greedy_kv_cache_equals_full_recomputation(params):
 
 
 def test_generation_on_an_8_device_mesh_matches_one_device(params):
-    from sciriff_jax import partitioning
+    from sciriff_jax.parallel.sharding import MeshConfig, Sharding
 
-    mesh = partitioning.make_mesh("fsdp_tp")
-    sharded = jax.device_put(params, partitioning.param_shardings(CONFIG, mesh, "fsdp_tp"))
+    sharding = Sharding.create(CONFIG, MeshConfig("fsdp_tp"))
+    sharded = jax.device_put(params, sharding.params)
     want = generate(CONFIG, params, PROMPTS, max_new_tokens=4, eos_id=-1)
-    assert generate(CONFIG, sharded, PROMPTS, max_new_tokens=4, eos_id=-1, mesh=mesh) == want
+    assert generate(CONFIG, sharded, PROMPTS, max_new_tokens=4, eos_id=-1, sharding=sharding) == want
 
 
 def test_generation_stops_at_eos_and_leaves_it_out(params):

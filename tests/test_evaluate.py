@@ -3,15 +3,16 @@ import json
 
 import pytest
 
-from sciriff_jax import evaluate
+from sciriff_jax.eval import evaluate
+from sciriff_jax.eval import metrics, prompts
 
 
 def test_sample_tasks_use_their_declared_scorer_and_eval_tasks_their_own():
-    assert evaluate.scorer_for("sciriff_sample_ner") == "scierc_ner"
-    assert evaluate.scorer_for("sciriff_sample_classification") == "label_f1"
-    assert evaluate.scorer_for("sciriff_4096_evidence_inference") == "evidence_inference"
-    with pytest.raises(ValueError, match="sciriff_4096_acl_arc_intent_classification.*no SciRIFF-Eval scorer"):
-        evaluate.scorer_for("sciriff_4096_acl_arc_intent_classification")
+    assert metrics.resolve_scorer("sciriff_sample_ner") == "scierc_ner"
+    assert metrics.resolve_scorer("sciriff_sample_classification") == "label_f1"
+    assert metrics.resolve_scorer("sciriff_4096_evidence_inference") == "evidence_inference"
+    with pytest.raises(ValueError, match="no SciRIFF-Eval scorer for 'sciriff_4096_acl_arc_intent_classification'"):
+        metrics.resolve_scorer("sciriff_4096_acl_arc_intent_classification")
 
 
 def records_from(shared_sciriff, task, n, predict):
@@ -45,7 +46,7 @@ def test_table_mean_pooled_parse_rate_and_outputs(shared_sciriff, tmp_path):
 def test_eval_gin_requires_a_checkpoint_and_binds_the_run():
     import gin
 
-    from sciriff_jax import main
+    from sciriff_jax.run import main
 
     with pytest.raises(main.GinConfigError, match="CHECKPOINT_PATH"):
         main.load_config(["gin_configs/runs/eval.gin"], [])
@@ -56,28 +57,28 @@ def test_eval_gin_requires_a_checkpoint_and_binds_the_run():
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "sciriff_4096_eval"
     main.load_config(["gin_configs/runs/infer.gin"], ['CHECKPOINT_PATH="/ckpt/y"'])
     assert gin.query_parameter("%CHECKPOINT_PATH") == "/ckpt/y"
-    assert str(gin.query_parameter("infer_run.mixture_or_task_name")) == "%MIXTURE_OR_TASK_NAME"
+    assert str(gin.query_parameter("EvalConfig.mixture_or_task_name")) == "%MIXTURE_OR_TASK_NAME"
     gin.clear_config()
 
 
 def test_missing_checkpoint_path_is_reported_by_name(tmp_path):
     with pytest.raises(FileNotFoundError, match="CHECKPOINT_PATH"):
-        evaluate.load_for_eval(str(tmp_path / "nope"))
+        evaluate.load_checkpoint(str(tmp_path / "nope"), None, "float32", evaluate.EvalConfig(), None)
 
 
 def test_one_shot_prompt_puts_another_solved_example_before_the_question():
     from seqio_tasks import render
 
     examples = [{"input": f"question {i}", "output": f"answer {i}"} for i in range(5)]
-    zero = evaluate.build_prompts(examples, "tulu", 0)
+    zero = prompts.build_prompts(examples, "tulu", 0)
     assert zero == [render.render_prompt(e["input"], "tulu") for e in examples]
-    one = evaluate.build_prompts(examples, "tulu", 1)
+    one = prompts.build_prompts(examples, "tulu", 1)
     for i, prompt in enumerate(one):
-        shot, _, rest = prompt.partition(evaluate.FEWSHOT_DELIMITER)
+        shot, _, rest = prompt.partition(prompts.FEWSHOT_DELIMITER)
         assert rest == zero[i] and f"question {i}\n" not in shot
         j = int(shot.split("question ")[1][0])
         assert shot == zero[j] + f"answer {j}"
-    assert one == evaluate.build_prompts(examples, "tulu", 1)  # seeded: the same shots every run
+    assert one == prompts.build_prompts(examples, "tulu", 1)  # seeded: the same shots every run
 
 
 def test_real_eval_tasks_load_and_score_through_the_data_layer(shared_sciriff, monkeypatch):

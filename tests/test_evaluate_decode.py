@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from sciriff_jax import evaluate
+from sciriff_jax.eval import evaluate
+from sciriff_jax.parallel.sharding import MeshConfig
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_decoding_in_length_sorted_chunks_keeps_each_answer_with_its_prompt(tiny
 def test_overlong_prompt_keeps_its_last_tokens_like_lm_eval(tiny_model, capsys):
     import dataclasses
 
-    from sciriff_jax import decode
+    from sciriff_jax.eval import decode
 
     config, params, vocabulary = tiny_model
     short_context = dataclasses.replace(config, max_position=16)
@@ -49,8 +50,8 @@ def test_overlong_prompt_keeps_its_last_tokens_like_lm_eval(tiny_model, capsys):
 
 def test_eval_hook_returns_flat_metrics_with_parse_rates(tiny_model, tmp_path):
     config, params, vocabulary = tiny_model
-    hook = evaluate.make_eval_hook("sciriff_sample_ner", config=config, vocabulary=vocabulary, max_examples=2,
-                                   max_new_tokens=4, batch_size=2, output_dir=tmp_path)
+    hook = evaluate.make_eval_hook(evaluate.EvalConfig("sciriff_sample_ner", max_examples=2, max_new_tokens=4, batch_size=2),
+                                   config=config, vocabulary=vocabulary, output_dir=tmp_path)
     flat = hook(params, 7)
     assert set(flat) == {"mean", "json_parse_rate", "sciriff_sample_ner/json_parse_rate", "sciriff_sample_ner/f1"}
     assert all(isinstance(v, float) for v in flat.values())
@@ -58,16 +59,18 @@ def test_eval_hook_returns_flat_metrics_with_parse_rates(tiny_model, tmp_path):
 
 
 def test_evaluate_run_from_orbax_from_hugging_face_and_sharded_gives_the_same_predictions(tiny_model, tmp_path, capsys):
-    from sciriff_jax import checkpoint, hf
+    from sciriff_jax.io import checkpoint
+    from sciriff_jax.io import hf
 
     config, params, _ = tiny_model
     checkpoint.save_params(tmp_path / "ckpt", params, config)
     hf.write_hf(params, config, tmp_path / "hf")
     runs = {}
     for kind, source, layout in (("ckpt", "ckpt", None), ("hf", "hf", None), ("fsdp", "ckpt", "fsdp")):
-        runs[kind] = evaluate.evaluate_run(checkpoint_path=str(tmp_path / source), mixture_or_task_name="sciriff_sample_list_qa",
-                                           output_dir=str(tmp_path / f"out_{kind}"), max_examples=2, max_new_tokens=4,
-                                           batch_size=2, dtype="float32", mesh_layout=layout)
+        eval_config = evaluate.EvalConfig("sciriff_sample_list_qa", max_examples=2, max_new_tokens=4, batch_size=2)
+        runs[kind] = evaluate.evaluate_run(checkpoint_path=str(tmp_path / source), eval_config=eval_config,
+                                           output_dir=str(tmp_path / f"out_{kind}"), dtype="float32",
+                                           mesh=MeshConfig(layout) if layout else None)
     summary = runs["ckpt"]
     assert list(summary["table"]) == ["sciriff_sample_list_qa/f1"] and 0.0 <= summary["json_parse_rate"] <= 1.0
     preds = {kind: (tmp_path / f"out_{kind}" / "predictions" / "sciriff_sample_list_qa.jsonl").read_text() for kind in runs}
@@ -79,6 +82,12 @@ def test_evaluate_run_from_orbax_from_hugging_face_and_sharded_gives_the_same_pr
     assert "2/2 examples" in capsys.readouterr().out  # progress lines
 
 
+def bos(hf_dir):
+    from sciriff_jax.io import loader
+
+    return loader.Loaded(None, None, str(hf_dir), "hf", str(hf_dir / "tokenizer.model"), own_tokenizer=True).bos_id
+
+
 def test_hugging_face_directory_with_a_llama_tokenizer_gets_bos(tmp_path):
     import shutil
 
@@ -88,6 +97,6 @@ def test_hugging_face_directory_with_a_llama_tokenizer_gets_bos(tmp_path):
     shutil.copy(vocab_lib.sample_vocab_path(), tmp_path / "tokenizer.model")
     vocabulary = vocab_lib.get_vocabulary(str(tmp_path / "tokenizer.model"))
     assert vocabulary.tokenizer.bos_id() == -1  # the sample vocabulary has no BOS piece: config.json decides
-    assert evaluate._hf_bos_id(tmp_path, vocabulary) == 5
+    assert bos(tmp_path) == 5
     (tmp_path / "tokenizer_config.json").write_text('{"add_bos_token": false}')
-    assert evaluate._hf_bos_id(tmp_path, vocabulary) is None
+    assert bos(tmp_path) is None

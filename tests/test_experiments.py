@@ -6,8 +6,9 @@ import re
 import gin
 import pytest
 
-from sciriff_jax import aot
-from sciriff_jax import main as main_lib
+from sciriff_jax.run import aot
+from sciriff_jax.run import gin_compat
+from sciriff_jax.run import main as main_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "gin_configs" / "experiments"
@@ -23,10 +24,10 @@ def load(name, extra=()):
         main_lib.load_config([path], list(extra))
     except main_lib.GinConfigError:
         pass  # required macros missing: set the ones this file defines, then parse again
-    macros = main_lib.defined_macros()
+    macros = gin_compat.defined_macros()
     bindings = [f"{k}={v}" for k, v in REQUIRED.items() if k in macros] + list(extra)
     main_lib.load_config([path], bindings)
-    return main_lib.defined_macros()
+    return gin_compat.defined_macros()
 
 
 def recommended_meshes(name):
@@ -47,32 +48,32 @@ def test_the_four_experiments_exist():
 def test_training_experiment_parses_into_a_finetune_run(name):
     load(name)
     s = gin.get_bindings("finetune")
-    assert s["model_config"].vocab_size == 32000
-    assert s["learning_rate"] == 2e-5 and s["num_epochs"] == 2.0 and s["schedule"] == "linear"
-    assert s["initial_checkpoint_path"] == "/tmp/init"
-    length = dict(s["task_feature_lengths"])["targets"]
-    assert s["batch_size"] * length == 128 * 4096  # the paper's tokens per step
-    assert s["mixture_or_task_name"] == f"sciriff_{length}_scitulu"
+    assert s["model"].vocab_size == 32000
+    assert s["optimizer"].learning_rate == 2e-5 and s["train"].num_epochs == 2.0 and s["optimizer"].schedule == "linear"
+    assert s["train"].initial_checkpoint_path == "/tmp/init"
+    length = dict(s["data"].task_feature_lengths)["targets"]
+    assert s["train"].batch_size * length == 128 * 4096  # the paper's tokens per step
+    assert s["data"].mixture_or_task_name == f"sciriff_{length}_scitulu"
 
 
 def test_eval_experiment_parses_into_sciriff_eval():
     load("eval_sciriff.gin")
     s = gin.get_bindings("evaluate_run")
-    assert s["mixture_or_task_name"] == "sciriff_4096_eval" and s["split"] == "validation"
-    assert s["max_new_tokens"] == 1024 and s["checkpoint_path"] == "/tmp/ckpt"
+    assert s["eval_config"].mixture_or_task_name == "sciriff_4096_eval" and s["eval_config"].split == "validation"
+    assert s["eval_config"].max_new_tokens == 1024 and s["checkpoint_path"] == "/tmp/ckpt"
 
 
 def test_16k_experiment_splits_the_sequence_over_the_context_axis_with_ring_attention():
     load("scitulu_7b_16k.gin")
     s = gin.get_bindings("finetune")
-    assert s["mesh_layout"] == "fsdp_tp_cp" and s["attention_backend"] == "ring"
-    assert s["mesh_shape"]["context"] > 1
-    assert s["model_config"].max_position >= 16384
+    assert s["mesh"].layout == "fsdp_tp_cp" and s["train"].attention_backend == "ring"
+    assert s["mesh"].shape["context"] > 1
+    assert s["model"].max_position >= 16384
 
 
 def test_70b_experiment_uses_the_70b_shape():
     load("scitulu_70b.gin")
-    assert gin.get_bindings("finetune")["model_config"].num_layers == 80
+    assert gin.get_bindings("finetune")["model"].num_layers == 80
 
 
 @pytest.mark.parametrize("name", TRAINING)
@@ -84,12 +85,12 @@ def test_each_recommended_mesh_fits_its_hardware_and_the_batch(name):
     for macro, hw, microbatches in meshes:
         load(name, [f"MESH_SHAPE=%{macro}", f"MICROBATCHES={microbatches}"])
         s = gin.get_bindings("finetune")
-        mesh = s["mesh_shape"]
+        mesh = s["mesh"].shape
         chips = GPU_CHIPS.get(hw) or aot.parse_topology(hw.lower().replace("_", "-")).num_chips
         assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] * mesh["context"] == chips, macro
-        rows = s["batch_size"] // microbatches
-        assert rows * microbatches == s["batch_size"] and rows % (mesh["data"] * mesh["fsdp"]) == 0, macro
-        assert dict(s["task_feature_lengths"])["targets"] % mesh["context"] == 0, macro
+        rows = s["train"].batch_size // microbatches
+        assert rows * microbatches == s["train"].batch_size and rows % (mesh["data"] * mesh["fsdp"]) == 0, macro
+        assert dict(s["data"].task_feature_lengths)["targets"] % mesh["context"] == 0, macro
 
 
 def test_experiment_mixtures_are_registered():
@@ -99,5 +100,6 @@ def test_experiment_mixtures_are_registered():
     for name in TRAINING + ["eval_sciriff.gin"]:
         load(name)
         selector = "finetune" if name in TRAINING else "evaluate_run"
-        mixture = gin.get_bindings(selector)["mixture_or_task_name"]
+        s = gin.get_bindings(selector)
+        mixture = s["data"].mixture_or_task_name if name in TRAINING else s["eval_config"].mixture_or_task_name
         assert mixture in seqio.MixtureRegistry.names(), f"{name}: {mixture}"

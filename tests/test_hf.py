@@ -6,7 +6,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from sciriff_jax.hf import export_hf, import_hf, load_hf_params, write_hf  # noqa: E402
+from sciriff_jax.io.convert import export_hf, import_hf  # noqa: E402
+from sciriff_jax.io.hf import load_hf_params, write_hf  # noqa: E402
 from sciriff_jax.model import Llama  # noqa: E402
 
 TOKENS = np.array([[5, 9, 13, 2, 77, 31, 8, 1], [3, 3, 60, 99, 14, 0, 41, 7]])
@@ -65,7 +66,7 @@ def test_export_loads_in_transformers_and_reimports_exactly(tmp_path):
 
 
 def test_import_writes_an_orbax_checkpoint_and_export_copies_the_tokenizer(tmp_path):
-    from sciriff_jax.checkpoint import load_params
+    from sciriff_jax.io.checkpoint import load_params
 
     model = hf_model(kv_heads=2, tie=True, seed=2)
     model.save_pretrained(tmp_path / "hf")

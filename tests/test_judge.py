@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from seqio_tasks import judge as judge_lib
-from seqio_tasks import metrics
+from sciriff_jax.eval import judge as judge_lib
+from sciriff_jax.eval import metrics
 
 
 class FakeJudgeServer:

@@ -1,7 +1,8 @@
 """The gin entry point: flag parsing and the errors a user sees for bad bindings."""
 import pytest
 
-from sciriff_jax import main as main_lib
+from sciriff_jax.run import gin_compat
+from sciriff_jax.run import main as main_lib
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def test_gin_dot_flags_become_bindings():
 
 def test_macro_override_is_applied(run_file):
     main_lib.load_config([run_file], ['MODEL_DIR="/tmp/x"', "TRAIN_STEPS=5"])
-    macros = main_lib.defined_macros()
+    macros = gin_compat.defined_macros()
     assert macros["TRAIN_STEPS"] == 5 and macros["MODEL_DIR"] == "/tmp/x"
 
 
@@ -56,10 +57,10 @@ def test_includes_resolve_when_the_working_directory_has_a_folder_of_the_same_na
     (tmp_path / "runs").mkdir()
     monkeypatch.chdir(tmp_path)
     main_lib.load_config([str(main_lib.GIN_CONFIGS_DIR / "runs" / "demo.gin")], ['MODEL_DIR="/tmp/x"'])
-    assert main_lib.defined_macros()["MIXTURE_OR_TASK_NAME"] == "sciriff_sample"
+    assert gin_compat.defined_macros()["MIXTURE_OR_TASK_NAME"] == "sciriff_sample"
 
 
 def test_max_examples_flag_sets_the_macro_of_eval_runs():
     flags = main_lib.parse_flags(["--gin_file=runs/eval.gin", "--max_examples", "5"])
     main_lib.load_config(flags.gin_file, ['CHECKPOINT_PATH="/tmp/x"', *flags.gin_bindings])
-    assert main_lib.defined_macros()["MAX_EXAMPLES"] == 5
+    assert gin_compat.defined_macros()["MAX_EXAMPLES"] == 5

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from seqio_tasks import metrics
+from sciriff_jax.eval import metrics
 
 
 def ex(output, prediction, iid="t:validation:0"):

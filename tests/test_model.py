@@ -45,7 +45,7 @@ def test_gin_model_configs_have_the_published_parameter_counts(name, billions):
 
     import gin
 
-    import sciriff_jax.gin_setup  # noqa: F401  (registers LlamaConfig)
+    import sciriff_jax.run.gin_setup  # noqa: F401  (registers LlamaConfig)
 
     gin.clear_config()
     gin.parse_config_file(str(pathlib.Path(__file__).parents[1] / "gin_configs" / "models" / f"{name}.gin"))

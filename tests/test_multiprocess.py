@@ -21,7 +21,7 @@ def _command(model_dir):
             "--gin.CHECKPOINT_PERIOD=2", "--gin.LOG_EVERY=1", "--gin.LEARNING_RATE=3e-3", "--gin.MICROBATCHES=1",
             '--gin.MESH_LAYOUT="fsdp"', "--gin.VOCAB_SIZE=256", "--gin_bindings=LlamaConfig.num_layers=1",
             "--gin_bindings=LlamaConfig.hidden_size=32", "--gin_bindings=LlamaConfig.intermediate_size=64",
-            '--gin_bindings=finetune.data_source="synthetic"', "--gin_bindings=finetune.tensorboard=False"]
+            '--gin_bindings=train/DataConfig.source="synthetic"', "--gin_bindings=TrainConfig.tensorboard=False"]
 
 
 def _env(devices, **extra):
@@ -64,7 +64,7 @@ def test_two_processes_with_4_devices_each_match_one_process_with_8(tmp_path):
 
 
 def test_cluster_env_reads_coordinator_variables_and_slurm():
-    from sciriff_jax.distributed import cluster_env
+    from sciriff_jax.parallel.distributed import cluster_env
 
     assert cluster_env({}) is None
     assert cluster_env({"COORDINATOR_ADDRESS": "10.0.0.1:1234", "NUM_PROCESSES": "4", "PROCESS_ID": "3"}) == {

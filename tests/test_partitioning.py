@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from sciriff_jax import partitioning
+from sciriff_jax.parallel import sharding as partitioning
 from sciriff_jax.model import Llama, LlamaConfig, init_params
 
 CONFIG = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
@@ -40,11 +40,11 @@ def one_device():
 @pytest.mark.parametrize("layout", partitioning.LAYOUTS)
 def test_layout_gives_the_one_device_loss_and_gradients(layout, one_device):
     params, (want_loss, want_grads) = one_device
-    mesh = partitioning.make_mesh(layout)
-    shardings = partitioning.param_shardings(CONFIG, mesh, layout)
-    tokens, segments = (jax.device_put(x, partitioning.batch_sharding(mesh, layout)) for x in batch())
+    sharding = partitioning.Sharding.create(CONFIG, partitioning.MeshConfig(layout))
+    mesh, shardings = sharding.mesh, sharding.params
+    tokens, segments = (jax.device_put(x, sharding.batch) for x in batch())
     sharded = jax.device_put(params, shardings)
-    with partitioning.activation_context(mesh, layout):
+    with sharding.context():
         step = jax.jit(jax.value_and_grad(make_loss(mesh)), out_shardings=(None, shardings))
         loss, grads = step(sharded, tokens, segments)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
@@ -58,8 +58,8 @@ def test_layout_gives_the_one_device_loss_and_gradients(layout, one_device):
     ("fsdp_tp_cp", P(None, "fsdp", "tensor"), P("tensor", "fsdp")),
 ])
 def test_params_are_sharded_as_the_layout_table_says(layout, gate_spec, embed_spec):
-    mesh = partitioning.make_mesh(layout)
-    shardings = partitioning.param_shardings(CONFIG, mesh, layout)
+    sharding = partitioning.Sharding.create(CONFIG, partitioning.MeshConfig(layout))
+    mesh, shardings = sharding.mesh, sharding.params
     assert shardings["layers"]["mlp"]["gate_proj"].spec == gate_spec
     assert shardings["embedding"].spec == embed_spec
     params = jax.device_put(init_params(CONFIG, jax.random.PRNGKey(0)), shardings)

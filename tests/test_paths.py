@@ -14,7 +14,11 @@ from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.registry import _registry as fsspec_registry
 from fsspec.utils import stringify_path
 
-from sciriff_jax import checkpoint, evaluate, hf, logging_utils, paths
+from sciriff_jax.io import checkpoint
+from sciriff_jax.eval import evaluate
+from sciriff_jax.io import convert
+from sciriff_jax.train import run_log as logging_utils
+from sciriff_jax.io import paths
 
 
 class _InMemoryS3(MemoryFileSystem):
@@ -85,11 +89,11 @@ def test_latest_committed_step_is_found_under_a_url(bucket):
     for step in ("3", "10", "20.orbax-checkpoint-tmp-1"):
         epath.Path(bucket, "checkpoints", step, "params").mkdir(parents=True)
     assert str(checkpoint.resolve_checkpoint_dir(bucket)) == bucket + "/checkpoints/10"
-    assert str(evaluate._default_output_dir(bucket, "mix")) == bucket + "/eval/mix"
+    assert str(evaluate.default_output_dir(bucket, "mix")) == bucket + "/eval/mix"
     with pytest.raises(FileNotFoundError, match="s3://bucket/missing"):
         checkpoint.resolve_checkpoint_dir("s3://bucket/missing")
     with pytest.raises(FileNotFoundError, match="s3://bucket/missing"):
-        evaluate.load_for_eval("s3://bucket/missing")
+        evaluate.load_checkpoint("s3://bucket/missing", None, "float32", evaluate.EvalConfig(), None)
 
 
 def test_eval_predictions_and_summaries_are_written_to_a_url(bucket):
@@ -101,8 +105,8 @@ def test_eval_predictions_and_summaries_are_written_to_a_url(bucket):
 
     config = LlamaConfig(vocab_size=1536, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                          num_kv_heads=1, max_position=1024, dtype="float32", param_dtype="float32")
-    hook = evaluate.make_eval_hook("sciriff_sample_ner", config=config, vocabulary=vocab_lib.get_vocabulary(),
-                                   max_examples=1, max_new_tokens=2, batch_size=1, output_dir=bucket + "/eval")
+    hook = evaluate.make_eval_hook(evaluate.EvalConfig("sciriff_sample_ner", max_examples=1, max_new_tokens=2, batch_size=1),
+                                   config=config, vocabulary=vocab_lib.get_vocabulary(), output_dir=bucket + "/eval")
     hook(llama.init_params(config, jax.random.PRNGKey(0)), 5)
     out = epath.Path(bucket, "eval", "step_5")
     rows = (out / "predictions" / "sciriff_sample_ner.jsonl").read_text().splitlines()
@@ -113,6 +117,6 @@ def test_eval_predictions_and_summaries_are_written_to_a_url(bucket):
 
 def test_hugging_face_directories_must_be_local():
     with pytest.raises(ValueError, match="must be local"):
-        hf.export_hf("unused", "gs://bucket/hf")
+        convert.export_hf("unused", "gs://bucket/hf")
     with pytest.raises(ValueError, match="must be local"):
-        hf.import_hf("gs://bucket/hf", "unused")
+        convert.import_hf("gs://bucket/hf", "unused")

@@ -20,8 +20,8 @@ def _command(model_dir):
             f"--gin.TRAIN_STEPS={TRAIN_STEPS}", "--gin.BATCH_SIZE=4", '--gin.TASK_FEATURE_LENGTHS={"targets": 32}',
             f"--gin.CHECKPOINT_PERIOD={PERIOD}", "--gin.LOG_EVERY=1", "--gin.LEARNING_RATE=3e-3",
             "--gin.VOCAB_SIZE=256", "--gin_bindings=LlamaConfig.num_layers=1", "--gin_bindings=LlamaConfig.hidden_size=32",
-            "--gin_bindings=LlamaConfig.intermediate_size=64", '--gin_bindings=finetune.data_source="synthetic"',
-            "--gin_bindings=finetune.tensorboard=False"]
+            "--gin_bindings=LlamaConfig.intermediate_size=64", '--gin_bindings=train/DataConfig.source="synthetic"',
+            "--gin_bindings=TrainConfig.tensorboard=False"]
 
 
 def _env():

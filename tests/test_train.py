@@ -7,7 +7,11 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sciriff_jax import data, optim, train
+from sciriff_jax.data import batches as data
+from sciriff_jax.train import optim
+from sciriff_jax.parallel.sharding import Sharding, make_mesh
+from sciriff_jax.train import loop
+from sciriff_jax.train import step as train
 
 VOCAB, LENGTH = 16, 12
 
@@ -84,14 +88,11 @@ def test_microbatches_must_divide_the_batch():
 def test_sharded_step_on_8_devices_matches_single_device():
     model, params, tx, _ = _setup()
     batch = _batch()
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+    mesh = make_mesh("data", devices=jax.devices()[:8])
     rep = NamedSharding(mesh, P())
-    psh = jax.tree.map(lambda _: rep, params)
-    osh = train.opt_state_shardings(tx, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-                                                      params), mesh=mesh)
-    bsh = NamedSharding(mesh, P("data"))
-    sharded = train.make_train_step(model, tx, microbatches=2, mesh=mesh, param_shardings=psh, opt_shardings=osh,
-                                    batch_sharding=bsh, donate=False)
+    sharding = Sharding("data", mesh, jax.tree.map(lambda _: rep, params)).with_optimizer(tx, params)
+    bsh = sharding.batch
+    sharded = train.make_train_step(model, tx, microbatches=2, sharding=sharding, donate=False)
     plain = train.make_train_step(model, tx, donate=False)
     gbatch = {k: jax.device_put(v, bsh) for k, v in batch.items()}
     ps, _, ms = sharded(jax.device_put(params, rep), jax.device_put(tx.init(params), rep), gbatch)
@@ -122,8 +123,8 @@ def test_nonfinite_loss_stops_naming_step_and_batch():
     model, params, tx, sched = _setup()
     step = train.make_train_step(model, tx, donate=False)
     batches = _Batches([_batch(i=0), _batch(i=1), _nan_batch(), _batch(i=3)])
-    with pytest.raises(train.NonFiniteLossError, match=r"at step 3 .*batch index 2.*last good checkpoint: none"):
-        train.train_loop(step_fn=step, params=params, opt_state=tx.init(params), batches=batches, train_steps=4)
+    with pytest.raises(loop.NonFiniteLossError, match=r"at step 3 .*batch index 2.*last good checkpoint: none"):
+        loop.train_loop(step_fn=step, params=params, opt_state=tx.init(params), batches=batches, train_steps=4)
 
 
 def test_nonfinite_loss_skip_policy_leaves_params_unchanged_and_continues():
@@ -134,7 +135,7 @@ def test_nonfinite_loss_skip_policy_leaves_params_unchanged_and_continues():
     for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     batches = _Batches([_batch(i=0), _nan_batch(), _batch(i=2)])
-    out = train.train_loop(step_fn=step, params=params, opt_state=tx.init(params), batches=batches, train_steps=3,
+    out = loop.train_loop(step_fn=step, params=params, opt_state=tx.init(params), batches=batches, train_steps=3,
                            on_nonfinite="skip")
     assert out["skipped_steps"] == [2] and out["steps"] == 3 and np.isfinite(out["last_loss"])
 
@@ -154,8 +155,8 @@ def test_training_modules_import_without_tensorflow_or_seqio():
     import subprocess
     import sys
 
-    code = ("import sys; import sciriff_jax.train, sciriff_jax.checkpoint, sciriff_jax.optim, sciriff_jax.data, "
-            "sciriff_jax.logging_utils, sciriff_jax.distributed; "
+    code = ("import sys; import sciriff_jax.train.step, sciriff_jax.io.checkpoint, sciriff_jax.train.optim, sciriff_jax.data.batches, "
+            "sciriff_jax.train.run_log, sciriff_jax.parallel.distributed; "
             "bad = [m for m in ('tensorflow', 'seqio', 'seqio_tasks') if m in sys.modules]; "
             "assert not bad, bad")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

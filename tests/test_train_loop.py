@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sciriff_jax import checkpoint, data, logging_utils, optim, train
+from sciriff_jax.io import checkpoint
+from sciriff_jax.data import batches as data
+from sciriff_jax.train import run_log as logging_utils
+from sciriff_jax.train import optim
+from sciriff_jax.train import loop
+from sciriff_jax.train import step as train
 
 VOCAB, LENGTH, BATCH = 32, 16, 4
 
@@ -41,7 +46,7 @@ def _run(tmp_path, train_steps=6, eval_fn=None, preemption=None, start=None, log
     logger = logging_utils.RunLogger(tmp_path, total_steps=train_steps, start_step=start_step,
                                      tokens_per_step=BATCH * LENGTH, flops_per_token=100.0, log_every=log_every)
     try:
-        return train.train_loop(step_fn=train.make_train_step(model, tx), params=params, opt_state=opt_state,
+        return loop.train_loop(step_fn=train.make_train_step(model, tx), params=params, opt_state=opt_state,
                                 batches=batches, train_steps=train_steps, start_step=start_step, schedule=sched,
                                 checkpointer=ckpt, logger=logger, eval_fn=eval_fn, eval_every=4 if eval_fn else None,
                                 eval_at_start=eval_fn is not None, preemption=preemption)
@@ -96,7 +101,7 @@ class _SigtermAtStep:
 
 def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
     with checkpoint.PreemptionGuard() as guard:
-        with pytest.raises(train.Preempted) as err:
+        with pytest.raises(loop.Preempted) as err:
             _run(tmp_path, train_steps=10, preemption=_SigtermAtStep(guard, 2))
     assert err.value.code == 143 and err.value.step == 2
     mgr = checkpoint.TrainCheckpointer(tmp_path, period=3)
@@ -118,7 +123,7 @@ def test_operative_config_is_saved_in_model_dir(tmp_path):
 
 
 def test_progress_eta_follows_the_latest_pace_not_the_compile_time(tmp_path, monkeypatch, capsys):
-    from sciriff_jax import logging_utils
+    from sciriff_jax.train import run_log as logging_utils
 
     clock = iter([0.0, 100.0, 110.0])  # start; step 1 after a 100 s compile; step 10 ten seconds later
     # Only logging_utils's view of the clock changes (other threads keep the real time.time).

@@ -6,14 +6,17 @@ segment_ids [B, L] (packed rows: tokens attend only within their own segment). O
 from __future__ import annotations
 
 import logging
+import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from sciriff_jax.model.online_softmax import MASK_VALUE
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "reference", "blockwise", "cudnn", "splash", "ring")
-_MASK_VALUE = -1e30  # finite, so fully-masked rows never produce NaN
 # Below this many tokens per row, materialising S x S is cheaper than blockwise bookkeeping.
 _REFERENCE_MAX_LEN = 2048
 
@@ -39,10 +42,22 @@ def reference_attention(q, k, v, mask=None) -> jnp.ndarray:
     scores = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
     scores = scores * (d ** -0.5)
     if mask is not None:
-        scores = jnp.where(mask[:, None, None], scores, _MASK_VALUE)
+        scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(b, lq, h, d).astype(q.dtype)
+
+
+def shard_map_specs(mesh, length_axis, batch: int, kv_heads: int):
+    """(q/k/v spec, segment-ids spec) for running a backend per device under shard_map: batch over data/fsdp
+    where it divides, the length over `length_axis` (or whole rows with None), heads over tensor where it divides."""
+    batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.shape and mesh.shape[a] > 1)
+    if batch_axes and batch % math.prod(mesh.shape[a] for a in batch_axes):
+        batch_axes = ()
+    tp = mesh.shape.get("tensor", 1)
+    heads = "tensor" if tp > 1 and kv_heads % tp == 0 else None
+    b = batch_axes if batch_axes else None
+    return P(b, length_axis, heads, None), P(b, length_axis)
 
 
 def _context_size(mesh) -> int:

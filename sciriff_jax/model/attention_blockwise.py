@@ -15,7 +15,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-_NEG = -1e30
+from sciriff_jax.model import online_softmax
+from sciriff_jax.model.online_softmax import MASK_VALUE
 
 
 def _pad_to(x, length, axis, value):
@@ -77,22 +78,14 @@ def _forward(qb, kb, vb, seg_q, seg_k, live, causal, bq, bk):
             kj, vj, skj, live_ij, j = xs
 
             def compute(carry):
-                m, l, acc = carry
                 s, mask = _tile(qi, kj, sqi, skj, i, j, causal, bq, bk, scale)
-                m_new = jnp.maximum(m, jnp.where(mask, s, _NEG).max(-1))
-                p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
-                corr = jnp.exp(m - m_new)
-                pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
-                return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
+                return online_softmax.update(carry, s, mask, vj, "bksd")
 
             return jax.lax.cond(live_ij, compute, lambda c: c, carry), None
 
-        shape = qi.shape[:-1]
-        init = (jnp.full(shape, _NEG, jnp.float32), jnp.zeros(shape, jnp.float32),
-                jnp.zeros(qi.shape, jnp.float32))
-        (m, l, acc), _ = jax.lax.scan(step, init, (kb, vb, seg_k, live_i, jnp.arange(nk)))
-        l = jnp.maximum(l, 1e-30)
-        return acc / l[..., None], m + jnp.log(l)
+        init = online_softmax.init(qi.shape[:-1], qi.shape[-1])
+        carry, _ = jax.lax.scan(step, init, (kb, vb, seg_k, live_i, jnp.arange(nk)))
+        return online_softmax.finish(carry)
 
     return jax.lax.map(one_query_block, (qb, seg_q, live, jnp.arange(qb.shape[0])))
 

@@ -12,6 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from sciriff_jax.model.attention import shard_map_specs
+
 
 @functools.lru_cache(maxsize=32)
 def _kernel(length: int, group: int, causal: bool, interpret: bool):
@@ -36,10 +38,8 @@ def splash_attention(q, k, v, *, segment_ids=None, causal: bool = True, interpre
     local = functools.partial(_local, causal=causal, interpret=interpret)
     if mesh is None:
         return local(q, k, v, seg)
-    from sciriff_jax.model.attention_ring import _specs
-
     # Rows stay whole on each device (no length axis): only batch and heads are split.
-    qkv_spec, seg_spec = _specs(mesh, None, b, k.shape[2])
+    qkv_spec, seg_spec = shard_map_specs(mesh, None, b, k.shape[2])
     fn = jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, seg_spec), out_specs=qkv_spec,
                        check_vma=False)
     return fn(q, k, v, seg)

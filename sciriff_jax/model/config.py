@@ -9,29 +9,50 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_BACKENDS = ("auto", "reference", "blockwise", "cudnn", "splash", "ring")
 
 
+# Field markers. SHAPE fields fix the parameter shapes: a run on top of a checkpoint must match them.
+# RUNTIME fields are numerics, memory and context length: a run may change them over a checkpoint
+# (e.g. the 16K experiment scales RoPE), and the run's own values then win.
+SHAPE = {"kind": "shape"}
+RUNTIME = {"kind": "runtime"}
+
+
 @dataclasses.dataclass
 class LlamaConfig:
     """Shape and numerics of a decoder-only Llama-2 style model."""
 
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int | None = None
+    vocab_size: int = dataclasses.field(metadata=SHAPE)
+    hidden_size: int = dataclasses.field(metadata=SHAPE)
+    intermediate_size: int = dataclasses.field(metadata=SHAPE)
+    num_layers: int = dataclasses.field(metadata=SHAPE)
+    num_heads: int = dataclasses.field(metadata=SHAPE)
+    num_kv_heads: int = dataclasses.field(metadata=SHAPE)
+    head_dim: int | None = dataclasses.field(default=None, metadata=SHAPE)
     rope_theta: float = 10000.0
     # None, {"rope_type": "linear", "factor": f} or {"rope_type": "llama3", "factor", "low_freq_factor",
     # "high_freq_factor", "original_max_position_embeddings"} (Hugging Face's keys).
-    rope_scaling: dict | None = None
+    rope_scaling: dict | None = dataclasses.field(default=None, metadata=RUNTIME)
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False
-    max_position: int = 4096
-    dtype: str = "bfloat16"
+    max_position: int = dataclasses.field(default=4096, metadata=RUNTIME)
+    dtype: str = dataclasses.field(default="bfloat16", metadata=RUNTIME)
     param_dtype: str = "float32"
     scan_layers: bool = True
-    remat_policy: str = "none"
-    attention_backend: str = "auto"
+    remat_policy: str = dataclasses.field(default="none", metadata=RUNTIME)
+    attention_backend: str = dataclasses.field(default="auto", metadata=RUNTIME)
+
+    @classmethod
+    def fields_of_kind(cls, kind: dict) -> tuple[str, ...]:
+        """Names of the fields marked SHAPE or RUNTIME."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("kind") == kind["kind"])
+
+    def shape_mismatches(self, other: "LlamaConfig") -> dict:
+        """{field: (ours, theirs)} for the SHAPE fields where `other` differs."""
+        return {k: (getattr(self, k), getattr(other, k)) for k in self.fields_of_kind(SHAPE)
+                if getattr(self, k) != getattr(other, k)}
+
+    def with_runtime_of(self, other: "LlamaConfig") -> "LlamaConfig":
+        """This config with `other`'s RUNTIME fields (numerics, memory, context length)."""
+        return self.replace(**{k: getattr(other, k) for k in self.fields_of_kind(RUNTIME)})
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -153,5 +174,7 @@ class LlamaConfig:
         return n
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6 * params + 6 * layers * hidden * seq_len (the ANCHORS.md definition)."""
+        """Training FLOPs per token: 6 * params + 6 * layers * hidden * seq_len (the ANCHORS.md definition).
+
+        The one formula: benchmarks' model TFLOP/s and the MFU in a run's metrics.jsonl both use it."""
         return 6.0 * self.num_params() + 6.0 * self.num_layers * self.hidden_size * seq_len

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -107,10 +106,11 @@ def _strip_stop(tokens: list[int], stops) -> list[int]:
 
 def generate(config: LlamaConfig, params, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int,
              temperature: float = 0.0, top_p: float = 1.0, stop_sequences: list[list[int]] | None = None,
-             rng=None, batch_size: int = 32, pad_id: int = 0, mesh=None, progress: bool = False) -> list[list[int]]:
+             rng=None, batch_size: int = 32, pad_id: int = 0, sharding=None) -> list[list[int]]:
     """New tokens for each prompt (input order), without EOS and without a trailing stop sequence.
 
-    `mesh`: run under that mesh with the fsdp(_tp) activation rules (params may already be sharded on it).
+    `sharding`: a `parallel.sharding.Sharding` to run under (params may already be placed by it): rows split over
+    data+fsdp, heads over tensor; a context axis only replicates (no ring attention for decoding).
     """
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be in 1..{MAX_NEW_TOKENS}.")
@@ -122,17 +122,12 @@ def generate(config: LlamaConfig, params, prompts: list[list[int]], *, max_new_t
     rng = jax.random.PRNGKey(0) if rng is None else rng
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int] | None] = [None] * len(prompts)
-    start = time.time()
     ctx, dp = contextlib.nullcontext(), 1
-    if mesh is not None:
-        from sciriff_jax import partitioning
-
-        # Rows split over data+fsdp, heads over tensor (a context axis only replicates: no ring for decoding).
-        layout = "fsdp_tp" if mesh.shape.get("tensor", 1) > 1 else "fsdp"
-        ctx = partitioning.activation_context(mesh, layout)
-        dp = int(np.prod([mesh.shape.get(a, 1) for a in partitioning.BATCH_AXES]))
+    if sharding is not None:
+        sharding = sharding.for_decoding()
+        ctx, dp = sharding.context(), sharding.data_parallel
     with ctx:
-        for n_batch, lo in enumerate(range(0, len(order), batch_size)):
+        for lo in range(0, len(order), batch_size):
             idx = order[lo:lo + batch_size]
             bucket = bucket_length(max(len(prompts[i]) for i in idx))
             # Fixed batch shape (dummy rows fill the last batch) so every batch reuses one program.
@@ -150,9 +145,5 @@ def generate(config: LlamaConfig, params, prompts: list[list[int]], *, max_new_t
             out, length = np.asarray(out), np.asarray(length)
             for r, i in enumerate(idx):
                 results[i] = _strip_stop(out[r, :length[r]].tolist(), stops)
-            if progress:
-                done = min(lo + batch_size, len(order))
-                print(f"generate: {done}/{len(order)} prompts (batch {n_batch + 1}, bucket {bucket}) "
-                      f"{time.time() - start:.1f}s", flush=True)
     return results
 

@@ -2,30 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import sys
 from typing import Sequence
 
-
-def _light_import(name: str):
-    """Import seqio_tasks.<name> without running seqio_tasks/__init__ (which registers tasks: SeqIO + TF)."""
-    full = f"seqio_tasks.{name}"
-    if full in sys.modules or "seqio_tasks" in sys.modules:
-        return importlib.import_module(full)
-    package = importlib.util.find_spec("seqio_tasks")
-    spec = importlib.util.spec_from_file_location(full, pathlib.Path(package.submodule_search_locations[0]) / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[full] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 # metrics and judge are pure Python: scoring works on a machine without TensorFlow or JAX.
-judge_lib = _light_import("judge")
-jsonl = _light_import("jsonl")
-metrics = _light_import("metrics")
+from sciriff_jax.eval import judge as judge_lib
+from sciriff_jax.eval import metrics
+from sciriff_jax.io import jsonl
 
 
 class PredictionFileError(ValueError):
@@ -62,7 +47,7 @@ def score_file(path, task: str | None = None, judge=None) -> dict:
     by_task: dict[str, list[dict]] = {}
     for row in rows:
         by_task.setdefault(row["task"], []).append(row)
-    # Eval runs write each line's scorer (sample tasks name theirs); else the task name picks it.
+    # Eval runs write each line's scorer; else the task name picks it (metrics.resolve_scorer).
     results = {name: {**metrics.score(group[0].get("scorer") or name, group, judge=judge), "task": name}
                for name, group in by_task.items()}
     row = metrics.table_row(results)

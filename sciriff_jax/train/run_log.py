@@ -6,7 +6,7 @@ import time
 
 import jax
 
-from sciriff_jax import paths
+from sciriff_jax.io import paths
 
 # Dense bf16 peak FLOP/s per device (vendor figures); MFU is reported only where the device is known.
 PEAK_FLOPS = {
@@ -24,11 +24,6 @@ def device_peak_flops(device=None) -> float | None:
         if name in kind:
             return flops
     return None
-
-
-def llama_flops_per_token(num_params: int, num_layers: int = 0, hidden_size: int = 0, seq_len: int = 0) -> float:
-    """Training FLOPs per token: 6N for the weights + 12 * layers * hidden * seq for attention."""
-    return 6.0 * num_params + 12.0 * num_layers * hidden_size * seq_len
 
 
 def save_operative_config(model_dir, text: str | None) -> str | None:

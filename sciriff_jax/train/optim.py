@@ -1,6 +1,7 @@
 """The optimizer: optax AdamW with warmup + linear/cosine/constant schedule, weight decay and clipping."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -54,3 +55,19 @@ def make_optimizer(learning_rate: float, train_steps: int, *, warmup_ratio: floa
         parts.append(optax.clip_by_global_norm(grad_clip))
     parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask))
     return optax.chain(*parts), sched
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer of a run (defaults: the SciTulu recipe, AdamW lr 2e-5, linear decay, 3% warmup, no decay)."""
+
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.03
+    schedule: str = "linear"
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+
+    def make(self, train_steps: int):
+        """`(optax.GradientTransformation, schedule)` for a run of `train_steps` updates."""
+        return make_optimizer(self.learning_rate, train_steps, warmup_ratio=self.warmup_ratio, schedule=self.schedule,
+                              weight_decay=self.weight_decay, grad_clip=self.grad_clip)

@@ -3,7 +3,7 @@
 `score(task_or_scorer, examples)` scores a list of {"output": reference, "prediction": raw model
 text, "_instance_id"?, "input"?} dicts with the metrics of one of the nine SciRIFF-Eval tasks
 (or a generic scorer: "label_f1", "token_f1"). Differences from the release's evaluation code
-are listed in docs/evaluation.md.
+are listed in the README's Evaluation section.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import json
 import math
 import re
 import string
-import sys
+
+from sciriff_jax.eval import judge as judge_lib
 
 # Chat-template end markers a decoder may leave at the end of its text; removed as whole strings
 # (the release's `str.strip("</s>")` treats them as a character set and eats a final "s").
@@ -402,20 +403,25 @@ TASKS = {
 EVAL_TASKS = tuple(list(TASKS)[:9])
 
 
+# The built-in sample's tasks (seqio_tasks.sample) and the scorers their answers are scored with.
+SAMPLE_SCORERS = {"sample_ner": "scierc_ner", "sample_list_qa": "bioasq_list_qa",
+                  "sample_classification": "label_f1", "sample_entailment": "scifact_entailment",
+                  "sample_summarization": "token_f1"}
+
+
 def resolve_scorer(name: str) -> str:
-    """The scorer for a task or scorer name; a registered task name containing an eval task's name maps to it."""
+    """The one scorer lookup: a scorer name; a sample task (sample_ner, sciriff_sample_ner); or a registered
+    task name containing an eval task's name (sciriff_4096_scifact_entailment -> scifact_entailment)."""
     if name in TASKS:
         return name
+    for key, scorer in SAMPLE_SCORERS.items():
+        if name == key or name.endswith("_" + key):
+            return scorer
     matches = [key for key in EVAL_TASKS if key in name]
     if matches:
         return max(matches, key=len)
-    raise ValueError(f"no SciRIFF-Eval scorer for {name!r}; known scorers: {', '.join(TASKS)}")
-
-
-def answer_shape(task_or_scorer: str) -> str | None:
-    """"dict" or "list" for JSON-answer tasks, None for free-text tasks."""
-    default = TASKS[resolve_scorer(task_or_scorer)][0]
-    return None if default is None else ("dict" if isinstance(default, dict) else "list")
+    raise ValueError(f"no SciRIFF-Eval scorer for {name!r}: evaluate the eval mixture's tasks (names containing one "
+                     f"of {', '.join(EVAL_TASKS)}) or a sciriff_sample_* task; known scorers: {', '.join(TASKS)}")
 
 
 def score(task_or_scorer: str, examples: list[dict], *, judge=None) -> dict:
@@ -482,9 +488,9 @@ def _judge_scores(name, examples, pairs, judge, result) -> dict:
                 ratings[i] = 1  # no answer gets the lowest rating without a call, as the release
                 continue
             ref_evidence = ref.get("evidence") if isinstance(ref, dict) else []
-            prompts.append(_judge_module().qasper_prompt(ex.get("input", ""), ref_answer, flatten(ref_evidence or []), answer))
+            prompts.append(judge_lib.qasper_prompt(ex.get("input", ""), ref_answer, flatten(ref_evidence or []), answer))
         else:
-            prompts.append(_judge_module().mup_prompt(ex.get("input", ""), ref, pred))
+            prompts.append(judge_lib.mup_prompt(ex.get("input", ""), ref, pred))
         where.append(i)
     for i, rating in zip(where, judge.rate_all(prompts)):
         ratings[i] = rating
@@ -496,14 +502,6 @@ def _judge_scores(name, examples, pairs, judge, result) -> dict:
         result["judge"]["status"] = "failed"
         return {key: None}
     return {key: (sum(rated) / len(rated) - 1) / 4}
-
-
-def _judge_module():
-    # Prefer an already-loaded module: `sciriff-jax score` loads it without seqio_tasks/__init__ (SeqIO, TF).
-    module = sys.modules.get("seqio_tasks.judge")
-    if module is None:
-        from seqio_tasks import judge as module
-    return module
 
 
 def table_row(results: dict) -> dict:

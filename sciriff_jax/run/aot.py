@@ -14,8 +14,17 @@ import sys
 import time
 from typing import Any, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
+
+from sciriff_jax.data.batches import BATCH_KEYS
+from sciriff_jax.model.attention import select_backend
+from sciriff_jax.parallel.sharding import MeshConfig
+from sciriff_jax.run import gin_compat
+from sciriff_jax.run import main as main_lib
+from sciriff_jax.train import setup
+from sciriff_jax.train.optim import OptimizerConfig
 
 GiB = 1024 ** 3
 
@@ -229,7 +238,7 @@ def format_report(report: MemoryReport, title: str = "") -> str:
         lines.append(f"  XLA peak estimate    {_gib(report.peak_bytes)}")
     if report.hbm_bytes is not None:
         pct = 100.0 * report.total_bytes / report.hbm_bytes
-        verdict = "fits" if report.fits else "DOES NOT FIT: see docs/running.md#out-of-memory"
+        verdict = "fits" if report.fits else "DOES NOT FIT: see README.md, Running on real hardware > Troubleshooting"
         lines.append(f"  chip HBM             {_gib(report.hbm_bytes)}  -> {pct:.0f}% used, {verdict}")
     if report.largest:
         lines.append(format_largest(report.largest))
@@ -248,10 +257,6 @@ def format_largest(arrays: Sequence[ArrayInfo]) -> str:
 
 # --- compiling the training step -----------------------------------------------------------------
 
-BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
-              "decoder_positions")
-
-
 @dataclasses.dataclass
 class CompiledStep:
     """A training step compiled for a set of devices (or the compiler's out-of-memory verdict)."""
@@ -266,77 +271,60 @@ class CompiledStep:
 
 def target_attention_backend(config, platform: str, length: int, mesh=None) -> str:
     """What `config.attention_backend` becomes on the target platform (the compiling host may be a CPU)."""
-    from sciriff_jax.model.attention import select_backend
-
     q = jax.ShapeDtypeStruct((1, length, config.num_heads, config.head_dim), jnp.dtype(config.dtype))
     return select_backend(config.attention_backend, q, mesh=mesh, platform=platform)
 
 
-def compile_train_step(config, devices, *, mesh_layout: str = "fsdp", mesh_shape=None, batch_size: int,
-                       length: int, microbatches: int = 1, learning_rate: float = 2e-5, train_steps: int = 1000,
-                       warmup_ratio: float = 0.03, schedule: str = "linear", weight_decay: float = 0.0,
-                       grad_clip: float | None = 1.0) -> CompiledStep:
-    """Lower and compile `train.make_train_step` for `devices` from shapes alone (nothing is allocated)."""
-    from sciriff_jax import optim, partitioning, train
-    from sciriff_jax.model.llama import Llama, param_shapes
-
+def compile_train_step(config, devices, *, mesh: MeshConfig = MeshConfig("fsdp"), batch_size: int, length: int,
+                       microbatches: int = 1, optimizer: OptimizerConfig = OptimizerConfig(),
+                       train_steps: int = 1000) -> CompiledStep:
+    """Lower and compile the training run's step (train.setup.build) for `devices` from shapes alone."""
     started = time.time()
-    mesh = partitioning.make_mesh(mesh_layout, mesh_shape, devices=devices)
-    rules = partitioning.logical_rules(mesh_layout)
+    run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
+                            microbatches=microbatches, devices=devices)
+    sharding = run_setup.sharding
     platform = devices[0].platform
-    backend = target_attention_backend(config, platform, length, mesh)
-    # Shapes come from the config as given: initialising with a short dummy row must not hit splash's limits.
-    shape_config, config = config, config.replace(attention_backend=backend)
-    psh = partitioning.param_shardings(shape_config, mesh, mesh_layout)
-    bsh = partitioning.batch_sharding(mesh, mesh_layout)
-    tx, _ = optim.make_optimizer(learning_rate, train_steps, warmup_ratio=warmup_ratio, schedule=schedule,
-                                 weight_decay=weight_decay, grad_clip=grad_clip)
-    shapes = param_shapes(shape_config)
-    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, psh)
-    osh = train.opt_state_shardings(tx, params, mesh=mesh)
-    opt_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                             jax.eval_shape(tx.init, shapes), osh)
-    batch = {k: jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=bsh) for k in BATCH_KEYS}
-    step = train.make_train_step(Llama(config, mesh=mesh), tx, microbatches=microbatches, mesh=mesh, rules=rules,
-                                 param_shardings=psh, opt_shardings=osh, batch_sharding=bsh)
+    backend = target_attention_backend(config, platform, length, sharding.mesh)
+    run_setup = run_setup.with_step_config(config.replace(attention_backend=backend))
+    params, opt_state = run_setup.abstract_params(), run_setup.abstract_opt_state()
+    batch = run_setup.abstract_batch(batch_size, length)
     try:
-        with train.mesh_context(mesh, rules):
-            lowered = step.jitted.lower(params, opt_state, batch)
+        with sharding.context():
+            lowered = run_setup.step.jitted.lower(params, opt_state, batch)
     except (NotImplementedError, ValueError) as err:
         raise AotError(
             f"the training step cannot be lowered for {platform} with attention backend {backend!r} on mesh "
-            f"{dict(mesh.shape)}: {str(err).splitlines()[0]} -- try another backend, e.g. "
+            f"{dict(sharding.mesh.shape)}: {str(err).splitlines()[0]} -- try another backend, e.g. "
             "--gin.ATTENTION_BACKEND='\"blockwise\"'") from err
     # The step is jitted with exactly these in_shardings, so they are what the compiled program takes.
     # (`compiled.input_shardings` cannot be used: with splash its kernel's mask tables become extra
     # executable inputs and jax 0.10.2 fails to unflatten them, "Too many leaves for PyTreeDef".)
     arrays = describe_arrays({"params": params, "opt_state": opt_state, "batch": batch},
-                             {"params": psh, "opt_state": osh, "batch": {k: bsh for k in BATCH_KEYS}})
+                             {"params": sharding.params, "opt_state": sharding.opt_state,
+                              "batch": {k: sharding.batch for k in BATCH_KEYS}})
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as err:
         # The TPU compiler refuses a program that cannot fit rather than reporting its size.
         if "RESOURCE_EXHAUSTED" not in str(err):
             raise
-        return CompiledStep(None, mesh, config, arrays, time.time() - started, str(err).splitlines()[0])
-    return CompiledStep(compiled, mesh, config, arrays, time.time() - started)
+        return CompiledStep(None, sharding.mesh, run_setup.config, arrays, time.time() - started,
+                            str(err).splitlines()[0])
+    return CompiledStep(compiled, sharding.mesh, run_setup.config, arrays, time.time() - started)
 
 
 # --- gin glue and the command line ----------------------------------------------------------------
 
 def finetune_settings(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> dict:
-    """The `finetune` bindings of a run/experiment config (required macros AOT does not use are stubbed)."""
-    import gin
-
-    from sciriff_jax import main as main_lib
-
+    """The config objects `finetune` would get from a run/experiment config (required macros AOT does not use are
+    stubbed): {"train", "data", "model", "optimizer", "mesh", ...}."""
     bindings = list(bindings)
     try:
         main_lib.load_config(gin_files, bindings)
     except main_lib.GinConfigError as err:
         # MODEL_DIR, the mixture and checkpoint paths do not change the compiled program.
         given = {b.partition("=")[0].strip() for b in bindings}
-        missing = [m for m, v in main_lib.defined_macros().items() if main_lib.is_required(v) and m not in given]
+        missing = [m for m, v in gin_compat.defined_macros().items() if gin_compat.is_required(v) and m not in given]
         if not missing:
             raise AotError(str(err)) from err
         try:
@@ -344,7 +332,7 @@ def finetune_settings(gin_files: Sequence[str], bindings: Sequence[str] = ()) ->
         except main_lib.GinConfigError as err2:
             raise AotError(str(err2)) from err2
     settings = gin.get_bindings("finetune")
-    if "model_config" not in settings:
+    if "model" not in settings or "train" not in settings:
         raise AotError(f"{', '.join(gin_files)} configure no training run (no `finetune.*` bindings): `aot` compiles "
                        "the training step, so give a training config such as gin_configs/experiments/scitulu_7b.gin")
     return settings
@@ -353,17 +341,11 @@ def finetune_settings(gin_files: Sequence[str], bindings: Sequence[str] = ()) ->
 def compile_from_gin(gin_files: Sequence[str], bindings: Sequence[str], devices) -> CompiledStep:
     """Compile the training step that `gin_files` + `bindings` describe, for `devices`."""
     s = finetune_settings(gin_files, bindings)
-    config = s["model_config"]
-    overrides = {k: s[k] for k in ("attention_backend", "remat_policy") if s.get(k)}
-    if overrides:
-        config = config.replace(**overrides)
-    return compile_train_step(
-        config, devices, mesh_layout=s.get("mesh_layout", "data"), mesh_shape=s.get("mesh_shape"),
-        batch_size=int(s.get("batch_size", 128)), length=int(dict(s["task_feature_lengths"])["targets"]),
-        microbatches=int(s.get("microbatches", 1)), learning_rate=float(s.get("learning_rate", 2e-5)),
-        train_steps=int(s.get("train_steps") or 1000), warmup_ratio=float(s.get("warmup_ratio", 0.03)),
-        schedule=s.get("schedule", "linear"), weight_decay=float(s.get("weight_decay", 0.0)),
-        grad_clip=s.get("grad_clip", 1.0))
+    train, data = s["train"], s["data"]
+    config = train.apply_overrides(s["model"])
+    return compile_train_step(config, devices, mesh=s.get("mesh", MeshConfig()), batch_size=train.batch_size,
+                              length=data.length, microbatches=train.microbatches,
+                              optimizer=s.get("optimizer", OptimizerConfig()), train_steps=train.train_steps or 1000)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -405,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[aot] compiled in {step.seconds:.1f}s: {c.num_params() / 1e9:.2f}B params, mesh "
           f"{dict(step.mesh.shape)}, attention {c.attention_backend}, remat {c.remat_policy}", flush=True)
     if step.out_of_memory:
-        print(f"DOES NOT FIT: {step.out_of_memory}\n(see docs/running.md#out-of-memory for the knobs)")
+        print(f"DOES NOT FIT: {step.out_of_memory}\n(README.md, Running on real hardware > Troubleshooting, lists the knobs)")
         print(format_largest(sorted(step.arrays, key=lambda a: a.global_bytes, reverse=True)[: args.top]))
         return 1
     report = memory_report(step.compiled, step.arrays, topo.hbm_bytes, top=args.top)

@@ -24,7 +24,7 @@ tools:
 
 
 def _run_mode(mode: str, argv: list[str]) -> int:
-    from sciriff_jax import main as main_lib
+    from sciriff_jax.run import main as main_lib
 
     if not any(a.startswith("--gin_file") for a in argv):
         argv = [f"--gin_file={RUN_FILES[mode]}", *argv]
@@ -39,9 +39,9 @@ def _convert(argv: list[str]) -> int:
     parser.add_argument("out_dir")
     parser.add_argument("--dtype", default="float32", help="parameter dtype of the Orbax checkpoint")
     args = parser.parse_args(argv)
-    from sciriff_jax import hf
+    from sciriff_jax.io import convert
 
-    hf.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype)
+    convert.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype)
     print(f"wrote Orbax checkpoint to {args.out_dir}")
     return 0
 
@@ -51,9 +51,9 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("ckpt_dir")
     parser.add_argument("hf_dir")
     args = parser.parse_args(argv)
-    from sciriff_jax import hf
+    from sciriff_jax.io import convert
 
-    hf.export_hf(args.ckpt_dir, args.hf_dir)
+    convert.export_hf(args.ckpt_dir, args.hf_dir)
     print(f"wrote Hugging Face checkpoint to {args.hf_dir}")
     return 0
 
@@ -65,13 +65,13 @@ def _data(argv: list[str]) -> int:
 
 
 def _score(argv: list[str]) -> int:
-    from sciriff_jax import score
+    from sciriff_jax.eval import score
 
     return score.main(argv)
 
 
 def _aot(argv: list[str]) -> int:
-    from sciriff_jax import aot
+    from sciriff_jax.run import aot
 
     return aot.main(argv)
 

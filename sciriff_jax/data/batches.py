@@ -1,19 +1,67 @@
 """SeqIO mixtures -> per-host numpy batches -> global jax.Arrays on the mesh, with a restorable position.
 
 The only module on the training path that touches SeqIO/TensorFlow, and only inside functions, so
-`import sciriff_jax.data` works on a box without TensorFlow (synthetic batches need only numpy).
+`import sciriff_jax.data.batches` works on a box without TensorFlow (synthetic batches need only numpy).
 A run's input position is (seed, batches consumed): a restarted run rebuilds the same deterministic
 stream and skips what was consumed, so it sees exactly the batches it would have seen.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import dataclasses
+from typing import Callable, Iterator, Mapping
 
 import jax
 import numpy as np
 
 BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
               "decoder_segment_ids", "decoder_positions")
+
+
+SOURCES = ("seqio", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where a run's batches come from: a SeqIO mixture or task (or synthetic rows), its split and row layout.
+
+    gin scopes it by use: `train/DataConfig` for the training stream, `train_eval/DataConfig` for the
+    teacher-forced eval stream (no mixture: no such eval).
+    """
+
+    mixture_or_task_name: str | None = None
+    task_feature_lengths: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"targets": 4096})
+    split: str = "train"
+    pack: bool = True
+    shuffle: bool = True
+    use_cached_tasks: bool = False
+    source: str = "seqio"     # "seqio", or "synthetic" rows (tests, benchmarks: no TensorFlow needed)
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"DataConfig.source={self.source!r}; choose one of {SOURCES}.")
+        if "targets" not in self.task_feature_lengths:
+            raise ValueError(f"DataConfig.task_feature_lengths needs a 'targets' length, got {self.task_feature_lengths}")
+
+    @property
+    def length(self) -> int:
+        """Tokens per row."""
+        return int(dict(self.task_feature_lengths)["targets"])
+
+    def batches(self, *, sharding, global_batch_size: int, seed: int, vocab_size: int) -> "GlobalBatches":
+        """The restorable stream of global batches this config describes."""
+        if self.source == "synthetic":
+            return synthetic_batches(sharding=sharding, global_batch_size=global_batch_size, length=self.length,
+                                     vocab_size=vocab_size, seed=seed)
+        return seqio_batches(mixture_or_task_name=self.mixture_or_task_name,
+                             task_feature_lengths=self.task_feature_lengths, global_batch_size=global_batch_size,
+                             sharding=sharding, split=self.split, seed=seed, shuffle=self.shuffle, pack=self.pack,
+                             use_cached_tasks=self.use_cached_tasks)
+
+    def steps_per_epoch(self, global_batch_size: int) -> int:
+        """Full global batches in one pass over the mixture."""
+        return steps_per_epoch(mixture_or_task_name=self.mixture_or_task_name,
+                               task_feature_lengths=self.task_feature_lengths, global_batch_size=global_batch_size,
+                               split=self.split, pack=self.pack, use_cached_tasks=self.use_cached_tasks)
 
 
 def local_rows(sharding, global_batch_size: int) -> tuple[int, int]:
@@ -26,7 +74,7 @@ def local_rows(sharding, global_batch_size: int) -> tuple[int, int]:
     covered = sum(b - a for a, b in {(a, b) for a, b in zip(starts, stops)})
     if covered != stop - start:
         raise ValueError(f"this process's batch rows under {sharding} are not one contiguous block; "
-                         "use a mesh whose data axes follow the process order (partitioning.make_mesh does).")
+                         "use a mesh whose data axes follow the process order (parallel.sharding.make_mesh does).")
     cols = {(s[1].start or 0, width if s[1].stop is None else s[1].stop) for s in idx.values()}
     if sum(b - a for a, b in cols) < width:
         raise ValueError(f"the sequence axis of {sharding} is split across hosts; the data feed needs each host "

@@ -1,4 +1,5 @@
-"""Hugging Face Llama checkpoints <-> our params: import to Orbax, export to config.json + safetensors.
+"""Hugging Face Llama directories <-> our params: config.json + safetensors read and written (io/convert.py
+turns them into Orbax checkpoints and back).
 
 Conversion streams one tensor at a time into preallocated numpy buffers (layer tensors go straight
 into their slot of the scanned [layers, ...] array), so host memory stays near one copy of the weights.
@@ -12,7 +13,7 @@ import re
 
 import numpy as np
 
-from sciriff_jax import paths
+from sciriff_jax.io import paths
 from sciriff_jax.model.config import LlamaConfig
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -62,7 +63,7 @@ def _to_hf(ours: np.ndarray, kind) -> np.ndarray:
     return np.ascontiguousarray(ours.T)
 
 
-def _local_hf_dir(hf_dir) -> pathlib.Path:
+def local_hf_dir(hf_dir) -> pathlib.Path:
     """`hf_dir` as a local path: safetensors and `transformers` read and write local files only."""
     if paths.is_url(hf_dir):
         raise ValueError(f"Hugging Face directory {os.fspath(hf_dir)!r} is a URL, but Hugging Face directories must be "
@@ -95,7 +96,7 @@ def _iter_tensors(hf_dir: pathlib.Path, dtype):
 
 def load_hf_config(hf_dir, dtype: str = "float32") -> LlamaConfig:
     """LlamaConfig from a Hugging Face model directory's config.json (params held in `dtype`)."""
-    path = _local_hf_dir(hf_dir) / "config.json"
+    path = local_hf_dir(hf_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: a Hugging Face model directory needs config.json.")
     compute = "float32" if dtype == "float32" else "bfloat16"
@@ -104,7 +105,7 @@ def load_hf_config(hf_dir, dtype: str = "float32") -> LlamaConfig:
 
 def load_hf_params(hf_dir, dtype: str = "float32", scan_layers: bool = True, progress: bool = False):
     """Read a Hugging Face Llama directory into memory: (params as numpy arrays, LlamaConfig)."""
-    hf_dir = _local_hf_dir(hf_dir)
+    hf_dir = local_hf_dir(hf_dir)
     config = load_hf_config(hf_dir, dtype).replace(scan_layers=scan_layers)
     npd = _np_dtype(dtype)
     n = config.num_layers
@@ -151,23 +152,12 @@ def load_hf_params(hf_dir, dtype: str = "float32", scan_layers: bool = True, pro
     return params, config
 
 
-def _copy_tokenizer(src, dst) -> None:
+def copy_tokenizer(src, dst) -> None:
+    """Copy the tokenizer files present in `src` to `dst` (either may be a URL)."""
     # As bytes: one side may be a URL (epath.Path), and the files are small.
     for name in TOKENIZER_FILES:
         if (src / name).exists():
             (dst / name).write_bytes((src / name).read_bytes())
-
-
-def import_hf(hf_dir, out_dir, dtype: str = "float32", progress: bool = True) -> LlamaConfig:
-    """Convert a local Hugging Face Llama directory to an Orbax checkpoint at out_dir (path or URL); returns its config."""
-    from sciriff_jax.checkpoint import save_params
-
-    params, config = load_hf_params(hf_dir, dtype=dtype, progress=progress)
-    save_params(out_dir, params, config)
-    _copy_tokenizer(_local_hf_dir(hf_dir), paths.resolve(out_dir))
-    if progress:
-        print(f"hf import: wrote {config.num_params() / 1e6:.1f}M parameters to {out_dir}", flush=True)
-    return config
 
 
 def hf_tensors(params, config: LlamaConfig):
@@ -198,7 +188,7 @@ def write_hf(params, config: LlamaConfig, hf_dir, max_shard_bytes: int = 5 * 2 *
     import jax.numpy as jnp
     from safetensors.flax import save_file
 
-    hf_dir = _local_hf_dir(hf_dir)
+    hf_dir = local_hf_dir(hf_dir)
     hf_dir.mkdir(parents=True, exist_ok=True)
     dtype = dtype or config.param_dtype
     itemsize = _np_dtype(dtype).itemsize
@@ -227,13 +217,3 @@ def write_hf(params, config: LlamaConfig, hf_dir, max_shard_bytes: int = 5 * 2 *
         (hf_dir / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (hf_dir / "config.json").write_text(json.dumps(config.replace(param_dtype=dtype).to_hf_config(), indent=2))
-
-
-def export_hf(ckpt_dir, hf_dir, dtype: str | None = None, max_shard_bytes: int = 5 * 2 ** 30) -> None:
-    """Export an Orbax checkpoint (step dir or MODEL_DIR, local or URL) to a local Hugging Face directory."""
-    from sciriff_jax.checkpoint import load_params, resolve_checkpoint_dir
-
-    hf_dir = _local_hf_dir(hf_dir)  # before reading the checkpoint, which may take minutes
-    params, config = load_params(ckpt_dir)
-    write_hf(params, config, hf_dir, max_shard_bytes=max_shard_bytes, dtype=dtype, progress=True)
-    _copy_tokenizer(resolve_checkpoint_dir(ckpt_dir), hf_dir)

@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from sciriff_jax import paths
+from sciriff_jax.io import paths
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 

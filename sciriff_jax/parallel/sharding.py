@@ -1,19 +1,25 @@
-"""Device meshes and one logical-axis -> mesh-axis rule table per parallelism layout.
+"""Device meshes, one logical-axis -> mesh-axis rule table per parallelism layout, and the `Sharding` object.
 
 Mesh axes are always ("data", "fsdp", "tensor", "context"); a layout leaves unused axes at size 1.
-Use: `mesh = make_mesh("fsdp_tp")`, shard params with `param_shardings(config, mesh, "fsdp_tp")`,
-batches with `batch_sharding(mesh, "fsdp_tp")`, and trace the step inside `activation_context(mesh,
-layout)` so the model's activation constraints resolve against the same table.
+A run builds one `Sharding` (mesh + rule table + the shardings of params, batches and optimizer state)
+and passes it to everything that places or traces arrays: `Sharding.create(config, MeshConfig("fsdp_tp"))`,
+then `sharding.params` / `.batch` / `.opt_state`, and `with sharding.context():` around tracing so the
+model's activation constraints resolve against the same table.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sciriff_jax.model.llama import logical_axes
 
 MESH_AXES = ("data", "fsdp", "tensor", "context")
 LAYOUTS = ("data", "fsdp", "fsdp_tp", "fsdp_tp_cp")
@@ -100,33 +106,81 @@ def make_mesh(layout: str, mesh_shape: dict[str, int] | None = None, devices=Non
     return Mesh(grid, MESH_AXES)
 
 
-def param_shardings(config, mesh: Mesh, layout: str):
-    """Pytree of NamedSharding for the model's params under `layout`'s rule table."""
-    from sciriff_jax.model.llama import logical_axes
-
-    return nn.logical_to_mesh_sharding(logical_axes(config), mesh, logical_rules(layout))
-
-
-def param_specs(config, layout: str):
-    """Pytree of mesh PartitionSpecs for the params (what `param_shardings` wraps)."""
-    from sciriff_jax.model.llama import logical_axes
-
-    return nn.logical_to_mesh(logical_axes(config), logical_rules(layout))
-
-
 def batch_spec(layout: str) -> P:
     """PartitionSpec for [batch, length] arrays: batch over data+fsdp, length over context in *_cp."""
     return P(BATCH_AXES, "context" if layout == "fsdp_tp_cp" else None)
 
 
-def batch_sharding(mesh: Mesh, layout: str) -> NamedSharding:
-    """NamedSharding for [batch, length] input arrays under `layout`."""
-    logical_rules(layout)
-    return NamedSharding(mesh, batch_spec(layout))
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Which layout and mesh a run uses (gin binds it at the edges as `MESH_LAYOUT` / `MESH_SHAPE`)."""
+
+    layout: str = "data"
+    shape: dict | None = None  # sizes per mesh axis; None: the layout's default for the devices present
 
 
-@contextlib.contextmanager
-def activation_context(mesh: Mesh, layout: str):
-    """Trace/run the model inside this so its activation constraints use `layout`'s table on `mesh`."""
-    with jax.set_mesh(mesh), nn.logical_axis_rules(logical_rules(layout)):
-        yield
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, mesh=None):
+    """Shardings of `tx.init(params)`: params-shaped state (Adam moments) sharded like the params, the rest replicated.
+
+    XLA's own propagation replicates the moments (zeros do not depend on the params), which puts a full copy of
+    every moment on each device; optax knows which parts of the state mirror the params.
+    """
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated = NamedSharding(mesh, P()) if mesh is not None else None
+    param_shardings = jax.tree.map(lambda p: p.sharding, abstract_params)
+    return optax.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract_opt, param_shardings,
+        transform_non_params=lambda leaf: replicated if replicated is not None else leaf.sharding,
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sharding:
+    """A run's mesh, its layout's rule table, and the shardings of params, batches and (once known) optimizer state."""
+
+    layout: str
+    mesh: Mesh
+    params: Any                 # pytree of NamedSharding matching the model's params
+    opt_state: Any = None       # pytree of NamedSharding matching the optimizer state (`with_optimizer`)
+
+    @classmethod
+    def create(cls, config, mesh_config: MeshConfig = MeshConfig(), devices=None) -> "Sharding":
+        """Build the mesh for `mesh_config` on `devices` (default: all) and the param shardings of `config`."""
+        mesh = make_mesh(mesh_config.layout, mesh_config.shape, devices=devices)
+        params = nn.logical_to_mesh_sharding(logical_axes(config), mesh, logical_rules(mesh_config.layout))
+        return cls(mesh_config.layout, mesh, params)
+
+    @property
+    def rules(self) -> tuple:
+        """The layout's (logical axis, mesh axes) table."""
+        return logical_rules(self.layout)
+
+    @property
+    def batch(self) -> NamedSharding:
+        """NamedSharding for [batch, length] input arrays."""
+        return NamedSharding(self.mesh, batch_spec(self.layout))
+
+    @property
+    def data_parallel(self) -> int:
+        """Devices the batch dimension is split over (data x fsdp)."""
+        return math.prod(self.mesh.shape[a] for a in BATCH_AXES)
+
+    def with_optimizer(self, tx: optax.GradientTransformation, param_shapes) -> "Sharding":
+        """This sharding plus the optimizer state's (moments follow the params), for params shaped like `param_shapes`."""
+        abstract = self.abstract(param_shapes, self.params)
+        return dataclasses.replace(self, opt_state=opt_state_shardings(tx, abstract, mesh=self.mesh))
+
+    @staticmethod
+    def abstract(shapes, shardings):
+        """ShapeDtypeStructs of `shapes` (a pytree of arrays or structs) carrying the matching `shardings`."""
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+    def for_decoding(self) -> "Sharding":
+        """The same mesh without context parallelism: decoding splits rows and heads, never a row's length."""
+        return dataclasses.replace(self, layout="fsdp_tp") if self.layout == "fsdp_tp_cp" else self
+
+    @contextlib.contextmanager
+    def context(self):
+        """Make the mesh current and the layout's logical axis rules active (trace and run the model inside)."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield

@@ -1,0 +1,1 @@
+"""Data: SeqIO mixtures (`seqio_tasks`) -> per-host numpy rows -> global batches on the mesh (batches.py)."""

@@ -1,0 +1,249 @@
+"""SciRIFF-Eval runs: decode a task or mixture's validation split with the model and score it.
+
+Raw examples come from `seqio_tasks.raw_examples`, prompts from `eval.prompts`, tokens from `eval.decode`,
+scores from `eval.metrics`, the model from `io.loader`. Outputs: one predictions JSONL per task (scorable
+later with `sciriff-jax score`), summary.json and summary.md. This module imports `seqio_tasks` (hence
+TensorFlow) only when examples or prompts are needed, so the gin entry point starts without it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from typing import Callable
+
+from sciriff_jax.eval import decode, metrics
+from sciriff_jax.eval import judge as judge_lib
+from sciriff_jax.io import loader, paths
+from sciriff_jax.parallel.sharding import MeshConfig, Sharding
+
+# Prompts are decoded in chunks of this many batches, longest first, so progress shows and OOM shows early.
+CHUNK_BATCHES = 4
+# Judge tasks keep the prompt text in their predictions file: the judge reads the title / question from it.
+JUDGE_SCORERS = ("qasper_abstractive_qa", "mup_single_document_summarization")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to decode and how: the eval runs' settings, and the decoding eval during training (gin scope
+    `infer_eval/EvalConfig` in runs/finetune.gin; no mixture: no such eval)."""
+
+    mixture_or_task_name: str | None = "sciriff_4096_eval"
+    split: str = "validation"
+    max_examples: int | None = None      # per task; None = all
+    max_new_tokens: int = 1024
+    batch_size: int = 32
+    template: str = loader.DEFAULT_TEMPLATE
+    fewshot: dict | None = None          # None: the paper's ({"evidence_inference": 1})
+
+
+def task_names_of(mixture_or_task_name: str) -> list[str]:
+    """The task names of a registered SeqIO mixture, or [name] for a task."""
+    import seqio_tasks  # the data layer (TensorFlow)
+
+    return seqio_tasks.task_names(mixture_or_task_name)
+
+
+def load_examples(task_names: list[str], split: str = "validation", max_examples: int | None = None) -> dict:
+    """{task: (raw examples, scorer name)} from the data layer; fails early for a task without a scorer."""
+    import seqio_tasks  # the data layer (TensorFlow)
+
+    scorers = {name: metrics.resolve_scorer(name) for name in task_names}
+    return {name: (seqio_tasks.raw_examples(name, split, max_examples=max_examples), scorers[name])
+            for name in task_names}
+
+
+def decode_texts(config, params, prompt_texts: list[str], vocabulary, *, max_new_tokens: int = 1024,
+                 batch_size: int = 32, sharding: Sharding | None = None, bos_id: int | None = None,
+                 label: str = "") -> list[str]:
+    """Greedy-decode each rendered prompt; returns the answer texts in input order, printing progress."""
+    from sciriff_jax.eval import prompts as prompts_lib
+
+    prompts = prompts_lib.encode_prompts(prompt_texts, vocabulary, max_position=getattr(config, "max_position", 0),
+                                         max_new_tokens=max_new_tokens, bos_id=bos_id, label=label)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    outputs: list = [None] * len(prompts)
+    chunk = max(1, batch_size * CHUNK_BATCHES)
+    started, new_tokens = time.time(), 0
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        generated = decode.generate(config, params, [prompts[i] for i in idx], max_new_tokens=max_new_tokens,
+                                    eos_id=vocabulary.eos_id, batch_size=batch_size, sharding=sharding)
+        for i, tokens in zip(idx, generated):
+            outputs[i] = [int(t) for t in tokens]
+            new_tokens += len(tokens)
+        elapsed = max(time.time() - started, 1e-9)
+        print(f"[eval] {label}: {min(start + chunk, len(order))}/{len(order)} examples, {new_tokens} new tokens, "
+              f"{new_tokens / elapsed:.1f} tok/s, {elapsed:.0f}s", flush=True)
+    return [_decode_answer(vocabulary, tokens) for tokens in outputs]
+
+
+def _decode_answer(vocabulary, tokens: list[int]) -> str:
+    eos = vocabulary.eos_id
+    if eos in tokens:
+        tokens = tokens[: tokens.index(eos)]
+    return vocabulary.decode(tokens)
+
+
+def predict_tasks(config, params, loaded: dict, vocabulary, *, eval_config: EvalConfig = EvalConfig(),
+                  sharding: Sharding | None = None, bos_id=None, output_dir=None) -> dict:
+    """{task: prediction records} for loaded examples; writes predictions/<task>.jsonl under output_dir."""
+    from sciriff_jax.eval import prompts as prompts_lib
+
+    fewshot = prompts_lib.PAPER_FEWSHOT if eval_config.fewshot is None else eval_config.fewshot
+    records = {}
+    for name, (examples, scorer) in loaded.items():
+        texts = prompts_lib.build_prompts(examples, eval_config.template, fewshot.get(scorer, 0))
+        answers = decode_texts(config, params, texts, vocabulary, max_new_tokens=eval_config.max_new_tokens,
+                               batch_size=eval_config.batch_size, sharding=sharding, bos_id=bos_id, label=name)
+        records[name] = [
+            {"task": name, "scorer": scorer, "_instance_id": ex.get("_instance_id", f"{name}:{i}"), "output": ex["output"], "prediction": ans,
+             **({"input": ex["input"]} if scorer in JUDGE_SCORERS else {})}
+            for i, (ex, ans) in enumerate(zip(examples, answers))]
+        if output_dir is not None:
+            path = paths.resolve(output_dir) / "predictions" / f"{name}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records[name])
+            print(f"[eval] {name}: wrote {len(records[name])} predictions to {path}", flush=True)
+    return records
+
+
+def score_records(records: dict, scorers: dict, *, judge=None) -> dict:
+    """Score {task: records}; returns per-task results, the table row, its mean and the pooled JSON parse rate."""
+    results = {name: {**metrics.score(scorers[name], rows, judge=judge), "task": name} for name, rows in records.items()}
+    row = metrics.table_row(results)
+    parsed = [r for r in results.values() if r.get("parse")]
+    total = sum(r["n"] for r in parsed)
+    rate = sum(r["parse"]["valid_json"] + r["parse"]["extract_success"] for r in parsed) / total if total else None
+    return {"tasks": results, "table": row, "mean": metrics.table_mean(row), "json_parse_rate": rate}
+
+
+def evaluate_tasks(config, params, task_names: list[str], vocabulary, *, eval_config: EvalConfig = EvalConfig(),
+                   judge=None, output_dir=None, sharding: Sharding | None = None, bos_id=None) -> dict:
+    """Decode and score tasks: per-task metrics + parse counts + the table mean; writes outputs to output_dir."""
+    loaded = load_examples(task_names, eval_config.split, eval_config.max_examples)
+    records = predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, sharding=sharding,
+                            bos_id=bos_id, output_dir=output_dir)
+    summary = score_records(records, {name: scorer for name, (_, scorer) in loaded.items()}, judge=judge)
+    if output_dir is not None:
+        write_summary(summary, output_dir)
+    return summary
+
+
+def write_summary(summary: dict, output_dir) -> None:
+    """summary.json (everything) and summary.md (the headline table, x100, with parse rates)."""
+    out = paths.resolve(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+    print(f"[eval] wrote {out / 'summary.md'} and {out / 'summary.json'}", flush=True)
+
+
+def summary_markdown(summary: dict) -> str:
+    """The results table: one line per headline metric (x100), JSON parse rate and counts, then the mean."""
+
+    fmt = lambda v: f"{100 * v:.1f}" if isinstance(v, (int, float)) else ("skipped" if v == "skipped" else "n/a")  # noqa: E731
+    lines = ["| task | metric | score | n | JSON parsed | valid / extracted / failed |", "|---|---|---|---|---|---|"]
+    for name, res in summary["tasks"].items():
+        parse = res.get("parse")
+        counts = f"{parse['valid_json']} / {parse['extract_success']} / {parse['extract_failure']}" if parse else "-"
+        for metric, value in res["headline"].items():
+            lines.append(f"| {name} | {metric} | {fmt(value)} | {res['n']} | {fmt(res.get('json_parse_rate'))} | {counts} |")
+    numeric = sum(isinstance(v, (int, float)) for v in summary["table"].values())
+    lines.append(f"| **mean** | {numeric} of {len(summary['table'])} numbers | {fmt(summary['mean'])} | | "
+                 f"{fmt(summary.get('json_parse_rate'))} | |")
+    return "\n".join(lines) + "\n"
+
+
+def flat_metrics(summary: dict) -> dict:
+    """Flat {name: number} for logs: mean, pooled and per-task json_parse_rate, per-task headline numbers."""
+    flat = {"mean": summary["mean"], "json_parse_rate": summary["json_parse_rate"]}
+    for name, res in summary["tasks"].items():
+        if res.get("json_parse_rate") is not None:
+            flat[f"{name}/json_parse_rate"] = res["json_parse_rate"]
+        for metric, value in res["headline"].items():
+            if isinstance(value, (int, float)):
+                flat[f"{name}/{metric}"] = value
+    return {k: v for k, v in flat.items() if v is not None}
+
+
+def make_eval_hook(eval_config: EvalConfig, *, config, vocabulary, sharding: Sharding | None = None,
+                   output_dir=None, bos_id=None) -> Callable[[object, int], dict]:
+    """An eval callback for the training loop: `hook(params, step) -> flat metrics` (examples loaded once)."""
+    names = task_names_of(eval_config.mixture_or_task_name)
+    loaded = load_examples(names, eval_config.split, eval_config.max_examples)
+    scorers = {name: scorer for name, (_, scorer) in loaded.items()}
+    if bos_id is None:
+        bos_id = loader.training_bos_id(vocabulary)
+
+    def hook(params, step: int) -> dict:
+        step_dir = None if output_dir is None else paths.resolve(output_dir) / f"step_{step}"
+        records = predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, sharding=sharding,
+                                bos_id=bos_id, output_dir=step_dir)
+        summary = score_records(records, scorers)
+        if step_dir is not None:
+            write_summary(summary, step_dir)
+        return flat_metrics(summary)
+
+    return hook
+
+
+# ----------------------------------------------------------------------------- gin-configured runs
+
+
+def load_checkpoint(checkpoint_path: str, vocabulary_path: str | None, dtype: str, eval_config: EvalConfig,
+          mesh: MeshConfig | None):
+    """(loaded model, sharding or None) with params placed on the mesh when one is configured."""
+    if not paths.resolve(checkpoint_path).exists():
+        raise FileNotFoundError(f"CHECKPOINT_PATH {checkpoint_path!r} does not exist; pass an Orbax checkpoint "
+                                "(MODEL_DIR or a step directory) or a Hugging Face model directory")
+    sharding = None
+    if mesh is not None and mesh.layout is not None:
+        sharding = Sharding.create(loader.load_config(checkpoint_path), mesh).for_decoding()
+    model = loader.load(checkpoint_path, dtype=dtype, vocabulary_path=vocabulary_path, template=eval_config.template,
+                        shardings=sharding.params if sharding is not None else None)
+    if sharding is not None:
+        print(f"[eval] params sharded over mesh {dict(sharding.mesh.shape)} ({mesh.layout})", flush=True)
+    return model, sharding
+
+
+def default_output_dir(checkpoint_path: str, mixture_or_task_name: str):
+    """MODEL_DIR/eval/<mixture> for a training run's MODEL_DIR (as t5x keeps inference beside the run), else ./sciriff_eval."""
+    path = paths.resolve(checkpoint_path)
+    if (path / "checkpoints").is_dir():
+        return path / "eval" / mixture_or_task_name
+    return paths.resolve("sciriff_eval") / path.name / mixture_or_task_name
+
+
+def evaluate_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), output_dir: str | None = None,
+                 vocabulary_path: str | None = None, dtype: str = "bfloat16", mesh: MeshConfig | None = None,
+                 judge_url: str | None = None, judge_model: str | None = None) -> dict:
+    """The `eval` mode: load a checkpoint (Orbax or Hugging Face), decode the tasks, score, write the table."""
+    name = eval_config.mixture_or_task_name
+    out = paths.resolve(output_dir) if output_dir else default_output_dir(checkpoint_path, name)
+    names = task_names_of(name)
+    judge = judge_lib.judge_from_env(judge_url, judge_model)
+    print(f"[eval] {name}: {len(names)} task(s), split {eval_config.split}, max_examples={eval_config.max_examples}, "
+          f"judge={'none (judge metrics skipped)' if judge is None else judge}; writing to {out}", flush=True)
+    model, sharding = load_checkpoint(checkpoint_path, vocabulary_path, dtype, eval_config, mesh)
+    with sharding.context() if sharding is not None else contextlib.nullcontext():
+        summary = evaluate_tasks(model.config, model.params, names, model.vocabulary, eval_config=eval_config,
+                                 judge=judge, output_dir=out, bos_id=model.bos_id, sharding=sharding)
+    print(summary_markdown(summary), flush=True)
+    return summary
+
+
+def infer_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), output_dir: str | None = None,
+              vocabulary_path: str | None = None, dtype: str = "bfloat16", mesh: MeshConfig | None = None) -> dict:
+    """The `infer` mode: decode and write predictions/<task>.jsonl only (score them later with `sciriff-jax score`)."""
+    name = eval_config.mixture_or_task_name
+    out = paths.resolve(output_dir) if output_dir else default_output_dir(checkpoint_path, name)
+    names = task_names_of(name)
+    model, sharding = load_checkpoint(checkpoint_path, vocabulary_path, dtype, eval_config, mesh)
+    loaded = load_examples(names, eval_config.split, eval_config.max_examples)
+    with sharding.context() if sharding is not None else contextlib.nullcontext():
+        records = predict_tasks(model.config, model.params, loaded, model.vocabulary, eval_config=eval_config,
+                                bos_id=model.bos_id, output_dir=out, sharding=sharding)
+    return {"output_dir": str(out), "predictions": {name: len(rows) for name, rows in records.items()}}

@@ -1,0 +1,46 @@
+"""The two places we rely on gin internals, wrapped here and pinned by tests/test_gin_compat.py.
+
+gin-config 0.5.0 has no public API to (a) list the macros a set of files defines, which `--gin.NAME=...`
+validation and "required macro not set" errors need, or (b) skip a plain directory during include search
+(gin tries every include as a package resource too, and crashes on a namespace package without a file).
+Both use private names; the pinned gin version (pyproject.toml) and the test say when that breaks.
+"""
+from __future__ import annotations
+
+import gin
+from gin import config as gin_config
+from gin import resource_reader
+
+PINNED_GIN_VERSION = "0.5.0"
+
+
+def defined_macros() -> dict[str, object]:
+    """Macros defined by the parsed gin files (name -> value)."""
+    # gin keeps macros as bindings of the pseudo-configurable `gin.macro`, scoped by macro name.
+    return {scope: params.get("value") for (scope, selector), params in gin_config._CONFIG.items()
+            if selector == "gin.macro"}
+
+
+def is_required(value: object) -> bool:
+    """True for a macro left at %gin.REQUIRED."""
+    return repr(value) == "%gin.REQUIRED"
+
+
+def tolerate_plain_directories_in_include_search() -> None:
+    """Make gin's package-resource lookup skip plain directories instead of crashing.
+
+    gin tries every include (e.g. 'runs/finetune.gin') as a Python package resource too; a plain folder of the
+    same name in the working directory (a user's `runs/`) is a namespace package without a file, and gin then
+    fails with a TypeError instead of going on to the next search path.
+    """
+    def exists(path: str) -> bool:
+        try:
+            return resource_reader.system_path_file_exists(path)
+        except TypeError:
+            return False
+
+    readers = gin_config._FILE_READERS
+    readers[:] = [(read, exists if check is resource_reader.system_path_file_exists else check) for read, check in readers]
+
+
+__all__ = ["gin", "PINNED_GIN_VERSION", "defined_macros", "is_required", "tolerate_plain_directories_in_include_search"]

@@ -1,0 +1,237 @@
+"""The finetuning run: resolve the model, build the setup, restore or initialise, hook evaluations, run the loop."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from sciriff_jax.data.batches import DataConfig
+from sciriff_jax.eval import evaluate
+from sciriff_jax.io import checkpoint, loader, paths
+from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.model.llama import init_params
+from sciriff_jax.parallel import distributed
+from sciriff_jax.parallel.sharding import MeshConfig
+from sciriff_jax.train import loop, run_log, setup
+from sciriff_jax.train.optim import OptimizerConfig
+from sciriff_jax.train.step import make_loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How long and how a run trains, where it writes, and what it starts from (gin: `TrainConfig.*`)."""
+
+    model_dir: str
+    train_steps: int | None = None     # None: num_epochs passes over the (packed) mixture
+    num_epochs: float = 2.0
+    batch_size: int = 128              # global batch, rows of the data's `targets` length
+    microbatches: int = 1              # gradient accumulation: batch_size / microbatches rows per forward pass
+    seed: int = 0                      # data order and random init
+    initial_checkpoint_path: str | None = None
+    checkpoint_period: int = 500
+    keep_checkpoints: int | None = 3
+    async_checkpoints: bool = True
+    log_every: int = 10
+    tensorboard: bool = True
+    on_nonfinite: str = "stop"         # stop | skip
+    # Overrides of the model's RUNTIME fields (None: the model file's or checkpoint's choice).
+    attention_backend: str | None = None
+    remat_policy: str | None = None
+
+    def apply_overrides(self, config: LlamaConfig) -> LlamaConfig:
+        """`config` with this run's attention backend / remat policy where they are set."""
+        overrides = {k: v for k, v in (("attention_backend", self.attention_backend),
+                                       ("remat_policy", self.remat_policy)) if v}
+        return config.replace(**overrides) if overrides else config
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainEvalConfig:
+    """Evaluations during training, every `every` steps (and at step 0 with `at_start`).
+
+    `loss_data`: teacher-forced loss over its first `loss_batches` batches. `decode`: greedy decoding of its
+    mixture scored with the SciRIFF-Eval metrics. Either is off when it names no mixture.
+    """
+
+    every: int | None = None
+    at_start: bool = False
+    loss_data: DataConfig | None = None
+    loss_batches: int = 4
+    decode: evaluate.EvalConfig | None = None
+
+
+def resolve_model_config(model: LlamaConfig | None, train: TrainConfig) -> LlamaConfig:
+    """The run's LlamaConfig: the initial checkpoint's shapes (when given) + the RUNTIME fields of `model`."""
+    config = model
+    if train.initial_checkpoint_path:
+        stored = loader.load_config(train.initial_checkpoint_path)
+        if model is not None:
+            diff = model.shape_mismatches(stored)
+            if diff:
+                raise ValueError(
+                    f"finetune's model config does not match INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}: "
+                    f"{ {k: f'config {a} vs checkpoint {b}' for k, (a, b) in diff.items()} }. Include the model gin "
+                    "file that matches the checkpoint, or leave the model unset to use the checkpoint's.")
+            stored = stored.with_runtime_of(model)
+        config = stored
+    if config is None:
+        raise ValueError("finetune needs a model: set finetune.model (include a gin_configs/models/*.gin) "
+                         "or INITIAL_CHECKPOINT_PATH.")
+    return train.apply_overrides(config)
+
+
+def _teacher_forced_eval(run_setup: setup.TrainSetup, make_batches, steps: int):
+    """eval_fn(params, step) -> {"loss": token-weighted CE over the first `steps` batches of an eval stream}."""
+    loss_sums = jax.jit(make_loss_fn(run_setup.model))
+    cached = []  # the eval batches are read once and kept, so each evaluation sees the same tokens
+
+    def run(params, step):
+        if not cached:
+            batches = make_batches()
+            cached.extend(next(batches) for _ in range(steps))
+        total, weight = 0.0, 0.0
+        with run_setup.sharding.context():
+            for batch in cached:
+                l, w = loss_sums(params, batch)
+                total, weight = total + float(l), weight + float(w)
+        return {"loss": total / max(weight, 1.0), "target_tokens": weight}
+    return run
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"[sciriff-jax] {message}", flush=True)
+
+
+def finetune(train: TrainConfig, data: DataConfig, model: LlamaConfig | None = None,
+             optimizer: OptimizerConfig = OptimizerConfig(), mesh: MeshConfig = MeshConfig(),
+             evals: TrainEvalConfig = TrainEvalConfig(), *, operative_config: str | None = None,
+             eval_fn: Callable | None = None) -> dict:
+    """Finetune a Llama on a SeqIO mixture; resumes from MODEL_DIR's latest checkpoint. Returns a summary dict."""
+    distributed.maybe_initialize()
+    t_start = time.time()
+    model_dir = str(paths.resolve(train.model_dir))  # a local directory or a URL such as gs://bucket/run
+    config = resolve_model_config(model, train)
+    batch_size, length = train.batch_size, data.length
+
+    train_steps = train.train_steps
+    if train_steps is None:
+        per_epoch = data.steps_per_epoch(batch_size)
+        train_steps = max(int(math.ceil(train.num_epochs * per_epoch)), 1)
+        _log(f"TRAIN_STEPS not set: {train.num_epochs} epochs x {per_epoch} batches = {train_steps} steps")
+
+    run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
+                            microbatches=train.microbatches)
+    sharding = run_setup.sharding
+    if batch_size % (train.microbatches * sharding.data_parallel):
+        _log(f"WARNING: BATCH_SIZE={batch_size} / MICROBATCHES={train.microbatches} rows per forward pass do not "
+             f"split evenly over the {sharding.data_parallel} data-parallel devices; XLA will replicate work. "
+             "Use a multiple.")
+    batches = data.batches(sharding=sharding.batch, global_batch_size=batch_size, seed=train.seed,
+                           vocab_size=config.vocab_size)
+    ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
+                                        config=config, async_save=train.async_checkpoints)
+
+    start_step = 0
+    try:
+        restored = ckpt.restore_latest(run_setup.param_shapes, run_setup.opt_state_shapes(), sharding.params,
+                                       sharding.opt_state)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"MODEL_DIR={model_dir} holds checkpoint step {ckpt.latest_step()} that does not fit this run's model or "
+            f"optimizer ({type(err).__name__}: {str(err)[:300]}). Use a new MODEL_DIR, or the gin config that wrote it."
+        ) from err
+    if restored is not None:
+        start_step, params, opt_state, train_state = restored
+        batches.restore(train_state)
+        _log(f"resumed from {ckpt.directory}/{start_step} (input position {train_state.get('batches_consumed')} "
+             "batches)")
+    else:
+        if train.initial_checkpoint_path:
+            params = loader.load(train.initial_checkpoint_path, shardings=sharding.params).params
+            source = f"INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}"
+        else:
+            params = jax.jit(init_params, static_argnums=0, out_shardings=sharding.params)(
+                config, jax.random.PRNGKey(train.seed))
+            source = (f"random init (seed {train.seed}); set INITIAL_CHECKPOINT_PATH to finetune a pretrained "
+                      "model")
+        opt_state = jax.jit(run_setup.tx.init, out_shardings=sharding.opt_state)(params)
+        _log(f"starting from {source}")
+
+    n_params = run_setup.num_params
+    _log(f"{n_params / 1e6:.2f}M params, mesh {dict(sharding.mesh.shape)} ({sharding.layout}), global batch "
+         f"{batch_size} x {length} tokens, {train.microbatches} microbatch(es), steps {start_step}->{train_steps}")
+    run_log.save_operative_config(model_dir, operative_config)
+    logger = run_log.RunLogger(
+        model_dir, total_steps=train_steps, start_step=start_step, tokens_per_step=batch_size * length,
+        flops_per_token=config.flops_per_token(length), log_every=train.log_every, tensorboard=train.tensorboard)
+
+    hooks = _eval_hooks(evals, run_setup, data, train, model_dir)
+    if eval_fn is not None:
+        hooks.append(eval_fn)
+
+    def run_evals(params, step):
+        out = {}
+        for hook in hooks:
+            out.update(hook(params, step))
+        return out
+
+    step_fn = _check_vocab(run_setup.step, config.vocab_size)
+    try:
+        with checkpoint.PreemptionGuard() as guard:
+            result = loop.train_loop(
+                step_fn=step_fn, params=params, opt_state=opt_state, batches=batches, train_steps=train_steps,
+                start_step=start_step, schedule=run_setup.schedule, checkpointer=ckpt, logger=logger,
+                eval_fn=run_evals if hooks else None, eval_every=evals.every, eval_at_start=evals.at_start,
+                on_nonfinite=train.on_nonfinite, preemption=guard)
+    finally:
+        logger.close()
+        ckpt.close()
+    summary = {k: v for k, v in result.items() if k not in ("params", "opt_state")}
+    summary.update(model_dir=model_dir, train_steps=train_steps, seconds_total=time.time() - t_start,
+                   checkpoint=checkpoint.checkpoint_path_for_step(model_dir, result["final_step"]),
+                   num_params=n_params)
+    if "first_loss" in summary:
+        _log(f"done: steps {start_step}->{result['final_step']} in {result['seconds']:.1f}s, loss "
+             f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f}; checkpoint {summary['checkpoint']}")
+    if jax.process_index() == 0:
+        (paths.resolve(model_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _eval_hooks(evals: TrainEvalConfig, run_setup: setup.TrainSetup, data: DataConfig, train: TrainConfig,
+                model_dir: str) -> list:
+    """The configured evaluations as `hook(params, step) -> metrics` callables."""
+    hooks = []
+    loss_data = evals.loss_data
+    if loss_data is not None and loss_data.mixture_or_task_name:
+        def eval_stream():
+            return loss_data.batches(sharding=run_setup.sharding.batch, global_batch_size=train.batch_size,
+                                     seed=train.seed, vocab_size=run_setup.config.vocab_size)
+        hooks.append(_teacher_forced_eval(run_setup, eval_stream, evals.loss_batches))
+    if evals.decode is not None and evals.decode.mixture_or_task_name:
+        hooks.append(evaluate.make_eval_hook(
+            evals.decode, config=run_setup.config, vocabulary=loader.vocabulary_for(None),
+            sharding=run_setup.sharding, output_dir=paths.resolve(model_dir) / "eval"))
+    return hooks
+
+
+def _check_vocab(step_fn, vocab_size: int):
+    """Wrap the step so the first batch's token ids are checked against the model's vocabulary."""
+    checked = []
+
+    def run(params, opt_state, batch):
+        if not checked:
+            top = int(jnp.max(batch["decoder_target_tokens"]))
+            if top >= vocab_size:
+                raise ValueError(
+                    f"the data has token id {top} but the model's vocab_size is {vocab_size}: the SeqIO vocabulary "
+                    "does not match the model. Use the model's tokenizer (seqio_tasks.vocab) or a matching model gin.")
+            checked.append(True)
+        return step_fn(params, opt_state, batch)
+    return run

@@ -1,0 +1,96 @@
+"""The training loop: steps, NaN policy, logging, evaluation hooks, periodic and preemption checkpoints."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient of a step was NaN/Inf (policy 'stop')."""
+
+
+class Preempted(SystemExit):
+    """Raised after the preemption checkpoint is written; exit status 143 like SIGTERM."""
+
+    def __init__(self, step: int):
+        super().__init__(143)
+        self.step = step
+
+
+def train_loop(*, step_fn, params, opt_state, batches: Iterator, train_steps: int, start_step: int = 0,
+               schedule: Callable | None = None, checkpointer=None, logger=None, eval_fn=None,
+               eval_every: int | None = None, eval_at_start: bool = False, on_nonfinite: str = "stop",
+               preemption=None) -> dict:
+    """Run steps start_step+1..train_steps; log, evaluate, checkpoint; returns a summary dict.
+
+    `batches` yields global batches and has `.state() -> dict` (its position, saved in checkpoints).
+    """
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"finetune.on_nonfinite={on_nonfinite!r}; choose one of {NONFINITE_POLICIES}.")
+    summary: dict = {"start_step": start_step, "steps": 0, "skipped_steps": [], "losses": {}}
+    started = time.time()
+
+    def evaluate(step):
+        results = eval_fn(params, step)
+        if logger is not None:
+            logger.log_eval(step, results)
+        summary.setdefault("evals", {})[step] = results
+        return results
+
+    if eval_fn is not None and eval_at_start and start_step == 0:
+        summary["initial_eval"] = evaluate(0)
+
+    step = start_step
+    for step in range(start_step + 1, train_steps + 1):
+        batch = next(batches)
+        params, opt_state, metrics = step_fn(params, opt_state, batch)
+        finite = bool(metrics["finite"])  # one host sync per step: the NaN guard needs it
+        if not finite:
+            position = batches.state() if hasattr(batches, "state") else {}
+            last = checkpointer.last_saved_step if checkpointer is not None else None
+            where = (f"{checkpointer.directory}/{last}" if last is not None else "none saved yet")
+            msg = (f"non-finite loss/gradient at step {step} (loss={float(metrics['loss'])}, "
+                   f"grad_norm={float(metrics['grad_norm'])}), batch index {position.get('batches_consumed', step) - 1} "
+                   f"of the input stream ({position}); last good checkpoint: {where}.")
+            if on_nonfinite == "stop":
+                raise NonFiniteLossError(msg + " The update was not applied. Lower LEARNING_RATE, check the data, or "
+                                         "set finetune.on_nonfinite='skip' to skip such batches.")
+            print(f"[sciriff-jax] WARNING: skipping {msg}", flush=True)
+            summary["skipped_steps"].append(step)
+        loss = float(metrics["loss"])
+        if step == start_step + 1 and float(metrics["target_tokens"]) == 0:
+            print("[sciriff-jax] WARNING: the first batch has no target tokens (decoder_loss_weights all 0): "
+                  "prompts may fill TASK_FEATURE_LENGTHS['targets']; use a longer length.", flush=True)
+        summary["losses"][step] = loss
+        summary.setdefault("first_loss", loss)
+        summary["last_loss"] = loss
+        summary["steps"] += 1
+        if logger is not None:
+            logger.log_train(step, {
+                "loss": loss, "grad_norm": float(metrics["grad_norm"]),
+                "learning_rate": float(schedule(step - 1)) if schedule is not None else None,
+                "target_tokens": float(metrics["target_tokens"]),
+            })
+        if eval_fn is not None and eval_every and step % eval_every == 0:
+            evaluate(step)
+        if checkpointer is not None and (checkpointer.should_save(step) or step == train_steps):
+            checkpointer.save(step, params, opt_state, batches.state())
+        if preemption is not None and preemption.requested():
+            if checkpointer is not None:
+                checkpointer.save(step, params, opt_state, batches.state(), wait=True)
+                print(f"[sciriff-jax] preemption: saved step {step} to {checkpointer.directory}/{step}; exiting",
+                      flush=True)
+            raise Preempted(step)
+    if eval_fn is not None and eval_every and step % eval_every and step > start_step:
+        summary["final_eval"] = evaluate(step)
+    elif "evals" in summary and step in summary["evals"]:
+        summary["final_eval"] = summary["evals"][step]
+    if checkpointer is not None:
+        checkpointer.wait()
+    summary["final_step"] = step
+    summary["seconds"] = time.time() - started
+    summary["params"] = params
+    summary["opt_state"] = opt_state
+    return summary
