@@ -1,8 +1,10 @@
 """The built-in sample (data/sample/*.jsonl): its five tasks, their scorers, and path helpers."""
 import hashlib
+import json
 import pathlib
 
 from sciriff_jax.eval.metrics import SAMPLE_SCORERS
+from seqio_tasks.sample_generator import generate
 
 SAMPLE_DIR = pathlib.Path(__file__).resolve().parent / "data" / "sample"
 SPLITS = ("train", "validation")
@@ -43,10 +45,6 @@ def sample_fingerprint() -> str:
 
 def write_sample(out_dir: pathlib.Path = SAMPLE_DIR, seed: int = 0) -> dict:
     """Generate the sample deterministically and write {split}.jsonl under out_dir; returns {split: path}."""
-    import json
-
-    from seqio_tasks.sample_generator import generate
-
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}

@@ -1,4 +1,5 @@
 """`sciriff-jax data stats|show`: per-task counts, lengths and fill rate; rendered examples with the loss mask."""
+import argparse
 import json
 import sys
 import time
@@ -113,9 +114,7 @@ def data_show(task: str, n: int = 3, split: str = "train", template: str | None 
 
 def main(argv: list[str]) -> int:
     """`sciriff-jax data stats MIXTURE | show TASK`: the command-line face of data_stats / data_show."""
-    import argparse
-
-    import seqio_tasks
+    import seqio_tasks  # the package's __init__ registers the tasks; this module is part of it
 
     parser = argparse.ArgumentParser(prog="sciriff-jax data", description="Inspect SciRIFF SeqIO tasks and mixtures.")
     sub = parser.add_subparsers(dest="cmd", required=True)

@@ -15,10 +15,13 @@ import signal
 import threading
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from sciriff_jax.io import paths
+from sciriff_jax.model.config import LlamaConfig
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 
@@ -32,8 +35,6 @@ def _config_to_dict(config) -> dict:
 
 
 def _config_from_dict(d: dict):
-    from sciriff_jax.model.config import LlamaConfig  # the model package never imports us; keep it lazy
-
     return LlamaConfig.from_dict(d)
 
 
@@ -203,9 +204,6 @@ class PreemptionGuard:
         local = self._flag.is_set()
         if jax.process_count() == 1:
             return local
-        import numpy as np
-        from jax.experimental import multihost_utils
-
         return bool(np.any(multihost_utils.process_allgather(np.asarray(local, dtype=np.int32))))
 
     def __exit__(self, *exc):

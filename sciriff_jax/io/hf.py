@@ -11,7 +11,11 @@ import os
 import pathlib
 import re
 
+import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
+from safetensors import safe_open
+from safetensors.flax import save_file
 
 from sciriff_jax.io import paths
 from sciriff_jax.model.config import LlamaConfig
@@ -33,8 +37,6 @@ _LAYER_MAP = {
 
 
 def _np_dtype(name: str):
-    import ml_dtypes
-
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
@@ -86,8 +88,6 @@ def _weight_files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
 
 def _iter_tensors(hf_dir: pathlib.Path, dtype):
     """Yield (name, numpy array in `dtype`) one tensor at a time over every safetensors shard."""
-    from safetensors import safe_open
-
     for path in _weight_files(hf_dir):
         with safe_open(str(path), framework="flax") as f:
             for name in f.keys():
@@ -185,9 +185,6 @@ def hf_tensors(params, config: LlamaConfig):
 def write_hf(params, config: LlamaConfig, hf_dir, max_shard_bytes: int = 5 * 2 ** 30, dtype: str | None = None,
              progress: bool = False):
     """Write config.json + (sharded) safetensors for params that `transformers` loads, one shard in memory."""
-    import jax.numpy as jnp
-    from safetensors.flax import save_file
-
     hf_dir = local_hf_dir(hf_dir)
     hf_dir.mkdir(parents=True, exist_ok=True)
     dtype = dtype or config.param_dtype

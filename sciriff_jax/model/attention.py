@@ -98,6 +98,7 @@ def select_backend(backend: str, q, segment_ids=None, mesh=None, platform: str |
 def attention(q, k, v, *, segment_ids=None, causal: bool = True, backend: str = "auto", mesh=None):
     """Causal (packed-aware) grouped-query attention through the chosen backend."""
     name = select_backend(backend, q, segment_ids, mesh)
+    # Backends load on first use: cudnn and splash pull in jax internals / Pallas, and they import this module.
     if name == "reference":
         return reference_attention(q, k, v, make_mask(q.shape[1], k.shape[1], segment_ids, causal=causal))
     if name == "blockwise":
