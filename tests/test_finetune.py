@@ -74,6 +74,17 @@ def test_finetune_starts_from_the_initial_checkpoint_and_a_rerun_resumes(tmp_pat
     assert again["start_step"] == 3 and again["steps"] == 0
 
 
+def test_a_hugging_face_directory_is_an_initial_checkpoint_through_the_same_loader(tmp_path):
+    from sciriff_jax.io.hf import write_hf
+
+    params = init_params(CFG, jax.random.PRNGKey(42))
+    checkpoint.save_params(tmp_path / "orbax", params, CFG)
+    write_hf(params, CFG, tmp_path / "hf")
+    from_orbax = run(str(tmp_path / "run_orbax"), train_steps=1, initial_checkpoint_path=str(tmp_path / "orbax"))
+    from_hf = run(str(tmp_path / "run_hf"), train_steps=1, initial_checkpoint_path=str(tmp_path / "hf"))
+    assert from_hf["first_loss"] == pytest.approx(from_orbax["first_loss"], rel=1e-6)
+
+
 def test_model_config_that_does_not_match_the_checkpoint_is_an_error(tmp_path):
     checkpoint.save_params(tmp_path / "init", {"w": jnp.zeros(2)}, CFG)
     with pytest.raises(ValueError, match="hidden_size"):

@@ -362,11 +362,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "v5p:4x4x4, or cpu / cpu:N for the local CPU devices")
     parser.add_argument("--top", type=int, default=8, help="how many of the largest arrays to list")
     known, rest = parser.parse_known_args(list(argv))
-    for arg in rest:
-        name, sep, value = arg.removeprefix("--gin.").partition("=")
-        if not arg.startswith("--gin.") or not sep:
-            parser.error(f"unrecognised argument {arg!r} (gin overrides are --gin.NAME=VALUE)")
-        known.gin_bindings.append(f"{name}={value}")
+    known.gin_bindings.extend(main_lib.gin_flag_bindings(parser, rest))
     return known
 
 

@@ -29,6 +29,19 @@ class GinConfigError(ValueError):
     """A gin file or --gin.X binding that cannot be used; the message says which and why."""
 
 
+def gin_flag_bindings(parser: argparse.ArgumentParser, rest: Sequence[str]) -> list[str]:
+    """`--gin.NAME=VALUE` arguments as gin bindings `NAME=VALUE`; anything else is a usage error of `parser`."""
+    bindings = []
+    for arg in rest:
+        if not arg.startswith("--gin."):
+            parser.error(f"unrecognised argument {arg!r} (gin overrides are --gin.NAME=VALUE)")
+        name, sep, value = arg[len("--gin."):].partition("=")
+        if not sep:
+            parser.error(f"{arg!r}: expected --gin.NAME=VALUE")
+        bindings.append(f"{name}={value}")
+    return bindings
+
+
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     """Parse --gin_file (repeatable), --gin.NAME=VALUE / --gin_bindings and --mode overrides."""
     parser = argparse.ArgumentParser(
@@ -44,13 +57,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max_examples", type=int, default=None,
                         help="quick runs: decode at most this many examples per task (same as --gin.MAX_EXAMPLES=N)")
     known, rest = parser.parse_known_args(list(argv))
-    for arg in rest:
-        if not arg.startswith("--gin."):
-            parser.error(f"unrecognised argument {arg!r}")
-        name, sep, value = arg[len("--gin."):].partition("=")
-        if not sep:
-            parser.error(f"{arg!r}: expected --gin.NAME=VALUE")
-        known.gin_bindings.append(f"{name}={value}")
+    known.gin_bindings.extend(gin_flag_bindings(parser, rest))
     if known.max_examples is not None:
         known.gin_bindings.append(f"MAX_EXAMPLES={known.max_examples}")
     if not known.gin_file:
