@@ -1,31 +1,89 @@
-"""The decoder-only chat feature converter: SeqIO task features -> the batch contract of docs/design.md."""
+"""Our decoder-only feature converter: SciRIFF task features -> the batch contract of docs/design.md.
+
+Tasks yield SeqIO's standard `inputs` (the rendered prompt through the assistant header) and `targets`
+(the answer + EOS), so SeqIO's own converters work on them unchanged. This converter puts each
+`inputs + targets` into one row, with the loss on `targets` and, for multi-turn chats, also on the
+earlier assistant turns inside `inputs` (the task's `inputs_loss_mask` feature, which SeqIO's converters
+ignore), packs rows, and applies the over-long policy to the whole row.
+"""
+import logging
+import threading
 from typing import Mapping
 
 import seqio
 import tensorflow as tf
 
-# The task feature marking assistant tokens (incl. EOS): 2 there, 1 on other tokens. Never 0 on a real
-# token, because SeqIO's packer measures each feature's length by its non-zero entries.
-LOSS_MASK = "loss_mask"
+# 2 on tokens of earlier assistant turns inside `inputs` (multi-turn chats), 1 elsewhere. Never 0 on a real
+# token, because SeqIO's packer and trimming measure a feature's length by its non-zero entries.
+INPUTS_LOSS_MASK = "inputs_loss_mask"
+_ROW_MASK = "loss_mask"  # the row's 1/2 mask while packing (internal to this converter)
+OVERLONG_POLICIES = ("truncate", "drop")
+# (label, "truncated" | "dropped") -> count of over-long rows seen by this process's pipelines.
+OVERLONG_COUNTS: dict[tuple[str, str], int] = {}
+_counts_lock = threading.Lock()
+
+
+def _count(label: str, kind: str):
+    def bump():
+        with _counts_lock:
+            first = (label, kind) not in OVERLONG_COUNTS
+            OVERLONG_COUNTS[(label, kind)] = OVERLONG_COUNTS.get((label, kind), 0) + 1
+        if first:
+            logging.warning("%s: over-long instances are %s (see `sciriff-jax data stats`); "
+                            "set seqio_tasks.configure(overlong=...) to change", label, kind)
+        return True
+
+    return bump
 
 
 class ChatFeatureConverter(seqio.FeatureConverter):
-    """Packs (by default) rendered chats into decoder_{input,target}_tokens, loss weights, segment ids, positions.
+    """Packs (by default) `inputs + targets` rows into decoder_{input,target}_tokens, loss weights, segment ids,
+    positions.
 
-    Unlike seqio.LMFeatureConverter the loss weights come from the task's `loss_mask` feature, so only
-    assistant turns are trained on. Segment ids and positions are produced unpacked too (one document
-    per row), so the model always sees the same five keys.
+    `row_length`: tokens per row; None means inputs + targets lengths, as SeqIO's PrefixLM converter.
+    `overlong`: a row longer than that is cut at the end ("truncate": the prompt and the start of the answer
+    stay) or left out ("drop"); either is counted in OVERLONG_COUNTS under `label`.
+    Segment ids and positions are produced unpacked too (one document per row), so the model always sees the
+    same five keys.
     """
 
-    TASK_FEATURES = {"targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-                     LOSS_MASK: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)}
+    TASK_FEATURES = {"inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+                     "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)}
     MODEL_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
                       for k in ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
                                 "decoder_segment_ids", "decoder_positions")}
     PACKING_FEATURE_DTYPES = {}  # segment ids / positions are model features whether packed or not
 
-    def __init__(self, pack: bool = True, **kwargs):
+    def __init__(self, pack: bool = True, row_length: int | None = None, overlong: str = "truncate",
+                 label: str = "rows", **kwargs):
+        if overlong not in OVERLONG_POLICIES:
+            raise ValueError(f"ChatFeatureConverter(overlong={overlong!r}); expected one of {OVERLONG_POLICIES}")
+        self.row_length, self.overlong, self.label = row_length, overlong, label
         super().__init__(pack=pack, **kwargs)
+
+    def _row(self, task_feature_lengths: Mapping[str, int]) -> int:
+        return int(self.row_length or task_feature_lengths["inputs"] + task_feature_lengths["targets"])
+
+    def _join(self, ex: Mapping[str, tf.Tensor]) -> dict:
+        inputs, targets = ex["inputs"], ex["targets"]
+        if INPUTS_LOSS_MASK in ex:  # trimmed with `inputs` only when SeqIO trims it: cut it to match
+            in_mask = ex[INPUTS_LOSS_MASK][: tf.size(inputs)]
+        else:
+            in_mask = tf.ones_like(inputs)
+        return {"targets": tf.concat([inputs, targets], 0),
+                _ROW_MASK: tf.concat([in_mask, tf.fill(tf.shape(targets), 2)], 0)}
+
+    def _apply_overlong(self, ds: tf.data.Dataset, row: int) -> tf.data.Dataset:
+        kind = "dropped" if self.overlong == "drop" else "truncated"
+
+        def keep(x):
+            too_long = tf.size(x["targets"]) > row
+            # The Python counter runs only for over-long rows, so the common path stays in-graph.
+            tf.cond(too_long, lambda: tf.py_function(_count(self.label, kind), [], tf.bool), lambda: tf.constant(True))
+            return tf.logical_not(too_long) if self.overlong == "drop" else tf.constant(True)
+
+        ds = ds.filter(keep)
+        return ds.map(lambda x: {k: v[:row] for k, v in x.items()}, num_parallel_calls=tf.data.AUTOTUNE)
 
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict:
         targets = features["targets"]
@@ -39,16 +97,18 @@ class ChatFeatureConverter(seqio.FeatureConverter):
             # Shifted right within each document, so no token sees the previous document's last token.
             "decoder_input_tokens": seqio.utils.make_autoregressive_inputs(
                 targets, sequence_id=segment_ids, bos_id=self.bos_id),
-            "decoder_loss_weights": tf.cast(tf.equal(features[LOSS_MASK], 2), tf.int32),
+            "decoder_loss_weights": tf.cast(tf.equal(features[_ROW_MASK], 2), tf.int32),
             "decoder_segment_ids": segment_ids,
             "decoder_positions": positions,
         }
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-        lengths = dict(task_feature_lengths)
-        lengths.setdefault(LOSS_MASK, lengths["targets"])
-        ds = self._pack_or_pad(ds, lengths)
+        row = self._row(task_feature_lengths)
+        ds = ds.map(self._join, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._apply_overlong(ds, row)
+        ds = self._pack_or_pad(ds, {"targets": row, _ROW_MASK: row})
         return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
-        return {k: task_feature_lengths["targets"] for k in self.MODEL_FEATURES}
+        row = self._row(task_feature_lengths)
+        return {k: row for k in self.MODEL_FEATURES}

@@ -1,10 +1,15 @@
 """What the rest of the project calls: batched training datasets and raw release examples."""
+import os
+
 import seqio
 import tensorflow as tf
 
 from seqio_tasks import catalog
-from seqio_tasks.converter import LOSS_MASK, ChatFeatureConverter
+from seqio_tasks.converter import ChatFeatureConverter
 from seqio_tasks.sources import RELEASE_FIELDS
+from seqio_tasks.tasks import SETTINGS
+
+TF_GPUS_ENV = "SCIRIFF_JAX_TF_GPUS"
 
 
 def get_provider(name: str):
@@ -18,33 +23,44 @@ def get_provider(name: str):
                        "sciriff_<ctx>_train|scitulu|eval|family_<family>)") from None
 
 
+def hide_gpus_from_tensorflow() -> None:
+    """Keep TensorFlow (our host-side input pipeline) off the GPUs, whose memory belongs to JAX.
+
+    Called where our input pipeline starts, never at import; set SCIRIFF_JAX_TF_GPUS=1 to leave TensorFlow's
+    devices alone (e.g. a project of yours that runs TensorFlow models on the GPU in the same process).
+    """
+    if os.environ.get(TF_GPUS_ENV, "") not in ("", "0"):
+        return
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow already initialised its devices in this process: too late to change
+        pass
+
+
 def get_dataset(mixture_or_task_name: str, split: str, feature_lengths: dict, batch_size: int,
                 shuffle: bool = True, seed: int = 0, shard_index: int = 0, num_shards: int = 1,
                 pack: bool = True, num_epochs: int | None = None, use_cached: bool = False) -> tf.data.Dataset:
     """Batches of the batch contract (docs/design.md) for this host's shard; deterministic for a seed.
 
-    use_cached reads tasks preprocessed offline by SeqIO's cache_tasks_main (seqio.add_global_cache_dirs).
+    feature_lengths: {"targets": L} for rows of L tokens (prompt + answer), or SeqIO's {"inputs": a,
+    "targets": b} for rows of a + b. use_cached reads tasks preprocessed offline by `seqio_cache_tasks`
+    (pass its output directory to seqio.add_global_cache_dirs first).
     """
-    provider = get_provider(mixture_or_task_name)
-    if isinstance(provider, seqio.Mixture):
-        _check_no_empty_tasks(provider, split)
+    hide_gpus_from_tensorflow()
+    get_provider(mixture_or_task_name)  # unknown names fail with close matches
     if "targets" not in feature_lengths:
         raise ValueError(f"feature_lengths needs a 'targets' length (tokens per row), got {feature_lengths}")
-    lengths = {"targets": int(feature_lengths["targets"]), LOSS_MASK: int(feature_lengths["targets"])}
+    if "inputs" in feature_lengths:
+        lengths, row = {"inputs": int(feature_lengths["inputs"]), "targets": int(feature_lengths["targets"])}, None
+    else:
+        row = int(feature_lengths["targets"])
+        lengths = {"inputs": row, "targets": row}
+    converter = ChatFeatureConverter(pack=pack, row_length=row, overlong=SETTINGS.overlong, label=mixture_or_task_name)
     ds = seqio.get_dataset(mixture_or_task_name, task_feature_lengths=lengths, dataset_split=split,
                            shuffle=shuffle, num_epochs=num_epochs, seed=seed, use_cached=use_cached,
                            shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-                           feature_converter=ChatFeatureConverter(pack=pack))
+                           feature_converter=converter)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-
-
-def _check_no_empty_tasks(mixture: seqio.Mixture, split: str) -> None:
-    # SeqIO's mixture sampling stops at the first exhausted task, so one empty task would end the stream.
-    empty = [t.name for t in mixture.tasks if split in t.splits and not t.num_input_examples(split)]
-    if empty:
-        raise ValueError(f"mixture {mixture.name!r} split {split!r}: no instances for {len(empty)} task(s): "
-                         f"{', '.join(empty[:6])}{' ...' if len(empty) > 6 else ''}. Point $SCIRIFF_JAX_DATA_DIR at "
-                         "a complete copy of the release, or train on a task or mixture whose tasks all have data.")
 
 
 def task_names(name: str) -> list[str]:

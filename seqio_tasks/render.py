@@ -83,6 +83,23 @@ def prompt_ids(user_text: str, vocab, template: str = "tulu") -> list[int]:
     return bos_ids(vocab) + list(vocab.encode(render_prompt(user_text, template)))
 
 
+def last_answer_index(roles) -> int:
+    """Index of the last assistant message: everything before it is the prompt (`inputs`), it is the answer."""
+    answers = [i for i, r in enumerate(roles) if r == "assistant"]
+    if not answers:
+        raise ValueError(f"a chat needs an assistant turn to train on; roles were {list(roles)}")
+    return answers[-1]
+
+
+def split_ids(messages: list[dict], vocab, template: str = "tulu") -> tuple[list[int], list[int], list[int]]:
+    """(inputs, targets, inputs loss mask): the chat's ids before the last answer, that answer + EOS, and 1 on the
+    earlier assistant turns (+ their EOS) inside `inputs`. Turns after the last answer are not part of it."""
+    last = last_answer_index([m.get("role") for m in messages])
+    ids, mask = tokenize_messages(messages[: last + 1], vocab, template)
+    start = len(tokenize_messages(messages[:last], vocab, template)[0]) if last else len(bos_ids(vocab))
+    return ids[:start], ids[start:], mask[:start]
+
+
 def tokenize_messages(messages: list[dict], vocab, template: str = "tulu") -> tuple[list[int], list[int]]:
     """Token ids and loss mask (1 on assistant tokens and the EOS closing each assistant turn, else 0)."""
     ids = bos_ids(vocab)
@@ -126,3 +143,15 @@ def tokenize_segments_tf(texts: tf.Tensor, is_assistant: tf.Tensor, vocab):
     mask = tf.repeat(is_assistant, tf.cast(ragged.row_lengths(), tf.int32))
     bos = tf.constant(bos_ids(vocab), tf.int32)
     return tf.concat([bos, ids], 0), tf.concat([tf.zeros_like(bos), mask], 0)
+
+
+def split_segments_tf(texts: tf.Tensor, is_assistant: tf.Tensor, vocab):
+    """TF version of split_ids for rendered segments: (inputs ids, targets ids, inputs loss mask), int32 [n]."""
+    positions = tf.where(tf.equal(is_assistant, 1))[:, 0]
+    tf.debugging.assert_positive(tf.size(positions), message="a chat needs an assistant turn to train on")
+    last = tf.cast(positions[-1], tf.int32)
+    ids, mask = tokenize_segments_tf(texts[: last + 1], is_assistant[: last + 1], vocab)
+    ragged = tf.cast(vocab.encode_tf(texts[last]), tf.int32)
+    answer_len = tf.size(ragged) + 1  # + EOS
+    start = tf.size(ids) - answer_len
+    return ids[:start], ids[start:], mask[:start]

@@ -255,7 +255,11 @@ class SciriffTaskSource(seqio.DataSource):
         start, stop = task_ranges(self.config, split, source_dir).get(self.task, (0, 0))
         builder = get_builder(self.config, source_dir)
         if stop == start:
-            return _rows_dataset([])
+            where = (f"{source_dir}/{self.config}/{split}-*-of-*" if source_dir else
+                     f"allenai/SciRIFF on the hub ({hub_endpoint()}), config {self.config}")
+            raise ValueError(
+                f"SciRIFF task {self.task!r} has no {split!r} instances in {where}; point ${DATA_DIR_ENV} (or "
+                "seqio_tasks.configure(source_dir=...)) at a complete copy of the release, or leave the task out.")
         # Slicing reads only this task's records; sharding and shuffling act on those indices.
         ds = builder.as_dataset(split=f"{split}[{start}:{stop}]", shuffle_files=False)
         ds = ds.map(lambda x: {k: x[k] for k in RELEASE_FIELDS})
@@ -277,8 +281,8 @@ def _rows_dataset(rows: list[dict], keys=RELEASE_FIELDS) -> tf.data.Dataset:
 class RowsSource(seqio.DataSource):
     """A source over rows loaded in Python (small data): deterministic seeded shuffling and per-host shards."""
 
-    def __init__(self, load_split, splits, keys=RELEASE_FIELDS):
-        self._load_split, self._keys = load_split, keys
+    def __init__(self, load_split, splits, keys=RELEASE_FIELDS, describe=lambda split: "this source"):
+        self._load_split, self._keys, self._describe = load_split, keys, describe
         super().__init__(splits=splits)
 
     @property
@@ -296,6 +300,8 @@ class RowsSource(seqio.DataSource):
         if split not in self.splits:
             raise ValueError(f"split {split!r} not available; this source has {list(self.splits)}")
         rows = self._load_split(split)
+        if not rows:
+            raise ValueError(f"{self._describe(split)} has no {split!r} rows; check the file it reads")
         idx = _shuffled_shard(len(rows), shuffle, seed, shard_info)
         if self._keys == CHAT_KEYS:
             return _chat_dataset([rows[i] for i in idx])
@@ -313,7 +319,8 @@ def _sample_rows(split: str) -> dict[str, list[dict]]:
 
 def sample_source(task: str) -> RowsSource:
     """One task of the built-in sample (splits train, validation)."""
-    return RowsSource(lambda split: _sample_rows(split).get(task, []), splits=sample.SPLITS)
+    return RowsSource(lambda split: _sample_rows(split).get(task, []), splits=sample.SPLITS,
+                      describe=lambda split: f"built-in sample task {task!r} ({sample.SAMPLE_DIR}/{split}.jsonl)")
 
 
 CHAT_KEYS = ("messages_role", "messages_content", "id", "dataset")
@@ -361,4 +368,4 @@ def chat_source(path_fn, limit_fn=lambda: None) -> RowsSource:
                              "seqio_tasks.configure(tulu_path=...)) to a Tulu-v2 `messages` .jsonl/.parquet")
         return load_chat_rows(path, limit_fn())
 
-    return RowsSource(load, splits=("train",), keys=CHAT_KEYS)
+    return RowsSource(load, splits=("train",), keys=CHAT_KEYS, describe=lambda split: f"chat data at {path_fn()!r}")

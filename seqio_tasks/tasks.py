@@ -1,54 +1,81 @@
-"""Registers one SeqIO task per SciRIFF task x context config, the built-in sample's tasks and chat data."""
+"""Registers one SeqIO task per SciRIFF task x context config, the built-in sample's tasks and chat data.
+
+Every task yields SeqIO's standard features: `inputs` (the rendered prompt through the assistant header, with
+BOS where the vocabulary has one), `targets` (the answer + EOS), their `*_pretokenized` text, `inputs_loss_mask`
+(earlier assistant turns of multi-turn chats, read by our converter only) and the release fields
+(`_instance_id`, `input`, `output`, `metadata`). Eval tasks carry their SciRIFF-Eval metrics.
+"""
 import dataclasses
-import logging
 import os
-import threading
 
 import seqio
 import tensorflow as tf
 
+from sciriff_jax.eval import judge as judge_lib
+from sciriff_jax.eval import metrics
 from seqio_tasks import catalog, render, sample, sources
-from seqio_tasks.converter import LOSS_MASK
-from seqio_tasks.vocab import get_vocabulary
+from seqio_tasks.converter import INPUTS_LOSS_MASK
+from seqio_tasks.vocab import MissingVocabulary, SampleVocabulary
 
 TULU_PATH_ENV = "SCIRIFF_JAX_TULU_PATH"
 TRAIN_MIX_PATH_ENV = "SCIRIFF_JAX_TRAIN_MIX_PATH"
 SCITULU_PER_TASK = 1000  # the SciTulu recipe: first 1,000 train instances of each non-eval task
+DEFAULT_PREFIX = "sciriff"
 
 
 @dataclasses.dataclass
 class DataSettings:
     """How instances become tokens; read when a dataset is built, so `configure` applies to registered tasks."""
 
-    template: str = "tulu"        # chat template (render.TEMPLATES)
-    overlong: str = "truncate"    # "truncate" (keep the start) or "drop" instances longer than the length
+    template: str = "tulu"        # chat template of the default task set (render.TEMPLATES)
+    overlong: str = "truncate"    # our converter: "truncate" (keep the start) or "drop" rows longer than the length
     tulu_path: str | None = None  # general chat data for the SciTulu mixtures (else $SCIRIFF_JAX_TULU_PATH)
     train_mix_path: str | None = None  # allenai/SciRIFF-train-mix parquet (else $SCIRIFF_JAX_TRAIN_MIX_PATH, else hub)
-    vocab_path: str | None = None  # SentencePiece model for every task (else $SCIRIFF_JAX_VOCAB, else sample-trained)
+    vocab_path: object = None     # the default set's vocabulary: a .model path or a seqio.Vocabulary (else $SCIRIFF_JAX_VOCAB)
     scitulu_per_task: int = SCITULU_PER_TASK  # SciTulu: first N train instances per non-eval task
     chat_ratio: float = 1.0  # SciTulu: general chat rows per science instance
-    train_rate_cap: int | None = 5000  # sciriff_<ctx>_train: examples-proportional rate, capped
+    train_rate_cap: int | None = 5000  # <prefix>_<ctx>_train: examples-proportional rate, capped
 
 
 SETTINGS = DataSettings()
-# (task name, "truncated" | "dropped") -> count of over-long instances seen by this process's pipelines.
-OVERLONG_COUNTS: dict[tuple[str, str], int] = {}
-_counts_lock = threading.Lock()
 
 
-def sciriff_task_name(config: int, task: str) -> str:
+@dataclasses.dataclass(frozen=True)
+class TaskSet:
+    """A registered family of tasks and mixtures: name prefix, vocabulary, template (None: SETTINGS.template)."""
+
+    prefix: str
+    vocabulary: seqio.Vocabulary
+    sample_vocabulary: seqio.Vocabulary
+    template: str | None = None
+
+
+TASK_SETS: dict[str, TaskSet] = {}
+
+
+def sciriff_task_name(config: int, task: str, prefix: str = DEFAULT_PREFIX) -> str:
     """SeqIO name of a SciRIFF task in a context config, e.g. sciriff_4096_scierc_ner."""
-    return f"sciriff_{config}_{task}"
+    return f"{prefix}_{config}_{task}"
 
 
-def sample_task_name(name: str) -> str:
+def sample_task_name(name: str, prefix: str = DEFAULT_PREFIX) -> str:
     """SeqIO name of a built-in sample task: sample_ner -> sciriff_sample_ner."""
-    return "sciriff_" + name
+    return f"{prefix}_{name}"
 
 
-def scitulu_task_name(config: int, task: str, n: int = SCITULU_PER_TASK) -> str:
+def scitulu_task_name(config: int, task: str, n: int = SCITULU_PER_TASK, prefix: str = DEFAULT_PREFIX) -> str:
     """SeqIO name of the first-n-train-instances variant used by the SciTulu mixture."""
-    return f"sciriff_{config}_{task}_first{n}"
+    return f"{prefix}_{config}_{task}_first{n}"
+
+
+def chat_task_name(prefix: str = DEFAULT_PREFIX) -> str:
+    """SeqIO name of the general chat data (Tulu v2) of a task set."""
+    return f"{prefix}_tulu_v2_chat"
+
+
+def train_mix_task_name(prefix: str = DEFAULT_PREFIX) -> str:
+    """SeqIO name of the published SciRIFF-train-mix rows of a task set."""
+    return f"{prefix}_train_mix"
 
 
 # --- preprocessors ------------------------------------------------------------------------------------
@@ -61,76 +88,83 @@ def release_to_chat(ds: tf.data.Dataset) -> tf.data.Dataset:
                   num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def tokenize_chat(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
-    """Render `messages_*` with SETTINGS.template and tokenise: `targets` ids and their `loss_mask` (1/2)."""
-    vocab, template = output_features["targets"].vocabulary, SETTINGS.template
+def make_tokenize(template_of):
+    """The tokenizing preprocessor: `messages_*` rendered with `template_of()` -> the task's features."""
+    def tokenize_chat(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
+        vocab, template = output_features["targets"].vocabulary, template_of()
+        render.get_template(template)  # fails at build time, naming the template
+        if isinstance(vocab, MissingVocabulary):
+            vocab.check()  # fails here, with how to configure one, not inside a traced tf.data function
 
-    def fn(x):
-        texts, is_assistant = render.render_segments_tf(x["messages_role"], x["messages_content"], template)
-        ids, mask = render.tokenize_segments_tf(texts, is_assistant, vocab)
-        return {"targets": ids, LOSS_MASK: mask + 1}  # 1/2, see converter.LOSS_MASK
+        def fn(x):
+            texts, is_assistant = render.render_segments_tf(x["messages_role"], x["messages_content"], template)
+            inputs, targets, in_mask = render.split_segments_tf(texts, is_assistant, vocab)
+            last = tf.cast(tf.where(tf.equal(is_assistant, 1))[-1, 0], tf.int32)
+            keep = {k: v for k, v in x.items() if not k.startswith("messages_")}
+            return {**keep, "inputs": inputs, "targets": targets, INPUTS_LOSS_MASK: in_mask + 1,  # 1/2
+                    "inputs_pretokenized": tf.strings.reduce_join(texts[:last]),
+                    "targets_pretokenized": texts[last]}
 
-    return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
-
-def _count(task: str, kind: str):
-    def bump():
-        with _counts_lock:
-            first = (task, kind) not in OVERLONG_COUNTS
-            OVERLONG_COUNTS[(task, kind)] = OVERLONG_COUNTS.get((task, kind), 0) + 1
-        if first:
-            logging.warning("%s: over-long instances are %s (see `sciriff-jax data stats`); "
-                            "set seqio_tasks.configure(overlong=...) to change", task, kind)
-        return True
-
-    return bump
+    return tokenize_chat
 
 
-def handle_overlong(ds: tf.data.Dataset, sequence_length, task: str) -> tf.data.Dataset:
-    """Count instances longer than sequence_length["targets"]; drop them (overlong="drop") or cut them."""
-    max_len = (sequence_length or {}).get("targets")
-    mode = SETTINGS.overlong
-    if mode not in ("truncate", "drop"):
-        raise ValueError(f"seqio_tasks.SETTINGS.overlong is {mode!r}; expected 'truncate' or 'drop'")
-    if not max_len:
-        return ds
-    kind = "dropped" if mode == "drop" else "truncated"
+# --- metrics inside the eval tasks ----------------------------------------------------------------------
 
-    def count(x):
-        too_long = tf.size(x["targets"]) > max_len
-        # The Python counter runs only for over-long instances, so the common path stays in-graph.
-        tf.cond(too_long, lambda: tf.py_function(_count(task, kind), [], tf.bool), lambda: tf.constant(True))
-        return tf.logical_not(too_long) if mode == "drop" else tf.constant(True)
 
-    ds = ds.filter(count)
-    if mode == "truncate":  # keep the start: the prompt and the beginning of the answer
-        ds = ds.map(lambda x: {k: v[:max_len] for k, v in x.items()}, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def postprocess(output_or_target, example=None, is_target=False):
+    """A target becomes the reference row the metrics read (answer, instance id, input text for the judge);
+    a prediction stays the model's raw text."""
+    if not is_target:
+        return _text(output_or_target)
+    example = example or {}
+    row = {"output": _text(output_or_target)}
+    for key in ("_instance_id", "input"):
+        if key in example:
+            row[key] = _text(example[key])
+    return row
+
+
+def make_metric_fn(scorer: str):
+    """A SeqIO metric function: the SciRIFF-Eval headline numbers of `scorer` (as `sciriff-jax score` gives them).
+
+    LM-judge metrics need a judge (SCIRIFF_JUDGE_URL / SCIRIFF_JUDGE_MODEL); without one they are left out,
+    never reported as 0.
+    """
+    def sciriff_eval(targets, predictions):
+        rows = [dict(t, prediction=p) for t, p in zip(targets, predictions)]
+        result = metrics.score(scorer, rows, judge=judge_lib.judge_from_env())
+        return {k: float(v) for k, v in result["headline"].items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    sciriff_eval.__name__ = f"sciriff_eval_{scorer}"
+    return sciriff_eval
 
 
 # --- registration -------------------------------------------------------------------------------------
 
 
-def output_features(vocab=None) -> dict:
-    """targets (the chat's token ids; EOS is added by rendering) and the per-token loss mask."""
-    vocab = vocab or get_vocabulary()
-    return {"targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
-            LOSS_MASK: seqio.Feature(seqio.PassThroughVocabulary(3), add_eos=False, dtype=tf.int32)}
+def output_features(vocab) -> dict:
+    """inputs, targets (EOS is added by rendering) and the inputs loss mask of multi-turn chats."""
+    return {"inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
+            "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
+            INPUTS_LOSS_MASK: seqio.Feature(seqio.PassThroughVocabulary(3), add_eos=False, dtype=tf.int32,
+                                            required=False)}
 
 
-def _chat_preprocessors(name):
-    def overlong(ds, sequence_length):
-        return handle_overlong(ds, sequence_length, name)
-
-    return [tokenize_chat, overlong]
-
-
-def _add(name, source, features, pre=(), metadata=None):
+def _add(name, source, features, template_of, pre=(), metadata=None, scorer=None):
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
+    extra = dict(postprocess_fn=postprocess, metric_fns=[make_metric_fn(scorer)]) if scorer else {}
     task = seqio.TaskRegistry.add(name, source=source, output_features=features,
-                                  preprocessors=[*pre, *_chat_preprocessors(name)],
-                                  shuffle_buffer_size=512)  # sources shuffle fully; this mixes epochs
+                                  preprocessors=[*pre, make_tokenize(template_of), seqio.CacheDatasetPlaceholder()],
+                                  shuffle_buffer_size=512,  # sources shuffle fully; this mixes epochs
+                                  **extra)
     task.sciriff_metadata = metadata or {}
     return task
 
@@ -171,27 +205,41 @@ def _train_mix_path() -> str:
         sources.hub_url("allenai/SciRIFF-train-mix", "data/train-00000-of-00001.parquet"), "train-mix")
 
 
-def register_all(vocab=None, scitulu_per_task: int = SCITULU_PER_TASK, chat_rows: int | None = None) -> None:
-    """(Re-)register every task: the sample, SciRIFF x {4096, 8192, 16384}, their SciTulu slices, chat data.
+def default_task_set() -> TaskSet:
+    """The `sciriff` set: the configured vocabulary (SETTINGS.vocab_path or $SCIRIFF_JAX_VOCAB) for every task;
+    without one the real tasks stop at first use (MissingVocabulary) and the sample uses its own vocabulary."""
+    from seqio_tasks.vocab import configured_vocabulary
 
-    chat_rows: how many general chat rows `tulu_v2_chat` reads (the first ones; default: as many as the
+    vocab = configured_vocabulary(SETTINGS.vocab_path)
+    return TaskSet(DEFAULT_PREFIX, vocab or MissingVocabulary(), vocab or SampleVocabulary())
+
+
+def register_tasks(task_set: TaskSet, scitulu_per_task: int = SCITULU_PER_TASK, chat_rows: int | None = None) -> None:
+    """(Re-)register a task set's tasks: the sample, SciRIFF x {4096, 8192, 16384}, their SciTulu slices, chat data.
+
+    chat_rows: how many general chat rows the chat task reads (the first ones; default: as many as the
     SciTulu science part, the recipe's 1:1 ratio).
     """
     chat_rows = scitulu_science_rows(scitulu_per_task) if chat_rows is None else chat_rows
-    features = output_features(vocab)
+    prefix = task_set.prefix
+    template_of = (lambda: task_set.template) if task_set.template else (lambda: SETTINGS.template)
+    features, sample_features = output_features(task_set.vocabulary), output_features(task_set.sample_vocabulary)
     for name, meta in sample.SAMPLE_TASKS.items():
-        _add(sample_task_name(name), sources.sample_source(name), features, [release_to_chat],
-             dict(meta, task=name, config="sample"))
+        _add(sample_task_name(name, prefix), sources.sample_source(name), sample_features, template_of,
+             [release_to_chat], dict(meta, task=name, config="sample"), scorer=meta["scorer"])
     for config in catalog.CONTEXT_CONFIGS:
         for info in catalog.TASKS.values():
             src = sources.SciriffTaskSource(config, info.name)
             meta = dict(dataclasses.asdict(info), task=info.name, config=config)
-            _add(sciriff_task_name(config, info.name), src, features, [release_to_chat], meta)
+            scorer = metrics.resolve_scorer(info.name) if info.eval_task else None
+            _add(sciriff_task_name(config, info.name, prefix), src, features, template_of, [release_to_chat], meta,
+                 scorer=scorer)
             if not info.eval_task:
-                _add(scitulu_task_name(config, info.name, scitulu_per_task), _FirstN(src, scitulu_per_task), features,
-                     [release_to_chat], meta)
-    _add("tulu_v2_chat", sources.chat_source(lambda: SETTINGS.tulu_path or os.environ.get(TULU_PATH_ENV),
-                                             lambda: chat_rows), features,
+                _add(scitulu_task_name(config, info.name, scitulu_per_task, prefix), _FirstN(src, scitulu_per_task),
+                     features, template_of, [release_to_chat], meta)
+    _add(chat_task_name(prefix), sources.chat_source(lambda: SETTINGS.tulu_path or os.environ.get(TULU_PATH_ENV),
+                                                     lambda: chat_rows), features, template_of,
          metadata={"task": "tulu_v2_chat", "config": "chat", "rows": chat_rows})
-    _add("sciriff_train_mix", sources.chat_source(_train_mix_path), features,
-         metadata={"task": "sciriff_train_mix", "config": "chat"})
+    _add(train_mix_task_name(prefix), sources.chat_source(_train_mix_path), features, template_of,
+         metadata={"task": "train_mix", "config": "chat"})
+    TASK_SETS[prefix] = task_set

@@ -8,7 +8,7 @@ import numpy as np
 import seqio
 
 from seqio_tasks import render
-from seqio_tasks.converter import LOSS_MASK, ChatFeatureConverter
+from seqio_tasks.converter import ChatFeatureConverter
 from seqio_tasks.datasets import get_provider, raw_examples, resolve_task_name
 from seqio_tasks.tasks import SETTINGS
 
@@ -21,10 +21,10 @@ def _tasks_of(name: str) -> list:
 def task_stats(task: seqio.Task, split: str, length: int, max_examples: int | None = None,
                pack_rows: int = 0) -> dict:
     """Instances, tokens, over-long (truncated or dropped per SETTINGS.overlong) and packed fill of one task."""
-    ds = task.get_dataset({"targets": 10**9, LOSS_MASK: 10**9}, split, shuffle=False)  # untruncated lengths
+    ds = task.get_dataset({"inputs": 10**9, "targets": 10**9}, split, shuffle=False)  # untruncated lengths
     if max_examples:
         ds = ds.take(max_examples)
-    lengths = np.array([len(ex["targets"]) for ex in ds.as_numpy_iterator()], dtype=np.int64)
+    lengths = np.array([len(ex["inputs"]) + len(ex["targets"]) for ex in ds.as_numpy_iterator()], dtype=np.int64)
     over = int((lengths > length).sum())
     kept = lengths if SETTINGS.overlong == "truncate" else lengths[lengths <= length]
     stats = {"task": task.name, "instances": int(len(lengths)), "tokens": int(np.minimum(kept, length).sum()),
@@ -38,9 +38,10 @@ def task_stats(task: seqio.Task, split: str, length: int, max_examples: int | No
 
 def packed_fill(name: str, split: str, length: int, rows: int) -> float:
     """Fraction of non-padding tokens in the first `rows` packed rows of a task or mixture."""
-    ds = seqio.get_dataset(name, task_feature_lengths={"targets": length, LOSS_MASK: length}, dataset_split=split,
-                           shuffle=False, num_epochs=1, feature_converter=ChatFeatureConverter(pack=True),
-                           use_cached=False)
+    ds = seqio.get_dataset(name, task_feature_lengths={"inputs": length, "targets": length}, dataset_split=split,
+                           shuffle=False, num_epochs=1, use_cached=False,
+                           feature_converter=ChatFeatureConverter(pack=True, row_length=length,
+                                                                  overlong=SETTINGS.overlong, label=name))
     seg = [ex["decoder_segment_ids"] for ex in ds.take(rows).as_numpy_iterator()]
     return float(np.mean([(s > 0).mean() for s in seg])) if seg else 0.0
 

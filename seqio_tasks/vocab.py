@@ -84,11 +84,58 @@ class SampleVocabulary(SentencePieceFileVocabulary):
             train_sample_vocab(path)
 
 
-def get_vocabulary(path: str | None = None) -> seqio.SentencePieceVocabulary:
-    """The vocabulary at `path`, else at $SCIRIFF_JAX_VOCAB, else the one trained from the built-in sample."""
+class MissingVocabulary(seqio.Vocabulary):
+    """The vocabulary of the real SciRIFF tasks until one is configured: any use stops with how to set one.
+
+    The sample-trained vocabulary (1,500 pieces) serves the built-in sample and the demo only; real tasks would
+    train a model no checkpoint can use, so they never fall back to it.
+    """
+
+    def __init__(self, tasks: str = "sciriff_<ctx>_*"):
+        self._tasks = tasks
+        super().__init__(extra_ids=0)
+
+    def _fail(self, *_args, **_kwargs):
+        raise ValueError(
+            f"no vocabulary is configured for the {self._tasks} tasks: set ${VOCAB_ENV} to the model's tokenizer "
+            "(e.g. Llama-2's tokenizer.model) before `import seqio_tasks`, call "
+            "seqio_tasks.configure(vocab_path=...), or register a task set for your own vocabulary with "
+            "seqio_tasks.register(prefix=..., vocabulary=...). (Only the built-in sample, sciriff_sample_*, has a "
+            "vocabulary of its own.)")
+
+    _encode = _decode = _encode_tf = _decode_tf = check = _fail
+
+    @property
+    def _base_vocab_size(self):
+        self._fail()
+
+    @property
+    def eos_id(self):
+        self._fail()
+
+    @property
+    def unk_id(self):
+        self._fail()
+
+    def __eq__(self, other):
+        return isinstance(other, MissingVocabulary)
+
+    def __hash__(self):
+        return hash(MissingVocabulary)
+
+
+def get_vocabulary(path: "str | seqio.Vocabulary | None" = None) -> seqio.Vocabulary:
+    """The vocabulary at `path` (or `path` itself when it is a seqio.Vocabulary), else at $SCIRIFF_JAX_VOCAB, else
+    the one trained from the built-in sample."""
+    if isinstance(path, seqio.Vocabulary):
+        return path
     path = path or os.environ.get(VOCAB_ENV)
     if not path:
         return SampleVocabulary()
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a vocabulary is a path to a SentencePiece .model file or a seqio.Vocabulary, not "
+                        f"{type(path).__name__}")
+    path = os.fspath(path)
     if "://" not in path and not os.path.exists(path):
         where = f"${VOCAB_ENV}" if path == os.environ.get(VOCAB_ENV) else "the vocabulary path"
         raise FileNotFoundError(f"SentencePiece vocabulary not found: {path!r} (from {where}). Expected a "
@@ -96,3 +143,10 @@ def get_vocabulary(path: str | None = None) -> seqio.SentencePieceVocabulary:
     vocab = SentencePieceFileVocabulary(path)
     vocab.load_model()  # fail here, naming the path, rather than deep inside a tf.data pipeline
     return vocab
+
+
+def configured_vocabulary(path=None) -> seqio.Vocabulary | None:
+    """The vocabulary a user configured (`path`, else $SCIRIFF_JAX_VOCAB), or None when there is none."""
+    if path is None and not os.environ.get(VOCAB_ENV):
+        return None
+    return get_vocabulary(path)

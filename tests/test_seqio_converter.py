@@ -2,19 +2,25 @@
 import numpy as np
 import tensorflow as tf
 
-from seqio_tasks.converter import LOSS_MASK, ChatFeatureConverter
+from seqio_tasks.converter import INPUTS_LOSS_MASK, ChatFeatureConverter
 
-# Two chats: prompt tokens carry loss_mask 1, assistant tokens (ending in EOS=1) carry 2.
+# Two chats as their rows: prompt tokens carry mask 1, assistant tokens (ending in EOS=1) carry 2.
 DOCS = [([5, 6, 7, 8, 1], [1, 1, 2, 2, 2]), ([9, 10, 11, 1], [1, 1, 2, 2])]
 KEYS = {"decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
         "decoder_positions"}
+SPEC = tf.TensorSpec([None], tf.int32)
 
 
-def _convert(pack, length):
-    ds = tf.data.Dataset.from_generator(
-        lambda: ({"targets": t, LOSS_MASK: m} for t, m in DOCS),
-        output_signature={"targets": tf.TensorSpec([None], tf.int32), LOSS_MASK: tf.TensorSpec([None], tf.int32)})
-    out = ChatFeatureConverter(pack=pack)(ds, {"targets": length, LOSS_MASK: length})
+def _task_features(tokens, mask):
+    """What a task yields for a row: the prompt as `inputs`, the (last) answer + EOS as `targets`."""
+    start = mask.index(2)
+    return {"inputs": tokens[:start], "targets": tokens[start:]}
+
+
+def _convert(pack, length, docs=DOCS, **kwargs):
+    ds = tf.data.Dataset.from_generator(lambda: (_task_features(t, m) for t, m in docs),
+                                        output_signature={"inputs": SPEC, "targets": SPEC})
+    out = ChatFeatureConverter(pack=pack, row_length=length, **kwargs)(ds, {"inputs": length, "targets": length})
     return list(out.as_numpy_iterator())
 
 
@@ -56,3 +62,28 @@ def test_unpacked_rows_have_one_document_each_with_positions():
         np.testing.assert_array_equal(row["decoder_segment_ids"], [1] * len(t) + [0] * (6 - len(t)))
         np.testing.assert_array_equal(row["decoder_positions"][:len(t)], np.arange(len(t)))
         np.testing.assert_array_equal(row["decoder_loss_weights"][:len(t)], np.array(m) == 2)
+
+
+def test_earlier_assistant_turns_inside_inputs_are_trained_on_through_the_inputs_loss_mask():
+    # A two-turn chat: user [5], assistant [6, 1], user [7], assistant [8, 1] (the last answer is `targets`).
+    ex = {"inputs": [5, 6, 1, 7], INPUTS_LOSS_MASK: [1, 2, 2, 1], "targets": [8, 1]}
+    ds = tf.data.Dataset.from_generator(lambda: iter([ex]), output_signature={k: SPEC for k in ex})
+    (row,) = ChatFeatureConverter(pack=False, row_length=8)(ds, {"inputs": 8, "targets": 8}).as_numpy_iterator()
+    np.testing.assert_array_equal(row["decoder_target_tokens"], [5, 6, 1, 7, 8, 1, 0, 0])
+    np.testing.assert_array_equal(row["decoder_loss_weights"], [0, 1, 1, 0, 1, 1, 0, 0])
+
+
+def test_without_a_row_length_a_row_holds_inputs_plus_targets_as_seqio_prefix_lm():
+    ds = tf.data.Dataset.from_generator(lambda: (_task_features(t, m) for t, m in DOCS),
+                                        output_signature={"inputs": SPEC, "targets": SPEC})
+    rows = list(ChatFeatureConverter(pack=False)(ds, {"inputs": 2, "targets": 3}).as_numpy_iterator())
+    assert len(rows) == 2 and all(r["decoder_target_tokens"].shape == (5,) for r in rows)
+
+
+def test_overlong_rows_are_cut_at_the_end_or_dropped():
+    cut = _convert(pack=False, length=3, overlong="truncate")
+    assert len(cut) == 2
+    np.testing.assert_array_equal(cut[0]["decoder_target_tokens"], [5, 6, 7])
+    kept = _convert(pack=False, length=4, overlong="drop")  # the 5-token chat is left out, the 4-token one fits
+    assert len(kept) == 1
+    np.testing.assert_array_equal(kept[0]["decoder_target_tokens"], [9, 10, 11, 1])

@@ -111,8 +111,9 @@ def test_chat_rows_keep_every_turn(tmp_path):
 def test_a_mixture_with_tasks_missing_from_the_local_copy_is_refused_by_name(shared_sciriff, monkeypatch):
     monkeypatch.setitem(sources.LOCAL_RELEASE, "dir", None)  # restored after the test
     seqio_tasks.configure(source_dir=str(shared_sciriff / "hub_layout"))
-    with pytest.raises(ValueError, match="discomat_te"):
-        seqio_tasks.get_dataset("sciriff_4096_eval", "validation", {"targets": 512}, 1)
+    seqio_tasks.register(prefix="testvocab", vocabulary=seqio_tasks.get_vocabulary())
+    with pytest.raises(ValueError, match="discomat_te.*no 'validation' instances in .*hub_layout/4096/validation"):
+        seqio_tasks.get_dataset("testvocab_4096_eval", "validation", {"targets": 512}, 1)
 
 
 @pytest.fixture

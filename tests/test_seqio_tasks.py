@@ -9,6 +9,9 @@ import seqio_tasks
 from seqio_tasks import catalog, render
 
 LENGTHS = {"targets": 256}
+# Chat data is real data: its tasks need a vocabulary of their own, so the tests register a set with the sample's.
+TEST_SET = "testvocab"
+seqio_tasks.register(prefix=TEST_SET, vocabulary=seqio_tasks.get_vocabulary())
 
 
 def _first(name, split="train", **kw):
@@ -31,7 +34,7 @@ def test_mixtures_cover_the_release_as_specified():
     assert {t.name for t in seqio.get_mixture_or_task("sciriff_16384_eval").tasks} == {
         f"sciriff_16384_{n}" for n in catalog.EVAL_TASKS}
     scitulu = {t.name for t in seqio.get_mixture_or_task("sciriff_4096_scitulu").tasks}
-    assert len(scitulu) == 46 and "tulu_v2_chat" in scitulu
+    assert len(scitulu) == 46 and "sciriff_tulu_v2_chat" in scitulu
     assert not any(n.startswith("sciriff_4096_scierc_ner") for n in scitulu)
     ner = seqio.get_mixture_or_task("sciriff_4096_family_ie_named_entity_recognition")
     assert len(ner.tasks) == len(catalog.FAMILIES["ie.named_entity_recognition"])
@@ -85,7 +88,9 @@ def test_overlong_instances_are_dropped_and_counted_when_asked():
     try:
         seqio_tasks.OVERLONG_COUNTS.clear()
         task = seqio.get_mixture_or_task("sciriff_sample_ner")
-        n = len(list(task.get_dataset({"targets": 150, "loss_mask": 150}, "validation", shuffle=False)))
+        rows = seqio_tasks.get_dataset("sciriff_sample_ner", "validation", {"targets": 150}, 1, shuffle=False,
+                                       pack=False, num_epochs=1)
+        n = len(list(rows))
         dropped = seqio_tasks.OVERLONG_COUNTS.get(("sciriff_sample_ner", "dropped"), 0)
         assert dropped > 0 and n + dropped == task.num_input_examples("validation")
     finally:
@@ -97,7 +102,7 @@ def test_chat_data_trains_on_every_assistant_turn(tmp_path):
             {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]
     (tmp_path / "tulu.jsonl").write_text(json.dumps({"id": "x", "dataset": "d", "messages": msgs}) + "\n")
     seqio_tasks.configure(tulu_path=str(tmp_path / "tulu.jsonl"))
-    b = _first("tulu_v2_chat", shuffle=False, pack=False, batch_size=1)
+    b = _first(f"{TEST_SET}_tulu_v2_chat", shuffle=False, pack=False, batch_size=1)
     ids, mask = render.tokenize_messages(msgs, seqio_tasks.get_vocabulary())
     n = len(ids)
     assert b["decoder_target_tokens"][0, :n].tolist() == ids
@@ -112,10 +117,10 @@ def test_scitulu_chat_rows_follow_the_science_count_and_ratio(tmp_path):
     try:
         mix = seqio.get_mixture_or_task("sciriff_4096_scitulu")
         assert "sciriff_4096_acl_arc_intent_classification_first1" in {t.name for t in mix.tasks}
-        assert seqio.get_mixture_or_task("tulu_v2_chat").num_input_examples("train") == 2
+        assert seqio.get_mixture_or_task("sciriff_tulu_v2_chat").num_input_examples("train") == 2
     finally:
         seqio_tasks.configure(scitulu_per_task=1000, chat_ratio=1.0)
-    assert seqio.get_mixture_or_task("tulu_v2_chat").sciriff_metadata["rows"] == 35_357
+    assert seqio.get_mixture_or_task("sciriff_tulu_v2_chat").sciriff_metadata["rows"] == 35_357
 
 
 def test_train_mix_source_reads_a_local_parquet(tmp_path):
@@ -126,6 +131,6 @@ def test_train_mix_source_reads_a_local_parquet(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"dataset": "science.scierc_ner", "id": "s0", "messages": msgs}]),
                    tmp_path / "train-00000-of-00001.parquet")
     seqio_tasks.configure(train_mix_path=str(tmp_path / "train-00000-of-00001.parquet"))
-    b = _first("sciriff_train_mix", shuffle=False, pack=False, batch_size=1)
+    b = _first(f"{TEST_SET}_train_mix", shuffle=False, pack=False, batch_size=1)
     ids, mask = render.tokenize_messages(msgs, seqio_tasks.get_vocabulary())
     assert b["decoder_target_tokens"][0, :len(ids)].tolist() == ids
