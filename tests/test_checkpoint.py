@@ -111,3 +111,133 @@ def test_preemption_guard_turns_sigterm_into_a_request():
         assert guard.requested()
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler) or callable(
         signal.getsignal(signal.SIGTERM))
+
+
+# ----------------------------------------------------------------------------- verified checkpoints
+
+
+def _train_dir(tmp_path, steps=(2, 4, 6)):
+    """A MODEL_DIR with real training checkpoints at `steps`; returns the params saved at each step."""
+    p, tx = _params(), optax.adamw(1e-2)
+    opt, saved = tx.init(p), {}
+    mgr = ck.TrainCheckpointer(tmp_path, period=2, keep=5, config=_tiny_config())
+    for step in steps:
+        p = jax.tree.map(lambda x: x + step, p)
+        mgr.save(step, p, opt, {"batches_consumed": step})
+        saved[step] = p
+    mgr.close()
+    return saved, tx
+
+
+def _largest_file(folder):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
+    return max(files, key=os.path.getsize)
+
+
+def _flip_bytes(path):
+    data = bytearray(open(path, "rb").read())
+    for i in range(0, len(data), max(len(data) // 8, 1)):
+        data[i] ^= 0xFF
+    open(path, "wb").write(bytes(data))  # same size, different bytes
+
+
+def _restore(tmp_path, tx, logs):
+    mgr = ck.TrainCheckpointer(tmp_path, period=2, log=logs.append)
+    try:
+        return mgr.restore_latest(_params(), tx.init(_params()))
+    finally:
+        mgr.close()
+
+
+def test_every_saved_step_records_checksums_that_verify(tmp_path):
+    _train_dir(tmp_path)
+    for step in (2, 4, 6):
+        step_dir = tmp_path / "checkpoints" / str(step)
+        assert any(n.startswith("sciriff_checksums-") for n in os.listdir(step_dir))
+        assert ck.verify_step(step_dir) is None
+
+
+@pytest.mark.parametrize("damage", ["flip bytes", "truncate", "delete metadata"])
+def test_a_damaged_newest_step_is_skipped_with_a_log_line_and_the_next_older_restored(tmp_path, damage):
+    saved, tx = _train_dir(tmp_path)
+    newest = tmp_path / "checkpoints" / "6"
+    target = _largest_file(newest / "params") if damage != "delete metadata" else newest / "params" / "_METADATA"
+    if damage == "flip bytes":
+        _flip_bytes(target)
+    elif damage == "truncate":
+        os.truncate(target, os.path.getsize(target) // 2)
+    else:
+        os.remove(target)
+    logs = []
+    step, params, _, state = _restore(tmp_path, tx, logs)
+    assert step == 4 and state["batches_consumed"] == 4
+    _assert_tree_equal(saved[4], params)
+    (line,) = logs
+    assert line.startswith("skipping checkpoint step 6:") and os.path.relpath(target, newest) in line
+    assert {"flip bytes": "contents changed", "truncate": "truncated", "delete metadata": "missing"}[damage] in line
+    assert not newest.exists() and os.listdir(tmp_path / "checkpoints_corrupt")[0].startswith("6-")
+    # the run goes on from step 4 and can save step 6 again
+    mgr = ck.TrainCheckpointer(tmp_path, period=2)
+    assert mgr.latest_step() == 4
+    mgr.save(6, params, tx.init(params), {"batches_consumed": 6})
+    mgr.close()
+    assert ck.verify_step(newest) is None
+
+
+def test_a_step_without_checksums_is_not_restored(tmp_path):
+    saved, tx = _train_dir(tmp_path, steps=(2, 4))
+    os.remove(next((tmp_path / "checkpoints" / "4").glob("sciriff_checksums-*")))  # killed before the seal
+    logs = []
+    step, params, _, _ = _restore(tmp_path, tx, logs)
+    assert step == 2 and "no checksums recorded" in logs[0]
+
+
+def test_when_no_step_verifies_nothing_is_moved_and_the_error_lists_each_step(tmp_path):
+    _, tx = _train_dir(tmp_path, steps=(2, 4))
+    for step in (2, 4):
+        _flip_bytes(_largest_file(tmp_path / "checkpoints" / str(step) / "params"))
+    with pytest.raises(ck.CorruptCheckpointError, match=r"no checkpoint .* verifies: step 4: .*; step 2: "):
+        _restore(tmp_path, tx, [])
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_loading_a_corrupt_checkpoint_for_eval_or_export_is_an_error_naming_the_file(tmp_path):
+    from sciriff_jax.io import loader
+
+    _train_dir(tmp_path, steps=(2, 4))
+    bad = _largest_file(tmp_path / "checkpoints" / "4" / "params")
+    _flip_bytes(bad)
+    with pytest.raises(ck.CorruptCheckpointError) as err:
+        loader.load(tmp_path)
+    assert os.path.basename(bad) in str(err.value) and f"{tmp_path}/checkpoints/2" in str(err.value)
+    params, _ = ck.load_params(tmp_path / "checkpoints" / "2")  # the older step, named explicitly, still loads
+    assert params is not None
+
+
+def test_nonfinite_stop_names_the_newest_checkpoint_that_still_verifies(tmp_path):
+    from sciriff_jax.train import loop
+
+    p, tx = _params(), optax.adamw(1e-2)
+    mgr = ck.TrainCheckpointer(tmp_path, period=2, keep=5)
+
+    def step_fn(params, opt_state, batch):
+        if batch == 5:  # steps 2 and 4 are saved; step 4 is damaged on disk before step 5 fails
+            mgr.wait()
+            _flip_bytes(_largest_file(tmp_path / "checkpoints" / "4" / "params"))
+            return params, opt_state, {"finite": False, "loss": float("nan"), "grad_norm": 0.0, "target_tokens": 1.0}
+        return params, opt_state, {"finite": True, "loss": 1.0, "grad_norm": 0.0, "target_tokens": 1.0}
+
+    class Batches:
+        n = 0
+
+        def __next__(self):
+            self.n += 1
+            return self.n
+
+        def state(self):
+            return {"batches_consumed": self.n}
+
+    with pytest.raises(loop.NonFiniteLossError, match=rf"last good checkpoint: {tmp_path}/checkpoints/2 \(checksums"):
+        loop.train_loop(step_fn=step_fn, params=p, opt_state=tx.init(p), batches=Batches(), train_steps=6,
+                        checkpointer=mgr)
+    mgr.close()

@@ -134,3 +134,20 @@ def test_progress_eta_follows_the_latest_pace_not_the_compile_time(tmp_path, mon
     first, second = capsys.readouterr().out.strip().splitlines()
     assert "eta -- (first step compiles)" in first
     assert second.endswith("eta 01:52")  # 9 steps took 10 s; 101 steps left take 112 s
+
+
+def test_after_a_resume_metrics_jsonl_has_exactly_one_record_per_logged_step(tmp_path, capsys):
+    import shutil
+
+    fresh = tmp_path / "fresh"
+    _run(fresh, train_steps=6)
+    want = [r["step"] for r in logging_utils.read_metrics(fresh)]
+    interrupted = tmp_path / "interrupted"
+    _run(interrupted, train_steps=6)
+    shutil.rmtree(interrupted / "checkpoints" / "6")  # as if killed after logging step 6, before its checkpoint
+    with open(interrupted / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "loss"')  # and mid-way through writing a line
+    _run(interrupted, train_steps=6, start="resume")  # restores step 3, runs 4..6 again
+    got = [r["step"] for r in logging_utils.read_metrics(interrupted)]
+    assert got == want and len(set(got)) == len(got)
+    assert "dropped 3 record(s) past step 3" in capsys.readouterr().out  # steps 4 and 6, and the cut line

@@ -5,14 +5,17 @@ One on-disk format. A checkpoint is a directory holding Orbax items:
   config/   the LlamaConfig as JSON (`config.to_dict()`)
   opt_state/, train_state/   only in training checkpoints (optimizer state; step + data position JSON)
 Training writes MODEL_DIR/checkpoints/<step>/. Orbax writes each step into a temporary directory and
-renames it when complete, so a crash mid-save leaves no directory named `<step>`: only
-fully-committed steps are ever restored.
+renames it when complete, so a crash mid-save leaves no directory named `<step>`. Once committed, every file's
+checksum is recorded (io/checksums.py) and checked before anything is restored: a resume skips a corrupt or
+incomplete newest step (moved to MODEL_DIR/checkpoints_corrupt/) for the next older verified one, and loading a
+corrupt checkpoint for eval or export is an error.
 """
 from __future__ import annotations
 
 import os
 import signal
 import threading
+import time
 
 import jax
 import numpy as np
@@ -20,10 +23,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from sciriff_jax.io import paths
+from sciriff_jax.io import checksums, paths
+from sciriff_jax.io.checksums import CorruptCheckpointError
 from sciriff_jax.model.config import LlamaConfig
 
 CHECKPOINTS_SUBDIR = "checkpoints"
+CORRUPT_SUBDIR = "checkpoints_corrupt"  # where a resume moves steps that failed verification (kept, not deleted)
 
 
 def _config_to_dict(config) -> dict:
@@ -45,6 +50,16 @@ def _finalized_steps(directory: epath.Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def step_dirs(path) -> list[epath.Path]:
+    """The committed step directories of a MODEL_DIR (or its checkpoints/ folder), oldest first."""
+    p = paths.resolve(path)
+    for base in (p / CHECKPOINTS_SUBDIR, p):
+        steps = _finalized_steps(base)
+        if steps:
+            return [base / str(s) for s in steps]
+    return []
+
+
 def resolve_checkpoint_dir(path) -> epath.Path:
     """A checkpoint step directory from `path` (local or URL): itself, or the latest step under path[/checkpoints]."""
     p = paths.resolve(path)
@@ -59,6 +74,41 @@ def resolve_checkpoint_dir(path) -> epath.Path:
         f"'{CHECKPOINTS_SUBDIR}/<step>/' (incomplete '*.orbax-checkpoint-tmp-*' saves are ignored). "
         "Check INITIAL_CHECKPOINT_PATH / the path you passed, or import a Hugging Face model first."
     )
+
+
+def _all_agree(ok: bool) -> bool:
+    """True when `ok` holds on every process (each verified its own share of the files)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, dtype=np.int32))))
+
+
+def verify_step(step_dir) -> str | None:
+    """What is wrong with a committed step directory (see io/checksums.py), or None when every file is intact."""
+    problem = checksums.verify(step_dir, jax.process_index(), jax.process_count())
+    if not _all_agree(problem is None):
+        return problem or "another process found a corrupt file (see its log)"
+    return None
+
+
+def seal(step_dir) -> None:
+    """Record the checksums of a committed step directory (each process its own share)."""
+    checksums.record(paths.resolve(step_dir), jax.process_index(), jax.process_count())
+
+
+def _verified_dir(path) -> epath.Path:
+    """`resolve_checkpoint_dir(path)`, verified; a corrupt one raises naming the file and an older verified step."""
+    d = resolve_checkpoint_dir(path)
+    problem = verify_step(d)
+    if problem is None:
+        return d
+    older = ""
+    if d.name.isdigit():  # a step of a MODEL_DIR: point at the newest older one that verifies
+        for step in reversed([s for s in _finalized_steps(d.parent) if s < int(d.name)]):
+            if checksums.verify(d.parent / str(step)) is None:
+                older = f" The newest verified older step is {d.parent / str(step)}: pass it explicitly to use it."
+                break
+    raise CorruptCheckpointError(f"checkpoint {d} failed verification: {problem}.{older}")
 
 
 def _abstract(tree, shardings=None):
@@ -81,6 +131,7 @@ def save_params(path, params, config) -> None:
         ),
         force=True,
     )
+    seal(path)
 
 
 def load_config(path):
@@ -96,7 +147,7 @@ def load_params(path, shardings=None):
     `shardings`: optional pytree of jax.sharding.Sharding matching the params, to restore straight
     onto a mesh; without it arrays land on the default device.
     """
-    d = resolve_checkpoint_dir(path)
+    d = _verified_dir(path)  # never restore bytes that differ from what was saved
     ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     config = _config_from_dict(ckptr.restore(d, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
     if shardings is None:
@@ -111,12 +162,20 @@ def load_params(path, shardings=None):
 
 
 class TrainCheckpointer:
-    """Periodic async saves of (params, opt_state, step, data position) under MODEL_DIR/checkpoints, keep-N."""
+    """Periodic async saves of (params, opt_state, step, data position) under MODEL_DIR/checkpoints, keep-N.
 
-    def __init__(self, model_dir, *, period: int, keep: int | None = 3, config=None, async_save: bool = True):
-        self.directory = paths.resolve(model_dir) / CHECKPOINTS_SUBDIR
+    Each save is sealed with checksums once Orbax has committed it, in a background thread so training goes on;
+    `restore_latest` restores the newest step that verifies.
+    """
+
+    def __init__(self, model_dir, *, period: int, keep: int | None = 3, config=None, async_save: bool = True,
+                 before_save=None, log=None):
+        self.model_dir = paths.resolve(model_dir)
+        self.directory = self.model_dir / CHECKPOINTS_SUBDIR
         self.period = int(period) if period else 0
         self.config = _config_to_dict(config)
+        self.before_save = before_save
+        self.log = log or (lambda message: print(f"[sciriff-jax] {message}", flush=True))
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -124,6 +183,8 @@ class TrainCheckpointer:
             ),
         )
         self.last_saved_step: int | None = self.manager.latest_step()
+        self._sealing: threading.Thread | None = None
+        self._seal_error: BaseException | None = None
 
     def latest_step(self) -> int | None:
         """The newest committed step, or None."""
@@ -133,12 +194,30 @@ class TrainCheckpointer:
         """True when `step` falls on the checkpoint period."""
         return self.period > 0 and step % self.period == 0
 
+    def _seal_when_committed(self, step: int) -> None:
+        try:
+            self.manager.wait_until_finished()
+            seal(self.directory / str(step))
+        except BaseException as err:  # re-raised in the main thread by the next save / wait
+            self._seal_error = err
+
+    def _join_sealing(self) -> None:
+        if self._sealing is not None:
+            self._sealing.join()
+            self._sealing = None
+        if self._seal_error is not None:
+            err, self._seal_error = self._seal_error, None
+            raise RuntimeError(f"recording the checksums of a checkpoint in {self.directory} failed: {err}") from err
+
     def save(self, step: int, params, opt_state, train_state: dict, *, wait: bool = False) -> None:
         """Start an (async) save of the full training state at `step`; `train_state` is JSON (data position etc.)."""
         if self.last_saved_step == step:  # e.g. a preemption right after a periodic save of this step
             if wait:
-                self.manager.wait_until_finished()
+                self.wait()
             return
+        if self.before_save is not None:
+            self.before_save()  # e.g. the run lock: a run that lost MODEL_DIR must not write into it
+        self._join_sealing()
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -150,17 +229,48 @@ class TrainCheckpointer:
             force=True,
         )
         self.last_saved_step = step
+        # Orbax never calls back on commit: a thread waits for it, then hashes what was written.
+        self._sealing = threading.Thread(target=self._seal_when_committed, args=(step,), daemon=True,
+                                         name=f"seal-checkpoint-{step}")
+        self._sealing.start()
         if wait:
-            self.manager.wait_until_finished()
+            self.wait()
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        """Move a step that failed verification out of Orbax's sight (kept for inspection, never deleted)."""
+        target = self.model_dir / CORRUPT_SUBDIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.log(f"skipping checkpoint step {step}: {problem}; moved it to {target}")
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
 
     def restore_latest(self, params_like, opt_state_like, params_shardings=None, opt_shardings=None):
-        """`(step, params, opt_state, train_state)` of the newest committed step, or None when there is none.
+        """`(step, params, opt_state, train_state)` of the newest verified step, or None when there is none.
 
-        `*_like` are pytrees (arrays or ShapeDtypeStructs) giving structure, shapes and dtypes.
+        Newer steps that fail verification are moved to MODEL_DIR/checkpoints_corrupt/ with a log line; when steps
+        exist but none verifies, nothing is moved and CorruptCheckpointError lists what was wrong with each. `*_like` are pytrees
+        (arrays or ShapeDtypeStructs) giving structure, shapes and dtypes.
         """
-        step = self.manager.latest_step()
-        if step is None:
+        problems = {}
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            problem = verify_step(self.directory / str(step))
+            if problem is None:
+                break
+            problems[step] = problem
+        else:
+            if problems:  # nothing is moved: the user decides what to do with them
+                raise CorruptCheckpointError(
+                    f"no checkpoint in {self.directory} verifies: "
+                    + "; ".join(f"step {s}: {p}" for s, p in problems.items())
+                    + ". Use a new MODEL_DIR, move the checkpoints away to start over, or seal a step you trust.")
             return None
+        for bad, problem in problems.items():
+            self._set_aside(bad, problem)
+        if problems:
+            self.manager.reload()  # forget the steps just moved away
+            self.last_saved_step = self.manager.latest_step()
         r = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -171,14 +281,28 @@ class TrainCheckpointer:
         )
         return step, r["params"], r["opt_state"], dict(r["train_state"])
 
+    def last_good_step(self) -> int | None:
+        """The newest step that verifies now (for error messages), or None."""
+        try:
+            self.wait()
+        except RuntimeError:
+            pass  # a failed seal leaves that step unverified; the walk below skips it
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            if checksums.verify(self.directory / str(step)) is None:
+                return step
+        return None
+
     def wait(self) -> None:
-        """Block until pending async saves are committed."""
+        """Block until pending async saves are committed and their checksums recorded."""
         self.manager.wait_until_finished()
+        self._join_sealing()
 
     def close(self) -> None:
-        """Finish pending saves and release the manager."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Finish pending saves (and their checksums) and release the manager."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 class PreemptionGuard:

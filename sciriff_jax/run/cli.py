@@ -19,6 +19,7 @@ tools:
   data    stats MIXTURE | show TASK
   convert Hugging Face Llama directory -> Orbax checkpoint: convert HF_DIR OUT_DIR
   export  Orbax checkpoint -> Hugging Face directory: export CKPT_DIR HF_DIR
+  verify  check a checkpoint's files against their checksums: verify MODEL_DIR|STEP_DIR [--seal]
   aot     ahead-of-time compile for a TPU topology: aot --gin_file=... --topology=v5p-128
 """
 
@@ -41,7 +42,11 @@ def _convert(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from sciriff_jax.io import convert
 
-    convert.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype)
+    try:
+        convert.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype)
+    except (ValueError, OSError) as err:  # bad HF files are named in the message; nothing was written
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote Orbax checkpoint to {args.out_dir}")
     return 0
 
@@ -53,9 +58,45 @@ def _export(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from sciriff_jax.io import convert
 
-    convert.export_hf(args.ckpt_dir, args.hf_dir)
+    try:
+        convert.export_hf(args.ckpt_dir, args.hf_dir)
+    except (ValueError, OSError) as err:  # e.g. a checkpoint that fails verification
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote Hugging Face checkpoint to {args.hf_dir}")
     return 0
+
+
+def _verify(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sciriff-jax verify", description="Check every step of a MODEL_DIR (or one "
+                                     "step directory) against the checksums recorded when it was saved.")
+    parser.add_argument("path", help="a MODEL_DIR, its checkpoints/ folder, or one step directory (local or URL)")
+    parser.add_argument("--seal", action="store_true", help="record checksums for a step directory that has none "
+                        "(one saved before sciriff-jax recorded them, that you trust)")
+    args = parser.parse_args(argv)
+    from sciriff_jax.io import checkpoint, checksums, paths
+
+    root = paths.resolve(args.path)
+    if args.seal:
+        if not (root / "params").is_dir():
+            print(f"error: --seal takes one step directory (with params/), not {root}", file=sys.stderr)
+            return 2
+        if any(p.name.startswith(checksums.PREFIX) for p in root.iterdir()):
+            print(f"error: {root} already has checksums; verify it instead", file=sys.stderr)
+            return 2
+        checkpoint.seal(root)
+        print(f"sealed {root}")
+        return 0
+    steps = [root] if (root / "params").is_dir() else checkpoint.step_dirs(root)
+    if not steps:
+        print(f"error: no checkpoint steps under {root}", file=sys.stderr)
+        return 2
+    bad = 0
+    for step_dir in steps:
+        problem = checksums.verify(step_dir)
+        bad += problem is not None
+        print(f"{step_dir}: {'ok' if problem is None else 'CORRUPT: ' + problem}")
+    return 1 if bad else 0
 
 
 def _data(argv: list[str]) -> int:
@@ -76,7 +117,7 @@ def _aot(argv: list[str]) -> int:
     return aot.main(argv)
 
 
-TOOLS = {"score": _score, "data": _data, "convert": _convert, "export": _export, "aot": _aot}
+TOOLS = {"score": _score, "data": _data, "convert": _convert, "export": _export, "verify": _verify, "aot": _aot}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

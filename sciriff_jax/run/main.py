@@ -15,6 +15,8 @@ from typing import Sequence
 
 import gin
 
+from sciriff_jax.io.checksums import CorruptCheckpointError
+from sciriff_jax.io.run_lock import LockLostError, RunLockedError
 from sciriff_jax.parallel import distributed
 from sciriff_jax.run import gin_compat, gin_setup
 
@@ -130,7 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     distributed.maybe_initialize()
-    results = run(modes=flags.mode) if flags.mode else run()
+    try:
+        results = run(modes=flags.mode) if flags.mode else run()
+    except (CorruptCheckpointError, RunLockedError, LockLostError) as err:  # the message is the whole story
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     summary = summarize(results)
     if summary:
         print(summary, flush=True)

@@ -9,10 +9,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 
 from sciriff_jax.data.batches import DataConfig
 from sciriff_jax.eval import evaluate
-from sciriff_jax.io import checkpoint, loader, paths
+from sciriff_jax.io import checkpoint, loader, paths, run_lock
 from sciriff_jax.model.config import LlamaConfig
 from sciriff_jax.model.llama import init_params
 from sciriff_jax.parallel import distributed
@@ -39,6 +41,7 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = True
     on_nonfinite: str = "stop"         # stop | skip
+    lock_lease_s: float = run_lock.DEFAULT_LEASE_S  # MODEL_DIR's run lock: how long a silent holder keeps it
     # Overrides of the model's RUNTIME fields (None: the model file's or checkpoint's choice).
     attention_backend: str | None = None
     remat_policy: str | None = None
@@ -114,6 +117,32 @@ def finetune(train: TrainConfig, data: DataConfig, model: LlamaConfig | None = N
              eval_fn: Callable | None = None) -> dict:
     """Finetune a Llama on a SeqIO mixture; resumes from MODEL_DIR's latest checkpoint. Returns a summary dict."""
     distributed.maybe_initialize()
+    lock = _lock_model_dir(train)
+    try:
+        return _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval_fn, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_model_dir(train: TrainConfig) -> run_lock.RunLock | None:
+    """Process 0 takes MODEL_DIR's run lock; every process learns whether it got it, so all stop together."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = run_lock.RunLock(train.model_dir, lease_s=train.lock_lease_s, log=_log).acquire()
+        except run_lock.RunLockedError as err:
+            error = err
+    if jax.process_count() > 1:
+        ok = bool(multihost_utils.broadcast_one_to_all(np.asarray(error is None, dtype=np.int32)))
+        if not ok and error is None:
+            error = run_lock.RunLockedError(f"process 0 could not lock MODEL_DIR={train.model_dir} (see its log)")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval_fn, lock) -> dict:
     t_start = time.time()
     model_dir = str(paths.resolve(train.model_dir))  # a local directory or a URL such as gs://bucket/run
     config = resolve_model_config(model, train)
@@ -135,12 +164,15 @@ def finetune(train: TrainConfig, data: DataConfig, model: LlamaConfig | None = N
     batches = data.batches(sharding=sharding.batch, global_batch_size=batch_size, seed=train.seed,
                            vocab_size=config.vocab_size)
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
-                                        config=config, async_save=train.async_checkpoints)
+                                        config=config, async_save=train.async_checkpoints,
+                                        before_save=lock.check if lock is not None else None, log=_log)
 
     start_step = 0
     try:
         restored = ckpt.restore_latest(run_setup.param_shapes, run_setup.opt_state_shapes(), sharding.params,
                                        sharding.opt_state)
+    except checkpoint.CorruptCheckpointError:
+        raise  # its message already lists each step and what was wrong with it
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(
             f"MODEL_DIR={model_dir} holds checkpoint step {ckpt.latest_step()} that does not fit this run's model or "

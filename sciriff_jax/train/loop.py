@@ -49,8 +49,10 @@ def train_loop(*, step_fn, params, opt_state, batches: Iterator, train_steps: in
         finite = bool(metrics["finite"])  # one host sync per step: the NaN guard needs it
         if not finite:
             position = batches.state() if hasattr(batches, "state") else {}
-            last = checkpointer.last_saved_step if checkpointer is not None else None
-            where = (f"{checkpointer.directory}/{last}" if last is not None else "none saved yet")
+            # "Good" means verified now: a checkpoint saved earlier may have been damaged since.
+            last = checkpointer.last_good_step() if checkpointer is not None else None
+            where = (f"{checkpointer.directory}/{last} (checksums verified)" if last is not None
+                     else "none verified")
             msg = (f"non-finite loss/gradient at step {step} (loss={float(metrics['loss'])}, "
                    f"grad_norm={float(metrics['grad_norm'])}), batch index {position.get('batches_consumed', step) - 1} "
                    f"of the input stream ({position}); last good checkpoint: {where}.")

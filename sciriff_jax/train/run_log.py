@@ -62,6 +62,7 @@ class RunLogger:
             self._metrics_path = self.model_dir / "metrics.jsonl"
             with self._metrics_path.open("a"):  # created at the start, as before the first record
                 pass
+            self._drop_records_after(start_step)
             if tensorboard and paths.is_url(self.model_dir):
                 # tensorboardX reaches gs:// / s3:// only through google-cloud-storage / boto3, which we do not install.
                 print(f"[sciriff-jax] TensorBoard events are written for a local MODEL_DIR only: skipped for "
@@ -70,6 +71,27 @@ class RunLogger:
                 from tensorboardX import SummaryWriter
 
                 self._writer = SummaryWriter(str(self.model_dir / "tensorboard"))
+
+    def _drop_records_after(self, start_step: int) -> None:
+        """Keep one record per logged step across a resume: drop what an interrupted run logged past the restored
+        step (those steps run again), and a half-written last line."""
+        lines = [line for line in self._metrics_path.read_text().splitlines() if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # cut short by a kill mid-write
+            # A fresh start (0) redoes everything, the evaluation at step 0 included.
+            if isinstance(record, dict) and start_step > 0 and record.get("step", 0) <= start_step:
+                kept.append(line)
+        if len(kept) == len(lines):
+            return
+        tmp = self._metrics_path.parent / (self._metrics_path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self._metrics_path)
+        print(f"[sciriff-jax] {self._metrics_path}: dropped {len(lines) - len(kept)} record(s) past step {start_step} "
+              "left by an interrupted run (those steps run again)", flush=True)
 
     def _write(self, record: dict) -> None:
         if not self.is_writer:
