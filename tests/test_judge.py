@@ -111,3 +111,25 @@ def test_rating_is_read_from_the_last_rating_line():
     assert judge_lib.extract_rating("Explanation: a 3 would be unfair.\nRating: 4") == 4
     assert judge_lib.extract_rating("Decision: 1") == 1
     assert judge_lib.extract_rating("Rating: 9") is None and judge_lib.extract_rating("no rating") is None
+
+
+def test_an_unreachable_judge_warns_once_on_stderr_and_score_counts_the_failed_judgments(tmp_path, capsys):
+    import socket
+
+    from sciriff_jax.eval import score
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rows = [{"_instance_id": f"mup_single_document_summarization:validation:{i}", "input": "Paper title:\nT",
+             "output": "A summary.", "prediction": "About BERT."} for i in range(3)]
+    path = tmp_path / "mup.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judge = judge_lib.Judge(f"http://127.0.0.1:{port}", "m", timeout=2, max_retries=0)
+    assert score.main(["--task", "mup_single_document_summarization", "--predictions", str(path),
+                       "--judge_url", judge.endpoint, "--judge_model", "m"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count(f"warning: judge at {judge.endpoint}") == 1  # the first failure, not one per prompt
+    assert "3 of 3 judgments failed (3 judge calls failed" in err
+    verdict = json.loads(out)["judge"]
+    assert verdict["status"] == "failed" and verdict["n_failed"] == 3 and verdict["n_errors"] == 3

@@ -9,6 +9,8 @@ import concurrent.futures
 import json
 import os
 import re
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +31,8 @@ class Judge:
         self.endpoint = chat_endpoint(url)
         self.model, self.api_key = model, api_key
         self.timeout, self.max_retries, self.max_tokens, self.workers = timeout, max_retries, max_tokens, workers
+        self.errors = 0  # calls of the last rate_all that failed (unreachable, HTTP errors, unusable answers)
+        self._warned = threading.Event()
 
     def __repr__(self):
         return f"Judge({self.endpoint!r}, model={self.model!r})"  # never shows the key
@@ -61,14 +65,23 @@ class Judge:
 
     def rate_all(self, prompts: list[str]) -> list[int | None]:
         """A 1-5 rating per prompt (None where the call failed or no rating could be read)."""
+        errors = []
+
         def rate(prompt):
             try:
                 return extract_rating(self.complete(prompt))
-            except JudgeError:
+            except JudgeError as err:
+                errors.append(err)  # list.append is atomic: the pool's threads share it
+                if not self._warned.is_set():
+                    self._warned.set()  # once per judge: a dead endpoint would otherwise print for every prompt
+                    print(f"warning: {err}; judgments that fail are left out of the judge metric and counted "
+                          "(judge.n_failed)", file=sys.stderr, flush=True)
                 return None
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            return list(pool.map(rate, prompts))
+            ratings = list(pool.map(rate, prompts))
+        self.errors = len(errors)
+        return ratings
 
 
 def chat_endpoint(url: str) -> str:

@@ -39,6 +39,33 @@ def clean_prediction(text) -> str:
 # ----------------------------------------------------------------------------- answer parsing
 
 
+MAX_DEPTH = 100  # deeper answers count as parse failures: no SciRIFF answer nests more than a few levels
+
+
+def _loads(text: str):
+    """json.loads without the two ways it fails on hostile text beyond JSONDecodeError: integers past Python's
+    4,300-digit int() limit become floats (inf), and nesting past MAX_DEPTH (or the recursion limit) is an error."""
+    try:
+        value = json.loads(text, parse_int=lambda digits: int(digits) if len(digits) <= 4000 else float(digits))
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    if _depth(value) > MAX_DEPTH:
+        raise json.JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", text, 0)
+    return value
+
+
+def _depth(value) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:  # past the bound the exact depth does not matter
+                stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def find_json(text: str, shape: str):
     """The first balanced {...} (shape "dict") or [...] (shape "list") in `text` that parses, else None."""
     open_ch, close_ch = ("{", "}") if shape == "dict" else ("[", "]")
@@ -52,7 +79,7 @@ def find_json(text: str, shape: str):
             depth -= 1
             if depth == 0 and start != -1:
                 try:
-                    return json.loads(text[start : i + 1]), True
+                    return _loads(text[start : i + 1]), True
                 except json.JSONDecodeError:
                     start = -1  # as the release: keep scanning for a later balanced span
     return None, False
@@ -65,8 +92,8 @@ def parse_answer(text, default, *, fix_closing_brace: bool = False):
         # The release's Evidence Inference quirk (Tulu models close a list with "}"): kept as convention.
         text = text[:-1] + "]"
     try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        value = _loads(text)
+    except json.JSONDecodeError:
         value, ok = find_json(text, "dict" if isinstance(default, dict) else "list")
         return (value, "extract_success") if ok else (_copy(default), "extract_failure")
     if value is None or value == "null":
@@ -364,10 +391,10 @@ def label_f1(pairs) -> dict:
 def _label(text) -> str:
     text = clean_prediction(text)
     try:  # a label written as JSON ("Uses" or ["Uses"]) counts as the label itself
-        value = json.loads(text)
+        value = _loads(text)
         if isinstance(value, (str, list)) and value:
             text = str(flatten(value)[0])
-    except (json.JSONDecodeError, RecursionError):
+    except json.JSONDecodeError:
         pass
     return text.strip().strip(".").strip().lower()
 
@@ -463,8 +490,12 @@ def score(task_or_scorer: str, examples: list[dict], *, judge=None) -> dict:
 def _parse_reference(example, default, task):
     value, status = parse_answer(example["output"], default)
     if status not in ("valid_json", "null_json"):
-        raise ValueError(f"{task}: reference 'output' of {_where(example)} is not JSON "
-                         f"({str(example['output'])[:80]!r}); is this the right task for the file?")
+        raise ValueError(f"{task}: reference 'output' of {_where(example)} is not JSON (or nested deeper than "
+                         f"{MAX_DEPTH} levels) ({str(example['output'])[:80]!r}); is this the right task for the file?")
+    if not isinstance(value, type(default)):  # the metrics read a reference's fields: its shape must be the task's
+        raise ValueError(f"{task}: reference 'output' of {_where(example)} is a JSON {type(value).__name__}, but this "
+                         f"task's answers are JSON {'objects' if isinstance(default, dict) else 'arrays'}; is this "
+                         "the right task for the file?")
     return value
 
 
@@ -497,7 +528,8 @@ def _judge_scores(name, examples, pairs, judge, result) -> dict:
     rated = [r for r in ratings if r is not None]  # a rating of 1 is a rating (the release's MUP path dropped it)
     key = "lm_judge_answer" if name == "qasper_abstractive_qa" else "lm_judge_reference"
     result["judge"] = {"status": "done", "model": getattr(judge, "model", None), "n_rated": len(rated),
-                       "n_failed": len(ratings) - len(rated), "n_called": len(prompts)}
+                       "n_failed": len(ratings) - len(rated), "n_called": len(prompts),
+                       "n_errors": getattr(judge, "errors", 0)}
     if not rated:
         result["judge"]["status"] = "failed"
         return {key: None}
