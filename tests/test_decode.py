@@ -1,10 +1,13 @@
-"""KV-cache generation equals recomputing the full forward each step; EOS, stop sequences and sampling behave."""
+"""Continuous-batching generation equals recomputing the full forward each step; EOS, stop sequences, sampling,
+slot reuse, bounded compiled shapes and the KV-cache budget behave."""
+import json
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sciriff_jax.eval.decode import bucket_length, generate
+from sciriff_jax.eval import batcher, kv_memory
+from sciriff_jax.eval.decode import generate
 from sciriff_jax.model import Llama, LlamaConfig, init_params
 
 CONFIG = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -18,9 +21,12 @@ def params():
     return jax.tree.map(lambda x: x * 4.0, init_params(CONFIG, jax.random.PRNGKey(0)))
 
 
-def greedy_by_recomputation(params, prompt, steps, width=32):
+def greedy_by_recomputation(config, params, prompt, steps):
     """Reference: run the whole sequence through the model for every new token (no cache)."""
-    forward = jax.jit(lambda p, t: Llama(CONFIG).apply({"params": p}, t))
+    width = 32
+    while width < len(prompt) + steps:
+        width *= 2
+    forward = jax.jit(lambda p, t: Llama(config).apply({"params": p}, t))
     seq = list(prompt)
     for _ in range(steps):
         tokens = np.zeros((1, width), np.int32)
@@ -29,11 +35,10 @@ def greedy_by_recomputation(params, prompt, steps, width=32):
     return seq[len(prompt):]
 
 
-def test_greedy_kv_cache_equals_full_recomputation(params):
-    # batch_size 3 over 4 prompts: two batches, left padding of different amounts within a batch.
+def test_greedy_paged_decoding_equals_full_recomputation(params):
+    # 3 slots for 4 prompts: a finished row's slot takes the last prompt.
     got = generate(CONFIG, params, PROMPTS, max_new_tokens=6, eos_id=-1, batch_size=3)
-    want = [greedy_by_recomputation(params, p, 6) for p in PROMPTS]
-    assert got == want
+    assert got == [greedy_by_recomputation(CONFIG, params, p, 6) for p in PROMPTS]
 
 
 def test_generation_on_an_8_device_mesh_matches_one_device(params):
@@ -43,6 +48,54 @@ def test_generation_on_an_8_device_mesh_matches_one_device(params):
     sharded = jax.device_put(params, sharding.params)
     want = generate(CONFIG, params, PROMPTS, max_new_tokens=4, eos_id=-1)
     assert generate(CONFIG, sharded, PROMPTS, max_new_tokens=4, eos_id=-1, sharding=sharding) == want
+
+
+@pytest.fixture(scope="module")
+def sciriff_prompts(request):
+    """Four real SciRIFF-Eval prompts (sample vocabulary) from about 600 to 2,600 tokens."""
+    from tests.conftest import SHARED_SCIRIFF
+    from seqio_tasks import vocab as vocab_lib
+
+    if not SHARED_SCIRIFF.is_dir():
+        pytest.skip(f"real SciRIFF sample not found at {SHARED_SCIRIFF} (only CI and developers have ../shared)")
+    vocabulary = vocab_lib.get_vocabulary()
+    rows = [json.loads(line) for line in (SHARED_SCIRIFF / "eval_sample" / "scifact_entailment.jsonl").open()]
+    encoded = sorted((vocabulary.encode(r["input"]) for r in rows), key=len)
+    picks = [encoded[0], encoded[len(encoded) // 2], encoded[-3], encoded[-1]]
+    assert len(picks[0]) < 700 and len(picks[-1]) > 2000
+    return [list(p) for p in picks]
+
+
+REAL = LlamaConfig(vocab_size=1536, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                   dtype="float32", max_position=4096)
+
+
+@pytest.fixture(scope="module")
+def real_params():
+    return jax.tree.map(lambda x: x * 4.0, init_params(REAL, jax.random.PRNGKey(1)))
+
+
+@pytest.fixture(scope="module")
+def real_reference(sciriff_prompts, real_params):
+    return [greedy_by_recomputation(REAL, real_params, p, 5) for p in sciriff_prompts]
+
+
+def test_real_sciriff_prompts_of_varied_lengths_decode_like_full_recomputation(sciriff_prompts, real_params,
+                                                                                real_reference):
+    # Small chunks and 2 slots: prompts prefill in several chunks, over several key blocks, and slots are reused.
+    b = batcher.ContinuousBatcher(REAL, real_params, eos_id=-1, slots=2, chunk=256, chunk_step=64, log=None)
+    assert b.run(sciriff_prompts, [5] * 4) == real_reference
+    assert b.work.prefill_calls > len(sciriff_prompts)
+
+
+def test_real_sciriff_prompts_on_an_8_device_mesh_decode_like_full_recomputation(sciriff_prompts, real_params,
+                                                                                 real_reference):
+    from sciriff_jax.parallel.sharding import MeshConfig, Sharding
+
+    sharding = Sharding.create(REAL, MeshConfig("fsdp_tp"))
+    sharded = jax.device_put(real_params, sharding.params)
+    got = generate(REAL, sharded, sciriff_prompts, max_new_tokens=5, eos_id=-1, batch_size=2, sharding=sharding)
+    assert got == real_reference
 
 
 def test_generation_stops_at_eos_and_leaves_it_out(params):
@@ -62,6 +115,13 @@ def test_generation_stops_at_a_stop_sequence_and_leaves_it_out(params):
     assert stop not in [got[1][j:j + 2] for j in range(len(got[1]) - 1)]
 
 
+def test_a_stop_sequence_split_across_decode_calls_is_found(params):
+    free = generate(CONFIG, params, PROMPTS[:1], max_new_tokens=8, eos_id=-1)[0]
+    stop = free[3:6]
+    b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=1, stop_sequences=[stop], steps_per_call=2, log=None)
+    assert b.run(PROMPTS[:1], [8]) == [free[:6]]  # the batcher keeps it; generate strips it
+
+
 def test_tiny_top_p_sampling_is_greedy_and_sampling_follows_the_rng(params):
     greedy = generate(CONFIG, params, PROMPTS, max_new_tokens=4, eos_id=-1)
     nucleus = generate(CONFIG, params, PROMPTS, max_new_tokens=4, eos_id=-1, temperature=1.0, top_p=1e-6,
@@ -72,9 +132,83 @@ def test_tiny_top_p_sampling_is_greedy_and_sampling_follows_the_rng(params):
     assert a == b
 
 
-def test_prompt_buckets_are_powers_of_two_and_bad_arguments_are_refused(params):
-    assert [bucket_length(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+def test_per_prompt_token_limits_and_a_finished_row_hands_its_slot_on(params):
+    limits = [7, 1, 3, 2]
+    b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=2, log=None)
+    out = b.run(PROMPTS, limits)
+    assert [len(o) for o in out] == limits
+    # Every decode row-step computed fed a live row: freed slots were refilled, never left stepping.
+    assert b.work.decode_real == sum(m - 1 for m in limits)
+    assert b.work.decode_computed <= b.work.decode_real + 2 * 2  # the last two calls drain a half-empty batch
+
+
+def test_the_schedule_simulation_counts_the_same_work_as_the_decoder(params):
+    from sciriff_jax.eval import scheduler
+
+    lengths, limits = [len(p) for p in PROMPTS], [7, 1, 3, 2]
+    b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=2, chunk=8, chunk_step=4, steps_per_call=3,
+                                  log=None)
+    b.run(PROMPTS, limits)
+    sim = scheduler.simulate(lengths, limits, slots=2, page_size=b.page_size, num_pages=b.plan.num_pages, chunk=8,
+                             chunk_step=4, steps_per_call=3)
+    assert sim == b.work
+
+
+def test_compiled_programs_are_reused_and_their_shapes_bounded(params):
+    prompts = [[5] * n for n in (3, 40, 70, 100, 130, 9)]
+    generate(CONFIG, params, prompts, max_new_tokens=3, eos_id=-1, batch_size=2)
+    decode_programs, prefill_programs = batcher._decode._cache_size(), batcher._prefill._cache_size()
+    generate(CONFIG, params, [[7] * n for n in (5, 66, 129, 12)], max_new_tokens=3, eos_id=-1, batch_size=2)
+    assert batcher._decode._cache_size() == decode_programs
+    # Prefill chunk lengths come from the ladder (64..512 by 64): at most 8 programs per pool and row shape.
+    assert batcher._prefill._cache_size() - prefill_programs <= len(range(batcher.CHUNK_STEP, batcher.CHUNK + 1,
+                                                                         batcher.CHUNK_STEP))
+
+
+def test_prefill_never_builds_a_score_matrix_over_the_whole_prompt(params):
+    chunk, prompt = 64, 1000
+    pool = {k: np.zeros((CONFIG.num_layers, 32, batcher.PAGE_SIZE, CONFIG.num_kv_heads, CONFIG.head_dim), np.float32)
+            for k in ("k", "v")}
+    args = (params, pool, np.zeros((1, chunk), np.int32), np.array([prompt - chunk], np.int32),
+            np.array([chunk - 1], np.int32), np.zeros((1, 32), np.int32), jax.random.PRNGKey(0))
+    jaxpr = jax.make_jaxpr(lambda *a: batcher._prefill(*a, config=CONFIG, temperature=0.0, top_p=1.0))(*args)
+    shapes = [v.aval.shape for eqn in _equations(jaxpr.jaxpr) for v in eqn.outvars if hasattr(v.aval, "shape")]
+    block = batcher.BLOCK_PAGES * batcher.PAGE_SIZE
+    largest_scores = max(np.prod(s) for s in shapes if len(s) == 5 and s[-1] == block)
+    assert largest_scores == CONFIG.num_heads * chunk * block  # one [chunk, key block] tile per head
+    assert not any(len(s) >= 2 and sorted(s)[-2] >= prompt for s in shapes)
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs inside it (loops, conditionals, jit)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for v in value if isinstance(value, (tuple, list)) else [value]:
+                inner = getattr(v, "jaxpr", v)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+def test_kv_cache_is_reported_and_a_budget_for_one_sequence_splits_the_batch(params, capsys):
+    want = generate(CONFIG, params, PROMPTS, max_new_tokens=6, eos_id=-1, batch_size=4)
+    per_page = batcher.PAGE_SIZE * kv_memory.bytes_per_token(CONFIG, np.float32)
+    got = generate(CONFIG, params, PROMPTS, max_new_tokens=6, eos_id=-1, batch_size=4, kv_cache_bytes=2 * per_page)
+    assert got == want
+    report = capsys.readouterr().out
+    assert "KV cache: 2 pages x 64 tokens" in report and "rows wait for pages" in report
+
+
+def test_a_sequence_that_cannot_fit_the_kv_budget_is_refused_before_decoding(params):
+    per_page = batcher.PAGE_SIZE * kv_memory.bytes_per_token(CONFIG, np.float32)
+    with pytest.raises(ValueError, match=r"longest sequence \(70 positions.*Lower max_new_tokens"):
+        generate(CONFIG, params, [[3] * 64], max_new_tokens=6, eos_id=-1, kv_cache_bytes=2 * per_page)
+
+
+def test_bad_arguments_are_refused(params):
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(CONFIG, params, PROMPTS, max_new_tokens=2000, eos_id=1)
     with pytest.raises(ValueError, match="empty prompt"):
         generate(CONFIG, params, [[]], max_new_tokens=2, eos_id=1)
+    with pytest.raises(ValueError, match="2 max_new_tokens values for 4 prompts"):
+        generate(CONFIG, params, PROMPTS, max_new_tokens=[2, 3], eos_id=1)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sciriff_jax.model import attention_paged
 from sciriff_jax.model.attention import attention, make_mask, reference_attention
 from sciriff_jax.model.config import LlamaConfig
 from sciriff_jax.model.rope import apply_rope, inverse_frequencies, positions_from_segments
@@ -53,7 +54,8 @@ class Attention(nn.Module):
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache=None, cache_index=None, kv_mask=None):
+    def __call__(self, x, positions, segment_ids, cache=None, cache_index=None, kv_mask=None, page_table=None,
+                 layer=None):
         c = self.config
         dt = jnp.dtype(c.dtype)
         d, h, kvh, hd = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
@@ -73,6 +75,12 @@ class Attention(nn.Module):
         new_cache = None
         if cache is None:
             out = attention(q, k, v, segment_ids=segment_ids, backend=c.attention_backend, mesh=self.mesh)
+        elif page_table is not None:
+            # Paged decoding: cache is every layer's pool; rows start at their own positions (cache_index [B]).
+            pk = attention_paged.write(cache[0], layer, k, page_table, cache_index)
+            pv = attention_paged.write(cache[1], layer, v, page_table, cache_index)
+            out = attention_paged.attend(q, pk, pv, layer, page_table, cache_index)
+            new_cache = (pk, pv)
         else:
             # Decoding: write this step's keys/values at slot cache_index, attend over valid cache slots.
             ck, cv = cache
@@ -110,13 +118,20 @@ class DecoderLayer(nn.Module):
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, x, cache, positions, segment_ids, cache_index, kv_mask):
+    def __call__(self, x, cache, positions, segment_ids, cache_index, kv_mask, page_table=None):
+        layer = None
+        if page_table is not None:
+            # Paged decoding carries (x, whole pool, layer index): each layer's write then updates the pool in
+            # place instead of copying a per-layer slice in and out of the scan.
+            x, cache, layer = x
         h = RMSNorm(self.config, name="input_norm")(x)
         a, new_cache = Attention(self.config, self.mesh, name="attn")(
-            h, positions, segment_ids, cache, cache_index, kv_mask)
+            h, positions, segment_ids, cache, cache_index, kv_mask, page_table, layer)
         x = x + a
         x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="post_attn_norm")(x))
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        if page_table is not None:
+            return (x, new_cache, layer + 1), None
         return x, new_cache
 
 
@@ -130,14 +145,18 @@ class Llama(nn.Module):
     """Decoder-only Llama. __call__(tokens, segment_ids, positions) -> float32 logits [B, L, V].
 
     With `cache` (from `init_cache`), `cache_index` (first slot written) and `kv_mask` ([B, max_len]
-    bool, valid cache slots) it returns (logits, new_cache) instead: the decode path.
+    bool, valid cache slots) it returns (logits, new_cache) instead: the decode path. With `page_table`
+    ([B, pages], see attention_paged) the cache is a paged pool {"k", "v"} [layers, pages, page_size, KV, D]
+    and `cache_index` [B] is each row's first position. `logits_index` [B]: only that position's logits
+    ([B, 1, V]), as prefill needs.
     """
 
     config: LlamaConfig
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, tokens, segment_ids=None, positions=None, *, cache=None, cache_index=None, kv_mask=None):
+    def __call__(self, tokens, segment_ids=None, positions=None, *, cache=None, cache_index=None, kv_mask=None,
+                 page_table=None, logits_index=None):
         c = self.config
         dt = jnp.dtype(c.dtype)
         if positions is None:
@@ -150,7 +169,9 @@ class Llama(nn.Module):
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         layer_cls = _layer_class(c)
         cache_kv = None if cache is None else (cache["k"], cache["v"])
-        if c.scan_layers:
+        if page_table is not None:
+            x, new_kv = self._paged_layers(layer_cls, x, cache_kv, positions, cache_index, page_table)
+        elif c.scan_layers:
             scanned = nn.scan(
                 layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
@@ -164,6 +185,8 @@ class Llama(nn.Module):
                     x, layer_cache, positions, segment_ids, cache_index, kv_mask)
                 outs.append(nc)
             new_kv = None if cache_kv is None else (jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs]))
+        if logits_index is not None:
+            x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)
         x = RMSNorm(c, name="final_norm")(x)
         if c.tie_embeddings:
             logits = jnp.einsum("bld,vd->blv", x, embedding.astype(dt), preferred_element_type=jnp.float32)
@@ -174,6 +197,21 @@ class Llama(nn.Module):
         if cache is None:
             return logits
         return logits, {"k": new_kv[0], "v": new_kv[1]}
+
+    def _paged_layers(self, layer_cls, x, pool, positions, start, page_table):
+        """The layers over a paged pool carried whole (same parameter names as the other paths)."""
+        c = self.config
+        if c.scan_layers:
+            scanned = nn.scan(
+                layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(nn.broadcast,) * 6, length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+            (x, pool, _), _ = scanned(c, self.mesh, name="layers")(
+                (x, pool, jnp.int32(0)), None, positions, None, start, None, page_table)
+            return x, pool
+        for i in range(c.num_layers):
+            (x, pool, _), _ = layer_cls(c, self.mesh, name=f"layers_{i}")(
+                (x, pool, i), None, positions, None, start, None, page_table)
+        return x, pool
 
 
 def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:

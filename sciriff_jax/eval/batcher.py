@@ -1,0 +1,261 @@
+"""Continuous batching over a paged KV cache: the compiled prefill and decode programs and the host loop.
+
+`slots` rows decode together. When a row finishes (EOS, a stop sequence, or its token limit), its slot and
+pages go to the next waiting prompt (`eval/scheduler.py`), whose prompt is prefilled in chunks from a short
+ladder of lengths. Each decode call steps up to `steps_per_call` tokens on the device and returns early when
+a row finishes while prompts wait, so finished rows do not keep computing. The programs are jitted once per
+shape at module level: later calls with the same shapes reuse them, and the shapes are bounded (one decode
+program; one prefill program per chunk length; pool sizes are powers of two).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sciriff_jax.eval import kv_memory
+from sciriff_jax.eval.scheduler import Scheduler, WorkCount
+from sciriff_jax.model.llama import Llama
+
+PAGE_SIZE = 64
+BLOCK_PAGES = 4          # pages per key block of paged attention (attention_paged.attend)
+CHUNK = 512              # longest prefill chunk
+CHUNK_STEP = 64          # prefill chunk lengths are multiples of this (8 programs at most)
+STEPS_PER_CALL = 32      # decode steps per device call at most (early exit when a row finishes)
+
+
+def sample(logits, rng, temperature: float, top_p: float):
+    """Next tokens [B] from logits [B, V]: argmax, or temperature + nucleus sampling."""
+    if temperature <= 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+        cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _ends_with_stop(out, i, stops):
+    """[B] bool: out[:, :i + 1] ends with one of the (static) stop sequences (-1 entries never match)."""
+    hit = jnp.zeros(out.shape[0], bool)
+    for stop in stops:
+        n = len(stop)
+        window = jax.lax.dynamic_slice_in_dim(out, i - n + 1, n, axis=1)
+        hit = hit | jnp.all(window == jnp.asarray(stop, jnp.int32)[None], axis=1)
+    return hit
+
+
+@functools.partial(jax.jit, static_argnames=("config", "temperature", "top_p"), donate_argnames=("pool",))
+def _prefill(params, pool, tokens, start, last, page_table, rng, *, config, temperature: float, top_p: float):
+    """Write a chunk of each row's prompt (at positions start + i) into its pages; return the pool and the token
+    drawn from the logits at chunk index `last` (only the final chunk's is used)."""
+    positions = start[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+    logits, pool = Llama(config).apply({"params": params}, tokens, positions=positions, cache=pool,
+                                       cache_index=start, page_table=page_table, logits_index=last)
+    return pool, sample(logits[:, 0], rng, temperature, top_p)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "steps", "temperature", "top_p", "stops"),
+                   donate_argnames=("pool",))
+def _decode(params, pool, page_table, tokens, length, generated, max_new, live, tail, stop_on_finish, eos_id, rng,
+            *, config, steps: int, temperature: float, top_p: float, stops: tuple):
+    """Up to `steps` decode steps of every row; rows not `live` compute but change nothing.
+
+    tokens [B]: each row's last token (fed next, at position length [B]); tail [B, T]: each row's last T
+    generated tokens (that one included), to spot a stop sequence that began before this call. Returns (pool, new tokens [B, steps] (-1 where a row did not run),
+    steps taken, next tokens, lengths, generated counts, finished [B], real row-steps).
+    """
+    model = Llama(config)
+    t = tail.shape[1]
+    out = jnp.concatenate([tail, jnp.full((tail.shape[0], steps), -1, jnp.int32)], axis=1)
+
+    def cond(state):
+        i, _, _, _, _, _, finished, _, _ = state
+        running = live & ~finished
+        return (i < steps) & jnp.any(running) & ~(stop_on_finish & jnp.any(live & finished))
+
+    def body(state):
+        i, pool, out, tokens, length, generated, finished, real, rng = state
+        logits, pool = model.apply({"params": params}, tokens[:, None], positions=length[:, None], cache=pool,
+                                   cache_index=length, page_table=page_table)
+        rng, sub = jax.random.split(rng)
+        nxt = sample(logits[:, -1], sub, temperature, top_p)
+        run = live & ~finished
+        out = jax.lax.dynamic_update_slice_in_dim(out, jnp.where(run, nxt, -1)[:, None], t + i, axis=1)
+        generated = generated + run
+        stop = (nxt == eos_id) | (generated >= max_new)
+        if stops:
+            stop = stop | _ends_with_stop(out, t + i, stops)
+        finished = finished | (run & stop)
+        return (i + 1, pool, out, jnp.where(run, nxt, tokens), length + run, generated, finished,
+                real + jnp.sum(run), rng)
+
+    init = (jnp.int32(0), pool, out, tokens, length, generated, jnp.zeros_like(live), jnp.int32(0), rng)
+    i, pool, out, tokens, length, generated, finished, real, _ = jax.lax.while_loop(cond, body, init)
+    return pool, out[:, t:], i, tokens, length, generated, finished, real
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "sharding"))
+def _zeros(shape, dtype, sharding=None):
+    z = jnp.zeros(shape, dtype)
+    return z if sharding is None else jax.lax.with_sharding_constraint(z, sharding)
+
+
+class ContinuousBatcher:
+    """Decode many prompts with `slots` rows over a paged KV cache; see the module docstring."""
+
+    def __init__(self, config, params, *, eos_id: int, slots: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+                 stop_sequences=None, sharding=None, kv_cache_bytes: int | None = None, page_size: int = PAGE_SIZE,
+                 chunk: int = CHUNK, chunk_step: int = CHUNK_STEP, steps_per_call: int = STEPS_PER_CALL,
+                 log: Callable[[str], None] | None = print):
+        self.config, self.eos_id = config, int(eos_id)
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.stops = tuple(tuple(int(t) for t in s) for s in (stop_sequences or []) if len(s))
+        self.page_size, self.chunk, self.chunk_step, self.steps = page_size, chunk, chunk_step, steps_per_call
+        self.sharding = sharding.for_decoding() if sharding is not None else None
+        dp = self.sharding.data_parallel if self.sharding is not None else 1
+        # Rows split over the data axes: slots and prefill rows are multiples of the data-parallel size.
+        self.slots, self.prefill_rows = -(-max(1, slots) // dp) * dp, dp
+        self.kv_cache_bytes, self.log = kv_cache_bytes, log
+        # Host (numpy) params would be copied to the device on every call: move them once.
+        self.params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
+        self.work = WorkCount()
+        self.plan: kv_memory.PoolPlan | None = None
+
+    def _context(self):
+        return self.sharding.context() if self.sharding is not None else contextlib.nullcontext()
+
+    def _pool_sharding(self):
+        if self.sharding is None:
+            return None
+        axes = (None, None, None, "activation_kv_heads", None)
+        return nn.logical_to_mesh_sharding(jax.sharding.PartitionSpec(*axes), self.sharding.mesh, self.sharding.rules)
+
+    def _tensor_shards(self) -> int:
+        if self.sharding is None:
+            return 1
+        tp = self.sharding.mesh.shape.get("tensor", 1)
+        return tp if self.config.num_kv_heads % tp == 0 else 1
+
+    def plan_pool(self, needs: list[int]) -> kv_memory.PoolPlan:
+        """The page pool for sequences of `needs` positions (raises with the fix when one cannot fit)."""
+        dtype = jnp.dtype(self.config.dtype)
+        budget = self.kv_cache_bytes
+        if budget is None:
+            free = kv_memory.free_device_bytes()
+            budget = None if free is None else int(free * kv_memory.DEFAULT_BUDGET_SHARE)
+        return kv_memory.plan_pool(self.config, needs, slots=self.slots, page_size=self.page_size, dtype=dtype,
+                                   budget_bytes=budget, shards=self._tensor_shards())
+
+    def run(self, prompts: list[list[int]], max_new: list[int], rng=None,
+            on_finish: Callable[[int, list[int]], None] | None = None) -> list[list[int]]:
+        """Tokens generated for each prompt (input order; EOS left out, a final stop sequence kept)."""
+        if not prompts:
+            return []
+        c = self.config
+        needs = [len(p) + m for p, m in zip(prompts, max_new)]
+        self.plan = plan = self.plan_pool(needs)
+        if self.log:
+            self.log(f"[decode] {plan.describe(self.slots)}")
+        sched = Scheduler([len(p) for p in prompts], max_new, slots=self.slots, page_size=self.page_size,
+                          num_pages=plan.num_pages, chunk=self.chunk, chunk_step=self.chunk_step,
+                          prefill_rows=self.prefill_rows)
+        self.work = sched.work
+        # Table width: enough pages for the longest sequence, a power of two (bounded shapes) of key blocks.
+        blocks = -(-max(max(needs), c.max_position) // (self.page_size * BLOCK_PAGES))
+        width = (1 << max(0, blocks - 1).bit_length()) * BLOCK_PAGES
+        t = max([len(s) for s in self.stops], default=1) - 1
+        b = self.slots
+        table = np.zeros((b, width), np.int32)
+        tokens, length, generated = (np.zeros(b, np.int32) for _ in range(3))
+        limit, live = np.ones(b, np.int32), np.zeros(b, bool)
+        results: list[list[int] | None] = [None] * len(prompts)
+        outputs: dict[int, list[int]] = {}
+        rng = jax.random.PRNGKey(0) if rng is None else rng
+        sampling = dict(temperature=self.temperature, top_p=self.top_p)
+
+        def finish(r):
+            toks = outputs.pop(r.index)
+            if toks and toks[-1] == self.eos_id:
+                toks = toks[:-1]
+            results[r.index] = toks
+            # A free slot feeds token 0 at position 0 into scratch: it must not widen the key-block loop.
+            live[r.slot], table[r.slot], length[r.slot], tokens[r.slot] = False, 0, 0, 0
+            sched.finish(r)
+            if on_finish is not None:
+                on_finish(r.index, toks)
+
+        def ended(r, toks) -> bool:
+            return (toks[-1] == self.eos_id or len(toks) >= r.max_new
+                    or any(len(toks) >= len(s) and tuple(toks[-len(s):]) == s for s in self.stops))
+
+        with self._context():
+            pool_shape = (c.num_layers, plan.num_pages, self.page_size, c.num_kv_heads, c.head_dim)
+            pool_sharding = self._pool_sharding()
+            pool = {"k": _zeros(pool_shape, jnp.dtype(c.dtype), pool_sharding),
+                    "v": _zeros(pool_shape, jnp.dtype(c.dtype), pool_sharding)}
+            while not sched.done:
+                admitted = sched.admit()
+                for r in admitted:
+                    table[r.slot] = 0
+                    table[r.slot, :len(r.pages)] = r.pages
+                for group in sched.prefill_groups(admitted):
+                    pending = list(group)
+                    while pending:
+                        size, real = sched.next_chunk(pending)
+                        rows = self.prefill_rows
+                        chunk = np.zeros((rows, size), np.int32)
+                        start, last = np.zeros(rows, np.int32), np.zeros(rows, np.int32)
+                        ptab = np.zeros((rows, width), np.int32)
+                        for j, (r, n) in enumerate(zip(pending, real)):
+                            chunk[j, :n] = prompts[r.index][r.prefilled:r.prefilled + n]
+                            start[j], last[j], ptab[j] = r.prefilled, n - 1, table[r.slot]
+                        rng, sub = jax.random.split(rng)
+                        pool, first = _prefill(self.params, pool, chunk, start, last, ptab, sub, config=c, **sampling)
+                        first = np.asarray(first)
+                        for j, (r, n) in enumerate(zip(pending, real)):
+                            r.prefilled += n
+                            if r.prefilled == r.length:
+                                r.generated = 1
+                                sched.work.generated += 1
+                                outputs[r.index] = [int(first[j])]
+                                tokens[r.slot], length[r.slot], generated[r.slot] = first[j], r.length, 1
+                                limit[r.slot], live[r.slot] = r.max_new, True
+                                if ended(r, outputs[r.index]):
+                                    finish(r)
+                        pending = [r for r in pending if r.prefilled < r.length]
+                active = sched.active()
+                if not active:
+                    if not admitted:
+                        raise RuntimeError("decode: no row is running and no prompt could be admitted; the page "
+                                           "pool is smaller than the plan promised (a bug in kv_memory.plan_pool).")
+                    continue
+                tail = np.full((b, t), -1, np.int32)
+                for r in active:
+                    prev = outputs[r.index][-t:] if t else []
+                    tail[r.slot, t - len(prev):] = prev
+                rng, sub = jax.random.split(rng)
+                pool, out, steps, tok_d, len_d, gen_d, fin_d, real = _decode(
+                    self.params, pool, table, tokens, length, generated, limit, live, tail,
+                    np.bool_(bool(sched.waiting)), np.int32(self.eos_id), sub, config=c, steps=self.steps,
+                    stops=self.stops, **sampling)
+                out, fin = np.asarray(out), np.asarray(fin_d)
+                tokens, length, generated = (np.array(x) for x in (tok_d, len_d, gen_d))
+                sched.count_decode(int(steps), int(real))
+                for r in active:
+                    new = [int(x) for x in out[r.slot] if x >= 0]
+                    outputs[r.index].extend(new)
+                    r.generated += len(new)
+                    sched.work.generated += len(new)
+                    if fin[r.slot]:
+                        finish(r)
+        return results

@@ -1,0 +1,95 @@
+"""KV-cache memory for decoding: bytes per token, the memory a device has left, and the page pool to allocate.
+
+The pool is sized before anything is allocated: enough pages for the `slots` longest sequences at once when
+that fits the budget; fewer when it does not (then prompts wait for pages: the batch is split over time);
+and a clear refusal when even the longest single sequence does not fit. So decoding never runs out of
+memory halfway through an eval.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from sciriff_jax.eval.scheduler import pages_for
+
+# Share of the free memory the cache may take by default: prefill activations and XLA's scratch need the rest.
+DEFAULT_BUDGET_SHARE = 0.5
+
+
+def bytes_per_token(config, dtype) -> int:
+    """KV-cache bytes of one token position: keys and values of every layer."""
+    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * np.dtype(dtype).itemsize
+
+
+def free_device_bytes(device=None) -> int | None:
+    """Bytes one device can still allocate: the allocator's limit minus use (GPU/TPU), MemAvailable (CPU)."""
+    device = device or jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolPlan:
+    """The page pool decided for one decode: its size, what it costs, and what it holds."""
+
+    num_pages: int              # including scratch page 0
+    page_size: int
+    bytes_per_token: int
+    budget_bytes: int | None
+    concurrent_needed: int      # pages for the `slots` longest sequences at once (+ scratch)
+    shards: int = 1             # devices the pool is split over (kv heads over tensor)
+
+    @property
+    def bytes(self) -> int:
+        """Whole-pool bytes (all devices)."""
+        return self.num_pages * self.page_size * self.bytes_per_token
+
+    def describe(self, slots: int) -> str:
+        gib = 2.0 ** 30
+        budget = "no budget known" if self.budget_bytes is None else f"budget {self.budget_bytes / gib:.2f} GiB/device"
+        line = (f"KV cache: {self.num_pages} pages x {self.page_size} tokens x {self.bytes_per_token / 1024:.1f} KiB "
+                f"= {self.bytes / gib:.3f} GiB ({self.bytes / self.shards / gib:.3f} GiB/device; {budget}); {slots} slots")
+        if self.num_pages < self.concurrent_needed:
+            line += (f"; the {slots} longest sequences at once would need {self.concurrent_needed} pages, so rows "
+                     "wait for pages (the batch is split over time)")
+        return line
+
+
+def plan_pool(config, needs: list[int], *, slots: int, page_size: int, dtype, budget_bytes: int | None,
+              shards: int = 1) -> PoolPlan:
+    """The pool for sequences of `needs` positions (prompt + new tokens each), at most `slots` at a time.
+
+    `budget_bytes` is per device (the pool is split over `shards` devices). Raises ValueError, naming the
+    numbers and the fixes, when the longest sequence alone does not fit.
+    """
+    per_token = bytes_per_token(config, dtype)
+    pages = sorted((pages_for(n, page_size) for n in needs), reverse=True)
+    concurrent = 1 + sum(pages[:slots])
+    # Powers of two: pools for different prompt sets share compiled programs.
+    wanted = 1 << max(1, concurrent - 1).bit_length()
+    if budget_bytes is None:
+        return PoolPlan(wanted, page_size, per_token, None, concurrent, shards)
+    affordable = int(budget_bytes * shards // (page_size * per_token))
+    if affordable < 1 + pages[0]:
+        need = (1 + pages[0]) * page_size * per_token / shards
+        raise ValueError(
+            f"decode: the KV cache of the longest sequence ({max(needs)} positions: prompt + max_new_tokens) needs "
+            f"{need / 2**30:.2f} GiB per device, but the budget is {budget_bytes / 2**30:.2f} GiB "
+            f"({per_token / 1024:.1f} KiB per token for {config.num_layers} layers x {config.num_kv_heads} KV heads "
+            f"x {config.head_dim} in {np.dtype(dtype).name}). Lower max_new_tokens or the model's max_position "
+            "(prompts are cut to max_position - max_new_tokens), shard the model over more devices "
+            "(MESH_LAYOUT with a tensor axis), or raise kv_cache_bytes if more memory is free.")
+    return PoolPlan(min(wanted, affordable), page_size, per_token, budget_bytes, concurrent, shards)
