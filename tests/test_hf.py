@@ -90,3 +90,71 @@ def test_missing_tensors_are_reported_by_name(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="model.layers.1.mlp.up_proj.weight"):
         load_hf_params(tmp_path)
+
+
+def _saved(tmp_path, **kw):
+    hf_model(**kw).save_pretrained(tmp_path / "hf")
+    return tmp_path / "hf"
+
+
+def _resave(path, change):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(path / "model.safetensors")
+    change(tensors)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("name,shape", [("model.embed_tokens.weight", (100, 32)),
+                                        ("model.layers.1.self_attn.k_proj.weight", (8, 32)),
+                                        ("model.layers.0.mlp.down_proj.weight", (32, 41))])
+def test_a_wrong_shaped_tensor_names_tensor_and_file_and_nothing_is_written(tmp_path, capsys, name, shape):
+    from sciriff_jax.run import cli
+
+    hf = _saved(tmp_path)
+    _resave(hf, lambda t: t.__setitem__(name, np.zeros(shape, np.float32)))
+    assert cli.main(["convert", str(hf), str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert f"{hf / 'model.safetensors'}: tensor {name!r} has shape {shape}" in err
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_layer_the_config_does_not_have_is_named(tmp_path):
+    hf = _saved(tmp_path)
+    _resave(hf, lambda t: t.__setitem__("model.layers.2.mlp.up_proj.weight", np.zeros((40, 32), np.float32)))
+    with pytest.raises(ValueError, match=r"'model.layers.2.mlp.up_proj.weight' \(layer 2 but config.json has "
+                                         r"num_hidden_layers=2\)"):
+        load_hf_params(hf)
+
+
+def test_truncated_config_and_safetensors_errors_name_the_path(tmp_path):
+    hf = _saved(tmp_path)
+    weights = hf / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"{weights}: "):
+        load_hf_params(hf)
+    weights.write_bytes(weights.read_bytes()[:5])  # not even a whole header
+    with pytest.raises(ValueError, match=f"{weights}: not a readable safetensors file"):
+        load_hf_params(hf)
+    config = hf / "config.json"
+    config.write_text(config.read_text()[:40])
+    with pytest.raises(ValueError, match=f"{config}: not a readable JSON file"):
+        load_hf_params(hf)
+
+
+@pytest.mark.parametrize("model_type,architectures,message", [
+    (None, ["Qwen2ForCausalLM"], "model_type=None"),
+    ("qwen2", ["Qwen2ForCausalLM"], "model_type='qwen2'"),
+    ("llama", ["Qwen2ForCausalLM"], "does not match model_type='llama'"),
+])
+def test_model_type_and_architectures_must_name_a_supported_architecture(tmp_path, model_type, architectures,
+                                                                         message):
+    import json
+
+    hf = _saved(tmp_path)
+    config = json.loads((hf / "config.json").read_text())
+    config.pop("model_type")
+    config.update({"architectures": architectures}, **({"model_type": model_type} if model_type else {}))
+    (hf / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        load_hf_params(hf)

@@ -74,11 +74,30 @@ def local_hf_dir(hf_dir) -> pathlib.Path:
     return pathlib.Path(hf_dir)
 
 
+SUPPORTED_ARCHITECTURES = {"llama": "LlamaForCausalLM"}  # config.json model_type -> its architectures entry
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # truncated, not JSON, not UTF-8
+        raise ValueError(f"{path}: not a readable JSON file ({err}); re-download or re-save it") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _weight_files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
     index = hf_dir / "model.safetensors.index.json"
     if index.exists():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [hf_dir / n for n in names]
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index}: no 'weight_map' of tensor -> file")
+        files = [hf_dir / n for n in sorted(set(map(str, weight_map.values())))]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists weight files that are not there: {missing}")
+        return files
     files = sorted(hf_dir.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{hf_dir}: no *.safetensors weights (PyTorch .bin checkpoints are not supported; "
@@ -86,12 +105,65 @@ def _weight_files(hf_dir: pathlib.Path) -> list[pathlib.Path]:
     return files
 
 
+def _open(path: pathlib.Path):
+    try:
+        return safe_open(str(path), framework="flax")
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) for a broken header
+        raise ValueError(f"{path}: not a readable safetensors file ({err}); re-download or re-save it") from None
+
+
+def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """The torch-layout shape of every tensor a Hugging Face Llama with `config` has."""
+    h, hd = config.hidden_size, config.head_dim
+    layer = {"self_attn.q_proj": (config.num_heads * hd, h), "self_attn.k_proj": (config.num_kv_heads * hd, h),
+             "self_attn.v_proj": (config.num_kv_heads * hd, h), "self_attn.o_proj": (h, config.num_heads * hd),
+             "mlp.gate_proj": (config.intermediate_size, h), "mlp.up_proj": (config.intermediate_size, h),
+             "mlp.down_proj": (h, config.intermediate_size), "input_layernorm": (h,),
+             "post_attention_layernorm": (h,)}
+    shapes = {"model.embed_tokens.weight": (config.vocab_size, h), "model.norm.weight": (h,)}
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, h)
+    for i in range(config.num_layers):
+        shapes.update({f"model.layers.{i}.{sub}.weight": shape for sub, shape in layer.items()})
+    return shapes
+
+
+def check_tensors(hf_dir: pathlib.Path, config: LlamaConfig) -> None:
+    """Every tensor's shape against config.json, from the safetensors headers alone (before any weight is read):
+    an error names the tensor, its file and both shapes; missing and unexpected tensors are named too."""
+    expected = expected_shapes(config)
+    seen = {}
+    for path in _weight_files(hf_dir):
+        with _open(path) as f:
+            for name in f.keys():
+                if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and config.tie_embeddings):
+                    continue  # recomputed from the config / the tied embedding is used
+                if name not in expected:
+                    m = _LAYER.match(name)
+                    why = (f"layer {m.group(1)} but config.json has num_hidden_layers={config.num_layers}"
+                           if m and m.group(2) in _LAYER_MAP else "not a tensor of a bias-free Llama")
+                    raise ValueError(f"{path}: unexpected tensor {name!r} ({why})")
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != expected[name]:
+                    raise ValueError(f"{path}: tensor {name!r} has shape {shape}, but {hf_dir / 'config.json'} "
+                                     f"implies {expected[name]}; the weights and config.json do not belong together")
+                seen[name] = path
+    missing = [n for n in expected if n not in seen]
+    if missing:
+        raise ValueError(f"{hf_dir}: checkpoint is missing {len(missing)} tensors, e.g. {missing[:3]}.")
+
+
 def _iter_tensors(hf_dir: pathlib.Path, dtype):
     """Yield (name, numpy array in `dtype`) one tensor at a time over every safetensors shard."""
     for path in _weight_files(hf_dir):
-        with safe_open(str(path), framework="flax") as f:
+        with _open(path) as f:
             for name in f.keys():
-                yield name, np.asarray(f.get_tensor(name).astype(dtype))
+                try:
+                    tensor = f.get_tensor(name)
+                except Exception as err:  # a file cut short after its header
+                    raise ValueError(f"{path}: cannot read tensor {name!r} ({err}); the file is truncated or "
+                                     "damaged") from None
+                yield name, np.asarray(tensor.astype(dtype))
 
 
 def load_hf_config(hf_dir, dtype: str = "float32") -> LlamaConfig:
@@ -99,14 +171,26 @@ def load_hf_config(hf_dir, dtype: str = "float32") -> LlamaConfig:
     path = local_hf_dir(hf_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: a Hugging Face model directory needs config.json.")
+    hf = _read_json(path)
+    model_type, architectures = hf.get("model_type"), hf.get("architectures")
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"{path}: model_type={model_type!r}; supported: "
+                         f"{', '.join(f'{k} ({v})' for k, v in SUPPORTED_ARCHITECTURES.items())}")
+    if architectures is not None and architectures != [SUPPORTED_ARCHITECTURES[model_type]]:
+        raise ValueError(f"{path}: architectures={architectures!r} does not match model_type={model_type!r} "
+                         f"(expected [{SUPPORTED_ARCHITECTURES[model_type]!r}])")
     compute = "float32" if dtype == "float32" else "bfloat16"
-    return LlamaConfig.from_hf_config(json.loads(path.read_text()), param_dtype=dtype, dtype=compute)
+    try:
+        return LlamaConfig.from_hf_config(hf, param_dtype=dtype, dtype=compute)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a usable Llama config ({type(err).__name__}: {err})") from None
 
 
 def load_hf_params(hf_dir, dtype: str = "float32", scan_layers: bool = True, progress: bool = False):
     """Read a Hugging Face Llama directory into memory: (params as numpy arrays, LlamaConfig)."""
     hf_dir = local_hf_dir(hf_dir)
     config = load_hf_config(hf_dir, dtype).replace(scan_layers=scan_layers)
+    check_tensors(hf_dir, config)  # all shapes first: a mismatch must stop the import before anything is written
     npd = _np_dtype(dtype)
     n = config.num_layers
     layers: dict = {}
