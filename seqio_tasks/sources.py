@@ -85,9 +85,48 @@ def task_of(instance_id: str) -> str:
 
 
 def find_release_files(root, config, split) -> list[str]:
-    """`<root>/<config>/<split>-NNNNN-of-NNNNN.{parquet,jsonl}`, in shard order (empty if none)."""
+    """`<root>/<config>/<split>-NNNNN-of-NNNNN.{parquet,jsonl}`, in shard order (empty if none); a split in two
+    formats or with shards missing is an error listing its files."""
     files = sorted(glob.glob(os.path.join(str(root), str(config), f"{split}-*-of-*.*")))
-    return [f for f in files if _SHARD_RE.match(os.path.basename(f))]
+    files = [f for f in files if _SHARD_RE.match(os.path.basename(f))]
+    check_shard_set([os.path.basename(f) for f in files], os.path.join(str(root), str(config)))
+    return files
+
+
+def check_shard_set(names: list[str], where: str) -> None:
+    """One format and every shard 0..N-1 of N among a split's file names, else ValueError listing them."""
+    if not names:
+        return
+    matches = [_SHARD_RE.match(n) for n in names]
+    formats = sorted({m["ext"] for m in matches})
+    if len(formats) > 1:
+        raise ValueError(f"{where}: split {matches[0]['split']!r} has files in {' and '.join(formats)}: "
+                         f"{', '.join(names)}. Keep one format (reading both would count every row twice).")
+    counts = sorted({int(m["n"]) for m in matches})
+    present = {int(m["i"]) for m in matches}
+    missing = [i for i in range(counts[-1]) if i not in present]
+    if len(counts) > 1 or missing or len(present) != len(names):
+        raise ValueError(f"{where}: incomplete or inconsistent shard set for split {matches[0]['split']!r}: found "
+                         f"{', '.join(names)}" + (f"; missing shard(s) {missing} of {counts[-1]}" if missing else "")
+                         + ". Copy every shard of the split.")
+
+
+def skip_empty_outputs(rows: list[dict], where: str) -> tuple[list[dict], dict[str, int]]:
+    """`rows` without those whose `output` is empty or null, and how many were skipped per task (with a log line).
+
+    The documented choice (README, Data): such an instance has nothing to train on or to score against, so it is
+    skipped, not rendered as the text "None" or an empty answer, and counted per task (`sciriff-jax data stats`).
+    """
+    kept, skipped = [], {}
+    for row in rows:
+        if row["output"] is None or not str(row["output"]).strip():
+            skipped.setdefault(task_of(str(row["_instance_id"])), []).append(str(row["_instance_id"]))
+        else:
+            kept.append(row)
+    for task, ids in sorted(skipped.items()):
+        print(f"sciriff-jax: {task}: skipped {len(ids)} instance(s) with an empty or null output in {where} "
+              f"(e.g. {ids[0]})", flush=True)
+    return kept, {task: len(ids) for task, ids in skipped.items()}
 
 
 # --- the SciRIFF release as a TFDS builder ---------------------------------------------------------
@@ -96,7 +135,7 @@ def find_release_files(root, config, split) -> list[str]:
 class Sciriff(tfds.core.GeneratorBasedBuilder):
     """allenai/SciRIFF: configs 4096/8192/16384, splits train/validation/test, examples grouped by task."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")  # 1.1.0: empty / null outputs are skipped (data prepared before differs)
     # No checksums file ships with this builder (hub files are fetched by URL); also spares TFDS the
     # importlib_resources lookup that locating one needs.
     code_path = None
@@ -105,6 +144,7 @@ class Sciriff(tfds.core.GeneratorBasedBuilder):
 
     def __init__(self, *, source_dir=None, **kwargs):
         self._source_dir = source_dir
+        self.empty_outputs: dict[str, dict[str, int]] = {}  # split -> task -> skipped (filled while preparing)
         super().__init__(**kwargs)
 
     def _info(self):
@@ -125,10 +165,12 @@ class Sciriff(tfds.core.GeneratorBasedBuilder):
                     "folder holding 4096/, 8192/, 16384/")
         else:
             files = {s: dl_manager.download(hub_files("allenai/SciRIFF", config, s)) for s in SPLITS}
-        return {s: self._generate_examples(f) for s, f in files.items() if f}
+        return {s: self._generate_examples(f, s) for s, f in files.items() if f}
 
-    def _generate_examples(self, files):
-        rows = [release_row(r) for f in files for r in read_rows(f)]
+    def _generate_examples(self, files, split):
+        rows, self.empty_outputs[split] = skip_empty_outputs([r for f in files for r in read_rows(f)],
+                                                             f"SciRIFF {self.builder_config.name}/{split}")
+        rows = [release_row(r) for r in rows]
         order = sorted(range(len(rows)), key=lambda i: (rows[i]["task"], i))  # stable: release order within task
         for key, i in enumerate(order):
             yield key, rows[i]
@@ -146,8 +188,9 @@ def hub_files(repo: str, folder: str, split: str) -> list[str]:
         raise ConnectionError(f"could not list {url} ({e}); download the release yourself and set "
                               f"${DATA_DIR_ENV} to its folder") from e
     names = sorted(os.path.basename(x["path"]) for x in listing if x.get("type") == "file")
-    return [hub_url(repo, f"{folder}/{n}") for n in names
-            if _SHARD_RE.match(n) and n.startswith(split + "-")]
+    names = [n for n in names if _SHARD_RE.match(n) and n.startswith(split + "-")]
+    check_shard_set(names, url)
+    return [hub_url(repo, f"{folder}/{n}") for n in names]
 
 
 LOCAL_RELEASE = {"dir": None}  # set by seqio_tasks.configure(source_dir=...)
@@ -199,7 +242,18 @@ def get_builder(config: int, source_dir=None) -> Sciriff:
         print(f"sciriff-jax: preparing SciRIFF {config} from {source_dir or 'the Hugging Face hub'} "
               f"-> {builder.data_dir}", flush=True)
         builder.download_and_prepare()
+        with tf.io.gfile.GFile(os.path.join(builder.data_dir, EMPTY_OUTPUTS_FILE), "w") as f:
+            f.write(json.dumps(builder.empty_outputs))
     return builder
+
+
+EMPTY_OUTPUTS_FILE = "empty_outputs.json"
+
+
+def empty_outputs(config: int, split: str, source_dir=None) -> dict[str, int]:
+    """{task: instances skipped for an empty or null output} of a prepared split (see skip_empty_outputs)."""
+    path = os.path.join(get_builder(config, source_dir).data_dir, EMPTY_OUTPUTS_FILE)
+    return json.loads(tf.io.gfile.GFile(path).read()).get(split, {}) if tf.io.gfile.exists(path) else {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -311,7 +365,8 @@ class RowsSource(seqio.DataSource):
 @functools.lru_cache(maxsize=None)
 def _sample_rows(split: str) -> dict[str, list[dict]]:
     by_task = {}
-    for row in read_jsonl(sample.sample_path(split)):
+    rows, _ = skip_empty_outputs(read_jsonl(sample.sample_path(split)), sample.sample_path(split))
+    for row in rows:
         r = release_row(row)
         by_task.setdefault(r["task"], []).append(r)
     return by_task

@@ -1,13 +1,14 @@
 """`sciriff-jax data stats|show`: per-task counts, lengths and fill rate; rendered examples with the loss mask."""
 import argparse
 import json
+import re
 import sys
 import time
 
 import numpy as np
 import seqio
 
-from seqio_tasks import render
+from seqio_tasks import render, sources
 from seqio_tasks.converter import ChatFeatureConverter
 from seqio_tasks.datasets import get_provider, raw_examples, resolve_task_name
 from seqio_tasks.tasks import SETTINGS
@@ -33,7 +34,13 @@ def task_stats(task: seqio.Task, split: str, length: int, max_examples: int | No
              "dropped": over if SETTINGS.overlong == "drop" else 0}
     if pack_rows and len(kept):
         stats["fill"] = packed_fill(task.name, split, length, pack_rows)
+    release = _RELEASE_TASK.match(task.name)
+    if release:  # instances the source skipped for an empty / null output (sources.skip_empty_outputs)
+        stats["empty_output"] = sources.empty_outputs(int(release["config"]), split).get(release["task"], 0)
     return stats
+
+
+_RELEASE_TASK = re.compile(r"^sciriff_(?P<config>\d+)_(?P<task>.+?)(?:_first\d+)?$")
 
 
 def packed_fill(name: str, split: str, length: int, rows: int) -> float:
@@ -47,11 +54,14 @@ def packed_fill(name: str, split: str, length: int, rows: int) -> float:
 
 
 def data_stats(mixture: str, split: str = "train", length: int = 4096, max_examples: int | None = None,
-               pack_rows: int = 64, out=sys.stdout) -> list[dict]:
-    """Print (and return) per-task instances / tokens / truncated / dropped / packed fill for a task or mixture."""
+               pack_rows: int = 64, out=None, failures: list | None = None) -> list[dict]:
+    """Print (and return) per-task instances / tokens / truncated / dropped / packed fill / skipped empty outputs for
+    a task or mixture. A task whose data cannot be read is listed as unavailable and appended to `failures`."""
+    out = out or sys.stdout  # looked up per call, so a redirected stdout is honoured
     tasks = _tasks_of(mixture)
     rows = []
-    header = f"{'task':<52} {'instances':>9} {'tokens':>11} {'mean':>7} {'max':>7} {'trunc':>6} {'drop':>6} {'fill':>6}"
+    header = (f"{'task':<52} {'instances':>9} {'tokens':>11} {'mean':>7} {'max':>7} {'trunc':>6} {'drop':>6} "
+              f"{'fill':>6} {'empty':>6}")
     print(f"{mixture} [{split}], length {length}, template {SETTINGS.template}, overlong={SETTINGS.overlong}",
           file=out)
     print(header, file=out)
@@ -59,13 +69,16 @@ def data_stats(mixture: str, split: str = "train", length: int = 4096, max_examp
     for i, task in enumerate(tasks):
         try:
             s = task_stats(task, split, length, max_examples, pack_rows)
-        except Exception as e:  # one task without data (e.g. a split the local copy lacks) must not stop the table
-            print(f"{task.name:<52} unavailable: {str(e).splitlines()[0][:120]}", file=out)
+        except Exception as e:  # the table goes on, but the command fails (main) and names what could not be read
+            print(f"{task.name:<52} unavailable: {str(e).splitlines()[0][:160]}", file=out)
+            if failures is not None:
+                failures.append((task.name, e))
             continue
         rows.append(s)
         fill = f"{s['fill']:.1%}" if "fill" in s else "-"
+        empty = f"{s['empty_output']:,}" if "empty_output" in s else "-"
         print(f"{s['task']:<52} {s['instances']:>9,} {s['tokens']:>11,} {s['mean_len']:>7.0f} {s['max_len']:>7,} "
-              f"{s['truncated']:>6,} {s['dropped']:>6,} {fill:>6}", file=out, flush=True)
+              f"{s['truncated']:>6,} {s['dropped']:>6,} {fill:>6} {empty:>6}", file=out, flush=True)
         if len(tasks) > 5:
             print(f"  ({i + 1}/{len(tasks)} tasks, {time.time() - start:.0f}s)", file=sys.stderr, flush=True)
     total = {k: sum(r[k] for r in rows) for k in ("instances", "tokens", "truncated", "dropped")}
@@ -136,7 +149,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     seqio_tasks.configure(template=args.template, overlong=args.overlong, source_dir=args.data_dir)
     if args.cmd == "stats":
-        data_stats(args.mixture, args.split, args.length, args.max_examples, args.pack_rows)
+        failures = []
+        data_stats(args.mixture, args.split, args.length, args.max_examples, args.pack_rows, failures=failures)
+        for name, err in failures:
+            print(f"error: {name}: {err}", file=sys.stderr)
+        return 1 if failures else 0
     else:
         data_show(args.task, args.n, args.split)
     return 0

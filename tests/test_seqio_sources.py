@@ -168,3 +168,35 @@ def test_without_a_local_copy_the_release_is_listed_and_downloaded_from_the_hub(
     assert train == [r["_instance_id"] for r in rows if r["_instance_id"].startswith("scierc_ner")]
     assert any(p.endswith("/tree/main/8192") for p in requested)
     assert any(p.endswith("/8192/train-00001-of-00002.parquet") for p in requested)
+
+
+def test_a_split_in_two_formats_stops_listing_its_files(tmp_path):
+    _write_release(tmp_path)
+    with open(tmp_path / "8192" / "train-00000-of-00001.jsonl", "w") as f:
+        f.write(json.dumps(_row("scierc_ner", "train", 99)) + "\n")
+    with pytest.raises(ValueError, match=r"split 'train' has files in jsonl and parquet: train-00000-of-00001.jsonl, "
+                                         r"train-00000-of-00002.parquet, train-00001-of-00002.parquet"):
+        sources.find_release_files(tmp_path, 8192, "train")
+
+
+def test_an_incomplete_shard_set_stops_listing_what_is_there_and_missing(tmp_path):
+    _write_release(tmp_path)
+    (tmp_path / "8192" / "train-00001-of-00002.parquet").unlink()
+    with pytest.raises(ValueError, match=r"found train-00000-of-00002.parquet; missing shard\(s\) \[1\] of 2"):
+        sources.find_release_files(tmp_path, 8192, "train")
+    with pytest.raises(ValueError, match="incomplete"):
+        sources.get_builder(8192, str(tmp_path))
+
+
+def test_empty_and_null_outputs_are_skipped_and_counted_per_task(tmp_path, capsys):
+    (tmp_path / "4096").mkdir()
+    rows = [_row("scierc_ner", "validation", i) for i in range(4)] + [_row("biored_ner", "validation", 0)]
+    rows[1]["output"], rows[2]["output"], rows[4]["output"] = "", None, "  "
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "4096" / "validation-00000-of-00001.parquet")
+    src = sources.SciriffTaskSource(4096, "scierc_ner", source_dir=str(tmp_path))
+    got = [x["_instance_id"].decode() for x in src.get_dataset("validation", shuffle=False).as_numpy_iterator()]
+    assert got == ["scierc_ner:validation:0", "scierc_ner:validation:3"]
+    assert sources.empty_outputs(4096, "validation", str(tmp_path)) == {"scierc_ner": 2, "biored_ner": 1}
+    printed = capsys.readouterr().out
+    assert "scierc_ner: skipped 2 instance(s) with an empty or null output" in printed
+    assert "biored_ner: skipped 1 instance(s)" in printed

@@ -26,3 +26,11 @@ def test_data_stats_counts_instances_and_overlong_per_task():
     assert stats["truncated"] == sum(n > limit for n in lengths) > 0
     assert stats["tokens"] == sum(min(n, limit) for n in lengths)
     assert 0 < stats["fill"] <= 1
+
+
+def test_data_stats_exits_non_zero_naming_the_file_of_an_unavailable_source(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "tulu.jsonl"
+    monkeypatch.setenv("SCIRIFF_JAX_TULU_PATH", str(missing))
+    assert tools.main(["stats", "sciriff_tulu_v2_chat", "--pack_rows", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert "unavailable" in out and f"error: sciriff_tulu_v2_chat: chat data not found at '{missing}'" in err
