@@ -5,7 +5,7 @@ import seqio
 import tensorflow as tf
 
 from seqio_tasks import catalog
-from seqio_tasks.converter import ChatFeatureConverter
+from seqio_tasks.converter import INPUTS_LOSS_MASK, ChatFeatureConverter
 from seqio_tasks.sources import RELEASE_FIELDS
 from seqio_tasks.tasks import SETTINGS
 
@@ -47,7 +47,6 @@ def get_dataset(mixture_or_task_name: str, split: str, feature_lengths: dict, ba
     (pass its output directory to seqio.add_global_cache_dirs first).
     """
     hide_gpus_from_tensorflow()
-    get_provider(mixture_or_task_name)  # unknown names fail with close matches
     if "targets" not in feature_lengths:
         raise ValueError(f"feature_lengths needs a 'targets' length (tokens per row), got {feature_lengths}")
     if "inputs" in feature_lengths:
@@ -55,11 +54,14 @@ def get_dataset(mixture_or_task_name: str, split: str, feature_lengths: dict, ba
     else:
         row = int(feature_lengths["targets"])
         lengths = {"inputs": row, "targets": row}
+    provider = get_provider(mixture_or_task_name)
+    # What seqio.get_dataset does, plus the multi-turn loss mask through mixtures (an extra field, see tasks.py).
+    extra = {"passthrough_features": [INPUTS_LOSS_MASK]} if isinstance(provider, seqio.Mixture) else {}
+    ds = provider.get_dataset(lengths, split=split, use_cached=use_cached, shuffle=shuffle, seed=seed,
+                              shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+                              num_epochs=num_epochs, **extra)
     converter = ChatFeatureConverter(pack=pack, row_length=row, overlong=SETTINGS.overlong, label=mixture_or_task_name)
-    ds = seqio.get_dataset(mixture_or_task_name, task_feature_lengths=lengths, dataset_split=split,
-                           shuffle=shuffle, num_epochs=num_epochs, seed=seed, use_cached=use_cached,
-                           shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-                           feature_converter=converter)
+    ds = converter(ds, task_feature_lengths=lengths)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

@@ -150,11 +150,10 @@ def make_metric_fn(scorer: str):
 
 
 def output_features(vocab) -> dict:
-    """inputs, targets (EOS is added by rendering) and the inputs loss mask of multi-turn chats."""
+    """inputs and targets (EOS is added by rendering). `inputs_loss_mask` is an extra field, not an output
+    feature, so SeqIO's converters and Evaluator never see it; our get_dataset passes it through mixtures."""
     return {"inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
-            "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
-            INPUTS_LOSS_MASK: seqio.Feature(seqio.PassThroughVocabulary(3), add_eos=False, dtype=tf.int32,
-                                            required=False)}
+            "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32)}
 
 
 def _add(name, source, features, template_of, pre=(), metadata=None, scorer=None):
