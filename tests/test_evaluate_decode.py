@@ -1,4 +1,4 @@
-"""SciRIFF-Eval decoding with the tiny model on CPU: answer order, outputs, the training eval hook."""
+"""SciRIFF-Eval decoding with the tiny model on CPU: answer order, outputs, progress, resuming, the training eval hook."""
 import json
 
 import pytest
@@ -21,13 +21,11 @@ def tiny_model():
     return config, llama.init_params(config, jax.random.PRNGKey(0)), vocabulary
 
 
-def test_decoding_in_length_sorted_chunks_keeps_each_answer_with_its_prompt(tiny_model, monkeypatch):
+def test_continuous_batching_keeps_each_answer_with_its_prompt(tiny_model, capsys):
     config, params, vocabulary = tiny_model
-    # Different lengths, all within one 16-token bucket, so the test compiles few programs.
     prompts = ["short", "a longer prompt of words", "mid length", "x y z w", "tiny one"]
-    assert all(len(vocabulary.encode(p)) <= 16 for p in prompts)
-    monkeypatch.setattr(evaluate, "CHUNK_BATCHES", 1)
     together = evaluate.decode_texts(config, params, prompts, vocabulary, max_new_tokens=4, batch_size=2)
+    assert "5/5 instances" in capsys.readouterr().out
     alone = [evaluate.decode_texts(config, params, [p], vocabulary, max_new_tokens=4, batch_size=1)[0] for p in prompts]
     assert together == alone
 
@@ -79,7 +77,8 @@ def test_evaluate_run_from_orbax_from_hugging_face_and_sharded_gives_the_same_pr
     assert len(rows) == 2 and all({"_instance_id", "output", "prediction", "task"} <= set(r) for r in rows)
     assert "| sciriff_sample_list_qa | f1 |" in (tmp_path / "out_ckpt" / "summary.md").read_text()
     assert json.loads((tmp_path / "out_ckpt" / "summary.json").read_text())["mean"] == summary["mean"]
-    assert "2/2 examples" in capsys.readouterr().out  # progress lines
+    out = capsys.readouterr().out
+    assert "[eval] sciriff_sample_list_qa: 2/2 instances" in out and "KV cache:" in out  # progress, memory
 
 
 def bos(hf_dir):
@@ -100,3 +99,50 @@ def test_hugging_face_directory_with_a_llama_tokenizer_gets_bos(tmp_path):
     assert bos(tmp_path) == 5
     (tmp_path / "tokenizer_config.json").write_text('{"add_bos_token": false}')
     assert bos(tmp_path) is None
+
+
+def test_a_rerun_keeps_the_predictions_written_and_decodes_only_the_rest(tiny_model, tmp_path, capsys):
+    config, params, vocabulary = tiny_model
+    eval_config = evaluate.EvalConfig("sciriff_sample_ner", max_examples=3, max_new_tokens=4, batch_size=2)
+    loaded = evaluate.load_examples(["sciriff_sample_ner"], "validation", 3)
+    fresh = evaluate.predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, output_dir=tmp_path)
+    final = tmp_path / "predictions" / "sciriff_sample_ner.jsonl"
+    lines = final.read_text().splitlines()
+    # A run stopped after two predictions: a partial file (its last line cut mid-write), no final file.
+    final.unlink()
+    partial = tmp_path / "predictions" / "sciriff_sample_ner.partial.jsonl"
+    marked = dict(json.loads(lines[2]), prediction="kept from the first run")
+    partial.write_text(json.dumps(marked) + "\n" + lines[0] + "\n" + lines[1][:20])
+    capsys.readouterr()
+    again = evaluate.predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, output_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert "resuming: 2 prediction(s)" in out and "3/3 instances (2 resumed)" in out
+    assert again["sciriff_sample_ner"][2]["prediction"] == "kept from the first run"
+    assert again["sciriff_sample_ner"][:2] == fresh["sciriff_sample_ner"][:2]
+    assert not partial.exists() and len(final.read_text().splitlines()) == 3
+
+
+def test_a_rerun_with_other_weights_is_refused_rather_than_mixed_in(tiny_model, tmp_path):
+    import jax
+
+    config, params, vocabulary = tiny_model
+    eval_config = evaluate.EvalConfig("sciriff_sample_ner", max_examples=1, max_new_tokens=2, batch_size=1)
+    loaded = evaluate.load_examples(["sciriff_sample_ner"], "validation", 1)
+    evaluate.predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, output_dir=tmp_path)
+    other = jax.tree.map(lambda x: x * 2, params)
+    with pytest.raises(ValueError, match="other settings \\(params.*another OUTPUT_DIR"):
+        evaluate.predict_tasks(config, other, loaded, vocabulary, eval_config=eval_config, output_dir=tmp_path)
+
+
+def test_progress_reports_instances_per_second_and_eta_from_the_first_finished_instance():
+    from sciriff_jax.eval.progress import Progress
+
+    now, lines = [100.0], []
+    p = Progress(10, "mix", every_s=0.0, clock=lambda: now[0], out=lambda line, flush: lines.append(line))
+    now[0] = 160.0  # compiling took a minute
+    p.update(5)
+    for _ in range(4):
+        now[0] += 2.0
+        p.update(5)
+    assert lines[-1] == ("[eval] mix: 5/10 instances, 0.50 instances/s, 2.5 new tokens/s, ETA 0m10s, "
+                         "elapsed 1m08s")

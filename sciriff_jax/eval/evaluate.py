@@ -1,8 +1,10 @@
 """SciRIFF-Eval runs: decode a task or mixture's validation split with the model and score it.
 
 Raw examples come from `seqio_tasks.raw_examples`, prompts from `eval.prompts`, tokens from `eval.decode`,
-scores from `eval.metrics`, the model from `io.loader`. Outputs: one predictions JSONL per task (scorable
-later with `sciriff-jax score`), summary.json and summary.md. This module imports `seqio_tasks` (hence
+scores from `eval.metrics`, the model from `io.loader`. Every task of a mixture goes through one continuous
+batcher, so progress and ETA cover the whole mixture and no batch drains at a task's end. Outputs: one
+predictions JSONL per task (scorable later with `sciriff-jax score`; kept as they finish and resumed by a
+rerun, `eval.predictions`), summary.json and summary.md. This module imports `seqio_tasks` (hence
 TensorFlow) only when examples or prompts are needed, so the gin entry point starts without it.
 """
 from __future__ import annotations
@@ -15,11 +17,10 @@ from typing import Callable
 
 from sciriff_jax.eval import decode, metrics
 from sciriff_jax.eval import judge as judge_lib
+from sciriff_jax.eval.predictions import PredictionStore
+from sciriff_jax.eval.progress import Progress
 from sciriff_jax.io import loader, paths
 from sciriff_jax.parallel.sharding import MeshConfig, Sharding
-
-# Prompts are decoded in chunks of this many batches, longest first, so progress shows and OOM shows early.
-CHUNK_BATCHES = 4
 # Judge tasks keep the prompt text in their predictions file: the judge reads the title / question from it.
 JUDGE_SCORERS = ("qasper_abstractive_qa", "mup_single_document_summarization")
 
@@ -33,7 +34,8 @@ class EvalConfig:
     split: str = "validation"
     max_examples: int | None = None      # per task; None = all
     max_new_tokens: int = 1024
-    batch_size: int = 32
+    batch_size: int = 32                 # rows decoding at once (continuous batching slots)
+    kv_cache_bytes: int | None = None    # KV-cache budget per device; None: half of the free device memory
     template: str = loader.DEFAULT_TEMPLATE
     fewshot: dict | None = None          # None: the paper's ({"evidence_inference": 1})
 
@@ -56,58 +58,94 @@ def load_examples(task_names: list[str], split: str = "validation", max_examples
 
 def decode_texts(config, params, prompt_texts: list[str], vocabulary, *, max_new_tokens: int = 1024,
                  batch_size: int = 32, sharding: Sharding | None = None, bos_id: int | None = None,
-                 label: str = "") -> list[str]:
+                 label: str = "", kv_cache_bytes: int | None = None) -> list[str]:
     """Greedy-decode each rendered prompt; returns the answer texts in input order, printing progress."""
     from sciriff_jax.eval import prompts as prompts_lib
 
     prompts = prompts_lib.encode_prompts(prompt_texts, vocabulary, max_position=getattr(config, "max_position", 0),
                                          max_new_tokens=max_new_tokens, bos_id=bos_id, label=label)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    outputs: list = [None] * len(prompts)
-    chunk = max(1, batch_size * CHUNK_BATCHES)
-    started, new_tokens = time.time(), 0
-    for start in range(0, len(order), chunk):
-        idx = order[start : start + chunk]
-        generated = decode.generate(config, params, [prompts[i] for i in idx], max_new_tokens=max_new_tokens,
-                                    eos_id=vocabulary.eos_id, batch_size=batch_size, sharding=sharding)
-        for i, tokens in zip(idx, generated):
-            outputs[i] = [int(t) for t in tokens]
-            new_tokens += len(tokens)
-        elapsed = max(time.time() - started, 1e-9)
-        print(f"[eval] {label}: {min(start + chunk, len(order))}/{len(order)} examples, {new_tokens} new tokens, "
-              f"{new_tokens / elapsed:.1f} tok/s, {elapsed:.0f}s", flush=True)
-    return [_decode_answer(vocabulary, tokens) for tokens in outputs]
-
-
-def _decode_answer(vocabulary, tokens: list[int]) -> str:
-    eos = vocabulary.eos_id
-    if eos in tokens:
-        tokens = tokens[: tokens.index(eos)]
-    return vocabulary.decode(tokens)
+    progress = Progress(len(prompts), label)
+    generated = decode.generate(config, params, prompts, max_new_tokens=max_new_tokens, eos_id=vocabulary.eos_id,
+                                batch_size=batch_size, sharding=sharding, kv_cache_bytes=kv_cache_bytes,
+                                on_finish=lambda i, tokens: progress.update(len(tokens)))
+    return [vocabulary.decode(tokens) for tokens in generated]
 
 
 def predict_tasks(config, params, loaded: dict, vocabulary, *, eval_config: EvalConfig = EvalConfig(),
-                  sharding: Sharding | None = None, bos_id=None, output_dir=None) -> dict:
-    """{task: prediction records} for loaded examples; writes predictions/<task>.jsonl under output_dir."""
+                  sharding: Sharding | None = None, bos_id=None, output_dir=None, settings: dict | None = None,
+                  label: str = "") -> dict:
+    """{task: prediction records} for loaded examples, all tasks through one batcher; with output_dir, writes
+    predictions/<task>.jsonl (as each task completes) and resumes from what a stopped run left there.
+
+    `settings`: what identifies these predictions (checkpoint, decoding settings), kept beside them so a
+    rerun with other settings is refused rather than mixed in.
+    """
     from sciriff_jax.eval import prompts as prompts_lib
 
     fewshot = prompts_lib.PAPER_FEWSHOT if eval_config.fewshot is None else eval_config.fewshot
-    records = {}
+    store = None
+    if output_dir is not None:
+        store = PredictionStore(output_dir, {**(settings or {}), "params": params_digest(params),
+                                             "split": eval_config.split,
+                                             "max_new_tokens": eval_config.max_new_tokens,
+                                             "template": eval_config.template, "fewshot": fewshot})
+    records: dict[str, list] = {}
+    jobs = []  # (task, index, record without prediction, prompt tokens)
     for name, (examples, scorer) in loaded.items():
         texts = prompts_lib.build_prompts(examples, eval_config.template, fewshot.get(scorer, 0))
-        answers = decode_texts(config, params, texts, vocabulary, max_new_tokens=eval_config.max_new_tokens,
-                               batch_size=eval_config.batch_size, sharding=sharding, bos_id=bos_id, label=name)
-        records[name] = [
-            {"task": name, "scorer": scorer, "_instance_id": ex.get("_instance_id", f"{name}:{i}"), "output": ex["output"], "prediction": ans,
-             **({"input": ex["input"]} if scorer in JUDGE_SCORERS else {})}
-            for i, (ex, ans) in enumerate(zip(examples, answers))]
-        if output_dir is not None:
-            path = paths.resolve(output_dir) / "predictions" / f"{name}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records[name])
+        tokens = prompts_lib.encode_prompts(texts, vocabulary, max_position=getattr(config, "max_position", 0),
+                                            max_new_tokens=eval_config.max_new_tokens, bos_id=bos_id, label=name)
+        done = store.finished(name) if store is not None else {}
+        records[name] = [None] * len(examples)
+        for i, ex in enumerate(examples):
+            base = {"task": name, "scorer": scorer, "_instance_id": ex.get("_instance_id", f"{name}:{i}"),
+                    "output": ex["output"], **({"input": ex["input"]} if scorer in JUDGE_SCORERS else {})}
+            if base["_instance_id"] in done:
+                records[name][i] = done[base["_instance_id"]]
+            else:
+                jobs.append((name, i, base, tokens[i]))
+    left = {name: sum(r is None for r in rows) for name, rows in records.items()}
+    resumed = sum(len(rows) for rows in records.values()) - len(jobs)
+    if resumed:
+        print(f"[eval] resuming: {resumed} prediction(s) already in {store.dir} are kept; decoding {len(jobs)}", flush=True)
+
+    def complete(name):
+        if store is not None:
+            path = store.complete(name, records[name])
             print(f"[eval] {name}: wrote {len(records[name])} predictions to {path}", flush=True)
+
+    for name, n in left.items():
+        if n == 0:
+            complete(name)
+    progress = Progress(len(jobs), label or f"{len(loaded)} task(s)", resumed=resumed)
+
+    def on_finish(j, tokens):
+        name, i, base, _ = jobs[j]
+        records[name][i] = {**base, "prediction": vocabulary.decode(tokens)}
+        if store is not None:
+            store.add(name, records[name][i])
+        left[name] -= 1
+        if left[name] == 0:
+            complete(name)
+        progress.update(len(tokens), tasks_done=sum(n == 0 for n in left.values()))
+
+    decode.generate(config, params, [job[3] for job in jobs], max_new_tokens=eval_config.max_new_tokens,
+                    eos_id=vocabulary.eos_id, batch_size=eval_config.batch_size, sharding=sharding,
+                    kv_cache_bytes=eval_config.kv_cache_bytes, on_finish=on_finish)
     return records
+
+
+def params_digest(params) -> str:
+    """A short fingerprint of the weights (a slice of every leaf), so resumed predictions come from the same model."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.asarray(jax.device_get(leaf.reshape(-1)[:64]), np.float32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def score_records(records: dict, scorers: dict, *, judge=None) -> dict:
@@ -121,11 +159,13 @@ def score_records(records: dict, scorers: dict, *, judge=None) -> dict:
 
 
 def evaluate_tasks(config, params, task_names: list[str], vocabulary, *, eval_config: EvalConfig = EvalConfig(),
-                   judge=None, output_dir=None, sharding: Sharding | None = None, bos_id=None) -> dict:
+                   judge=None, output_dir=None, sharding: Sharding | None = None, bos_id=None,
+                   settings: dict | None = None) -> dict:
     """Decode and score tasks: per-task metrics + parse counts + the table mean; writes outputs to output_dir."""
     loaded = load_examples(task_names, eval_config.split, eval_config.max_examples)
     records = predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, sharding=sharding,
-                            bos_id=bos_id, output_dir=output_dir)
+                            bos_id=bos_id, output_dir=output_dir, settings=settings,
+                            label=eval_config.mixture_or_task_name or "")
     summary = score_records(records, {name: scorer for name, (_, scorer) in loaded.items()}, judge=judge)
     if output_dir is not None:
         write_summary(summary, output_dir)
@@ -181,7 +221,8 @@ def make_eval_hook(eval_config: EvalConfig, *, config, vocabulary, sharding: Sha
     def hook(params, step: int) -> dict:
         step_dir = None if output_dir is None else paths.resolve(output_dir) / f"step_{step}"
         records = predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, sharding=sharding,
-                                bos_id=bos_id, output_dir=step_dir)
+                                bos_id=bos_id, output_dir=step_dir, settings={"step": step},
+                                label=f"{eval_config.mixture_or_task_name} step {step}")
         summary = score_records(records, scorers)
         if step_dir is not None:
             write_summary(summary, step_dir)
@@ -230,7 +271,8 @@ def evaluate_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig()
     model, sharding = load_checkpoint(checkpoint_path, vocabulary_path, dtype, eval_config, mesh)
     with sharding.context() if sharding is not None else contextlib.nullcontext():
         summary = evaluate_tasks(model.config, model.params, names, model.vocabulary, eval_config=eval_config,
-                                 judge=judge, output_dir=out, bos_id=model.bos_id, sharding=sharding)
+                                 judge=judge, output_dir=out, bos_id=model.bos_id, sharding=sharding,
+                                 settings={"checkpoint": str(checkpoint_path), "dtype": dtype})
     print(summary_markdown(summary), flush=True)
     return summary
 
@@ -245,5 +287,6 @@ def infer_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), o
     loaded = load_examples(names, eval_config.split, eval_config.max_examples)
     with sharding.context() if sharding is not None else contextlib.nullcontext():
         records = predict_tasks(model.config, model.params, loaded, model.vocabulary, eval_config=eval_config,
-                                bos_id=model.bos_id, output_dir=out, sharding=sharding)
+                                bos_id=model.bos_id, output_dir=out, sharding=sharding,
+                                settings={"checkpoint": str(checkpoint_path), "dtype": dtype}, label=name)
     return {"output_dir": str(out), "predictions": {name: len(rows) for name, rows in records.items()}}
