@@ -1,7 +1,7 @@
 """The two places we rely on gin internals, wrapped here and pinned by tests/test_gin_compat.py.
 
-gin-config 0.5.0 has no public API to (a) list the macros a set of files defines, which `--gin.NAME=...`
-validation and "required macro not set" errors need, or (b) skip a plain directory during include search
+gin-config 0.5.0 has no public API to (a) list the macros a set of files defines and the macros each binding
+names, which `--gin.NAME=...` validation, "required macro not set" and "macro never used" errors need, or (b) skip a plain directory during include search
 (gin tries every include as a package resource too, and crashes on a namespace package without a file).
 Both use private names; the pinned gin version (pyproject.toml) and the test say when that breaks.
 """
@@ -19,6 +19,40 @@ def defined_macros() -> dict[str, object]:
     # gin keeps macros as bindings of the pseudo-configurable `gin.macro`, scoped by macro name.
     return {scope: params.get("value") for (scope, selector), params in gin_config._CONFIG.items()
             if selector == "gin.macro"}
+
+
+def macro_references() -> dict[str, set[str]]:
+    """The macros each parsed binding names: {macro name or "scope/selector": {macro names}}."""
+    out: dict[str, set[str]] = {}
+    for (scope, selector), params in gin_config._CONFIG.items():
+        key = scope if selector == "gin.macro" else f"{scope}/{selector}"
+        found, todo = out.setdefault(key, set()), list(params.values())
+        while todo:
+            value = todo.pop()
+            if isinstance(value, gin_config.ConfigurableReference) and value.selector == "gin.macro":
+                found.add(value.scoped_selector.rsplit("/", 1)[0])  # "%NAME" is a reference to "NAME/gin.macro"
+            elif isinstance(value, dict):
+                todo.extend(value.values())
+            elif isinstance(value, (list, tuple, set)):
+                todo.extend(value)
+    return out
+
+
+def resolve_macro(value: object, macros: dict[str, object]) -> object:
+    """A macro's value with `%OTHER` references followed (MESH_SHAPE = %MESH_V5P_128 -> the dict)."""
+    seen = set()
+    while isinstance(value, gin_config.ConfigurableReference) and value.selector == "gin.macro":
+        name = value.scoped_selector.rsplit("/", 1)[0]
+        if name in seen or name not in macros:
+            break
+        seen.add(name)
+        value = macros[name]
+    return value
+
+
+def is_reference(value: object) -> bool:
+    """True for a value gin computes when a binding is used (`@fn()`, `%gin.REQUIRED`), not a literal."""
+    return isinstance(value, gin_config.ConfigurableReference)
 
 
 def is_required(value: object) -> bool:
@@ -43,4 +77,6 @@ def tolerate_plain_directories_in_include_search() -> None:
     readers[:] = [(read, exists if check is resource_reader.system_path_file_exists else check) for read, check in readers]
 
 
-__all__ = ["gin", "PINNED_GIN_VERSION", "defined_macros", "is_required", "tolerate_plain_directories_in_include_search"]
+__all__ = ["gin", "PINNED_GIN_VERSION", "defined_macros", "macro_references", "resolve_macro", "is_reference",
+           "is_required",
+           "tolerate_plain_directories_in_include_search"]

@@ -6,6 +6,7 @@ Run files (gin_configs/runs/*.gin) set `run.modes` (train, eval, infer, in order
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import pathlib
@@ -19,6 +20,8 @@ from sciriff_jax.io.checksums import CorruptCheckpointError
 from sciriff_jax.io.run_lock import LockLostError, RunLockedError
 from sciriff_jax.parallel import distributed
 from sciriff_jax.run import gin_compat, gin_setup
+from sciriff_jax.train.finetune import RunConfigError
+from sciriff_jax.run import macros as macro_checks
 
 # Quiet TensorFlow's C++ start-up chatter (the data layer imports it); set before TF loads.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -99,10 +102,25 @@ def load_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths:
             gin.parse_config(binding)
         except (ValueError, SyntaxError) as err:
             raise GinConfigError(f"--gin.{binding}: {err}") from err
-    missing = sorted(name for name, value in gin_compat.defined_macros().items() if gin_compat.is_required(value))
+    macros = gin_compat.defined_macros()
+    missing = sorted(name for name, value in macros.items() if gin_compat.is_required(value))
     if missing:
         hint = " ".join(f'--gin.{m}=...' for m in missing)
         raise GinConfigError(f"required gin macro(s) not set: {', '.join(missing)} (pass e.g. {hint})")
+    never_used = macro_checks.unused(macros, gin_compat.macro_references())
+    if never_used:
+        used = sorted(set(macros) - set(never_used))
+        named = ", ".join(n + "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(n, used, 1))
+                          for n in never_used)
+        raise GinConfigError(
+            f"gin macro(s) set but never used by any binding: {named}, in {', '.join(gin_files)} or their includes. "
+            "gin ignores such a macro silently (a misspelt name would change nothing): fix or remove it; an "
+            "experiment's alternatives for --gin.NAME=%ALTERNATIVE belong in PRESETS = [...].")
+    try:
+        macro_checks.validate({n: gin_compat.resolve_macro(v, macros) for n, v in macros.items()},
+                              skip=gin_compat.is_reference)
+    except macro_checks.MacroError as err:
+        raise GinConfigError(str(err)) from None
 
 
 @gin.configurable
@@ -134,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     distributed.maybe_initialize()
     try:
         results = run(modes=flags.mode) if flags.mode else run()
-    except (CorruptCheckpointError, RunLockedError, LockLostError) as err:  # the message is the whole story
+    except (CorruptCheckpointError, RunLockedError, LockLostError, RunConfigError) as err:  # the message says all
         print(f"error: {err}", file=sys.stderr)
         return 2
     summary = summarize(results)

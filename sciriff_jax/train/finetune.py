@@ -24,6 +24,10 @@ from sciriff_jax.train.optim import OptimizerConfig
 from sciriff_jax.train.step import make_loss_fn
 
 
+class RunConfigError(ValueError):
+    """Settings that cannot work together on this run's devices; the message names the gin macros."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How long and how a run trains, where it writes, and what it starts from (gin: `TrainConfig.*`)."""
@@ -158,9 +162,13 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
                             microbatches=train.microbatches)
     sharding = run_setup.sharding
     if batch_size % (train.microbatches * sharding.data_parallel):
-        _log(f"WARNING: BATCH_SIZE={batch_size} / MICROBATCHES={train.microbatches} rows per forward pass do not "
-             f"split evenly over the {sharding.data_parallel} data-parallel devices; XLA will replicate work. "
-             "Use a multiple.")
+        # Before any batch is built: an uneven split would only fail later, inside the data feed or XLA.
+        per_pass, dp = batch_size / train.microbatches, sharding.data_parallel
+        raise RunConfigError(
+            f"BATCH_SIZE={batch_size} / MICROBATCHES={train.microbatches} = {per_pass:g} rows per forward pass do not "
+            f"divide over the {dp} data-parallel devices (data x fsdp of mesh {dict(sharding.mesh.shape)}, "
+            f"MESH_LAYOUT={sharding.layout!r}). Use a BATCH_SIZE that is a multiple of MICROBATCHES x {dp} "
+            f"(e.g. {train.microbatches * dp * max(1, round(per_pass / dp))}), or another MESH_SHAPE.")
     batches = data.batches(sharding=sharding.batch, global_batch_size=batch_size, seed=train.seed,
                            vocab_size=config.vocab_size)
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
