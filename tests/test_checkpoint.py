@@ -241,3 +241,29 @@ def test_nonfinite_stop_names_the_newest_checkpoint_that_still_verifies(tmp_path
         loop.train_loop(step_fn=step_fn, params=p, opt_state=tx.init(p), batches=Batches(), train_steps=6,
                         checkpointer=mgr)
     mgr.close()
+
+
+def test_eval_and_export_of_a_corrupt_checkpoint_exit_with_an_error_naming_the_file(tmp_path, capsys):
+    from sciriff_jax.run import cli
+
+    _train_dir(tmp_path / "run", steps=(2,))
+    bad = _largest_file(tmp_path / "run" / "checkpoints" / "2" / "params")
+    _flip_bytes(bad)
+    assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 2
+    assert f"{os.path.relpath(bad, tmp_path / 'run' / 'checkpoints' / '2')}: contents changed" in capsys.readouterr().err
+    assert not (tmp_path / "hf" / "config.json").exists()
+    assert cli.main(["eval", f'--gin.CHECKPOINT_PATH="{tmp_path / "run"}"', '--gin.MIXTURE_OR_TASK_NAME="sciriff_sample"',
+                     "--gin.MAX_EXAMPLES=1", f'--gin.OUTPUT_DIR="{tmp_path / "eval"}"']) == 2
+    assert "failed verification" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_verify_lists_each_step_and_fails_on_a_corrupt_one(tmp_path, capsys):
+    from sciriff_jax.run import cli
+
+    _train_dir(tmp_path, steps=(2, 4))
+    assert cli.main(["verify", str(tmp_path)]) == 0
+    _flip_bytes(_largest_file(tmp_path / "checkpoints" / "4" / "params"))
+    assert cli.main(["verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path}/checkpoints/2: ok" in out and f"{tmp_path}/checkpoints/4: CORRUPT: " in out

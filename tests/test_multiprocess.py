@@ -61,6 +61,15 @@ def test_two_processes_with_4_devices_each_match_one_process_with_8(tmp_path):
         assert multi[step] == pytest.approx(one[step], rel=1e-5), (step, multi, one)
     assert len(set(one.values())) > 1  # training moved the loss
     assert (tmp_path / "multi" / "checkpoints" / str(TRAIN_STEPS)).is_dir()
+    # one run lock, taken by process 0 alone; each process sealed its share of every checkpoint's files
+    from sciriff_jax.io import checkpoint, run_lock
+
+    assert run_lock.read_holder(tmp_path / "multi")["pid"] == procs[0].pid
+    assert len(os.listdir(tmp_path / "multi" / "run.lock")) == 1
+    step_dir = tmp_path / "multi" / "checkpoints" / str(TRAIN_STEPS)
+    assert sorted(p.name for p in step_dir.glob("sciriff_checksums-*")) == [
+        "sciriff_checksums-00000-of-00002.json", "sciriff_checksums-00001-of-00002.json"]
+    assert checkpoint.checksums.verify(step_dir) is None
 
 
 def test_cluster_env_reads_coordinator_variables_and_slurm():
