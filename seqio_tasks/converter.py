@@ -17,6 +17,7 @@ import tensorflow as tf
 # token, because SeqIO's packer and trimming measure a feature's length by its non-zero entries.
 INPUTS_LOSS_MASK = "inputs_loss_mask"
 _ROW_MASK = "loss_mask"  # the row's 1/2 mask while packing (internal to this converter)
+_ROW_INPUTS = "row_inputs"  # the row's model inputs while packing (internal)
 OVERLONG_POLICIES = ("truncate", "drop")
 # (label, "truncated" | "dropped") -> count of over-long rows seen by this process's pipelines.
 OVERLONG_COUNTS: dict[tuple[str, str], int] = {}
@@ -65,13 +66,19 @@ class ChatFeatureConverter(seqio.FeatureConverter):
         return int(self.row_length or task_feature_lengths["inputs"] + task_feature_lengths["targets"])
 
     def _join(self, ex: Mapping[str, tf.Tensor]) -> dict:
+        """One document: its tokens as model inputs (all but the last) and as targets (all but the first).
+
+        The first token (BOS where the vocabulary has one) is an input only: position 0 holds it, as at eval
+        time and as open-instruct trained SciTulu; no extra start token is put before a document.
+        """
         inputs, targets = ex["inputs"], ex["targets"]
         if INPUTS_LOSS_MASK in ex:  # trimmed with `inputs` only when SeqIO trims it: cut it to match
             in_mask = ex[INPUTS_LOSS_MASK][: tf.size(inputs)]
         else:
             in_mask = tf.ones_like(inputs)
-        return {"targets": tf.concat([inputs, targets], 0),
-                _ROW_MASK: tf.concat([in_mask, tf.fill(tf.shape(targets), 2)], 0)}
+        tokens = tf.concat([inputs, targets], 0)
+        mask = tf.concat([in_mask, tf.fill(tf.shape(targets), 2)], 0)
+        return {"targets": tokens[1:], _ROW_INPUTS: tokens[:-1], _ROW_MASK: mask[1:]}
 
     def _apply_overlong(self, ds: tf.data.Dataset, row: int) -> tf.data.Dataset:
         kind = "dropped" if self.overlong == "drop" else "truncated"
@@ -82,7 +89,7 @@ class ChatFeatureConverter(seqio.FeatureConverter):
             tf.cond(too_long, lambda: tf.py_function(_count(self.label, kind), [], tf.bool), lambda: tf.constant(True))
             return tf.logical_not(too_long) if self.overlong == "drop" else tf.constant(True)
 
-        ds = ds.filter(keep)
+        ds = ds.filter(lambda x: tf.size(x["targets"]) > 0).filter(keep)
         return ds.map(lambda x: {k: v[:row] for k, v in x.items()}, num_parallel_calls=tf.data.AUTOTUNE)
 
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict:
@@ -94,9 +101,8 @@ class ChatFeatureConverter(seqio.FeatureConverter):
             segment_ids, positions = nonpad, tf.range(tf.size(targets), dtype=tf.int32) * nonpad
         return {
             "decoder_target_tokens": targets,
-            # Shifted right within each document, so no token sees the previous document's last token.
-            "decoder_input_tokens": seqio.utils.make_autoregressive_inputs(
-                targets, sequence_id=segment_ids, bos_id=self.bos_id),
+            # Each document's own tokens shifted by one: no token sees the previous document's last token.
+            "decoder_input_tokens": features[_ROW_INPUTS],
             "decoder_loss_weights": tf.cast(tf.equal(features[_ROW_MASK], 2), tf.int32),
             "decoder_segment_ids": segment_ids,
             "decoder_positions": positions,
@@ -106,7 +112,7 @@ class ChatFeatureConverter(seqio.FeatureConverter):
         row = self._row(task_feature_lengths)
         ds = ds.map(self._join, num_parallel_calls=tf.data.AUTOTUNE)
         ds = self._apply_overlong(ds, row)
-        ds = self._pack_or_pad(ds, {"targets": row, _ROW_MASK: row})
+        ds = self._pack_or_pad(ds, {"targets": row, _ROW_INPUTS: row, _ROW_MASK: row})
         return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:

@@ -104,9 +104,10 @@ def test_chat_data_trains_on_every_assistant_turn(tmp_path):
     seqio_tasks.configure(tulu_path=str(tmp_path / "tulu.jsonl"))
     b = _first(f"{TEST_SET}_tulu_v2_chat", shuffle=False, pack=False, batch_size=1)
     ids, mask = render.tokenize_messages(msgs, seqio_tasks.get_vocabulary())
-    n = len(ids)
-    assert b["decoder_target_tokens"][0, :n].tolist() == ids
-    assert b["decoder_loss_weights"][0, :n].tolist() == mask
+    n = len(ids) - 1  # the model reads all but the last token and predicts all but the first
+    assert b["decoder_input_tokens"][0, :n].tolist() == ids[:-1]
+    assert b["decoder_target_tokens"][0, :n].tolist() == ids[1:]
+    assert b["decoder_loss_weights"][0, :n].tolist() == mask[1:]
 
 
 def test_scitulu_chat_rows_follow_the_science_count_and_ratio(tmp_path):
@@ -133,4 +134,4 @@ def test_train_mix_source_reads_a_local_parquet(tmp_path):
     seqio_tasks.configure(train_mix_path=str(tmp_path / "train-00000-of-00001.parquet"))
     b = _first(f"{TEST_SET}_train_mix", shuffle=False, pack=False, batch_size=1)
     ids, mask = render.tokenize_messages(msgs, seqio_tasks.get_vocabulary())
-    assert b["decoder_target_tokens"][0, :len(ids)].tolist() == ids
+    assert b["decoder_target_tokens"][0, :len(ids) - 1].tolist() == ids[1:]

@@ -52,7 +52,9 @@ def _local(q, k, v, seg, *, causal: bool, interpret: bool):
     b, length, h, d = q.shape
     kvh = k.shape[2]
     g = h // kvh
-    kernel = _kernel(length, g, causal, interpret)
+    # Built eagerly even inside a trace: the kernel object is cached across calls, so it must hold no tracers.
+    with jax.ensure_compile_time_eval():
+        kernel = _kernel(length, g, causal, interpret)
     # Splash does not scale the logits itself.
     qh = (q * (d ** -0.5)).reshape(b, length, kvh, g, d).transpose(0, 2, 3, 1, 4)  # [B, KV, G, L, D]
     kh = k.transpose(0, 2, 1, 3)  # [B, KV, L, D]
