@@ -8,7 +8,8 @@ from seqio_tasks import mixtures, tasks
 from seqio_tasks.catalog import EVAL_TASKS, FAMILIES, TASKS, TaskInfo, get_task_info
 from seqio_tasks.converter import OVERLONG_COUNTS, ChatFeatureConverter
 from seqio_tasks.datasets import get_dataset, get_provider, raw_examples, task_names
-from seqio_tasks.render import render_prompt, tokenize_messages
+from seqio_tasks.hf_vocab import HFTokenizerVocabulary
+from seqio_tasks.render import render_prompt, split_chat, tokenize_messages
 from seqio_tasks.sample import SAMPLE_TASKS, sample_path
 from seqio_tasks.tasks import SETTINGS, TASK_SETS, TaskSet
 from seqio_tasks.vocab import get_vocabulary
@@ -16,17 +17,19 @@ from seqio_tasks.vocab import get_vocabulary
 
 def register(prefix: str, vocabulary, template: str | None = None) -> TaskSet:
     """Register every task and mixture again under `prefix` (e.g. `mymodel_4096_scierc_ner`, `mymodel_sample`)
-    with `vocabulary` (a seqio.Vocabulary or a SentencePiece .model path) and `template` (render.TEMPLATES;
-    None: SETTINGS.template). The default `sciriff_*` set is left as it is."""
+    with `vocabulary` (a seqio.Vocabulary, a SentencePiece .model, a Hugging Face tokenizer.json or a directory
+    holding one) and `template` (render.TEMPLATES, "model" for the vocabulary's own chat template, or a .jinja
+    path; None: SETTINGS.template). The default `sciriff_*` set is left as it is."""
     from seqio_tasks import render
 
     if not prefix or not prefix.replace("_", "").isalnum():
         raise ValueError(f"register(prefix={prefix!r}): use letters, digits and underscores")
-    if template is not None:
-        render.get_template(template)  # fails early on a typo
     vocab = get_vocabulary(vocabulary) if vocabulary is not None else None
     if vocab is None:
-        raise ValueError(f"register(prefix={prefix!r}) needs a vocabulary (a seqio.Vocabulary or a .model path)")
+        raise ValueError(f"register(prefix={prefix!r}) needs a vocabulary (a seqio.Vocabulary, a .model or "
+                         "tokenizer.json path, or a tokenizer directory)")
+    if template is not None:
+        render.check_template(render.resolve(template, vocab), vocab)  # fails early: a typo, no assistant turns
     task_set = TaskSet(prefix, vocab, vocab, template)
     _register(task_set)
     return task_set
@@ -38,10 +41,11 @@ def configure(*, template=None, overlong=None, tulu_path=None, train_mix_path=No
     re-registers its tasks, saying so; SciTulu / rate changes re-register tasks or mixtures with the same
     vocabulary."""
     from seqio_tasks import render, sources
+    from seqio_tasks import vocab as vocab_lib
     from seqio_tasks.converter import OVERLONG_POLICIES
 
     if template is not None:
-        render.get_template(template)  # fails early on a typo
+        render.check_template_name(template)  # fails early on a typo
         SETTINGS.template = template
     if overlong is not None:
         if overlong not in OVERLONG_POLICIES:
@@ -57,7 +61,8 @@ def configure(*, template=None, overlong=None, tulu_path=None, train_mix_path=No
     if vocab_path is not None:
         SETTINGS.vocab_path = vocab_path
         current = tasks.default_task_set()
-        print(f"seqio_tasks: sciriff_* tasks now use the vocabulary {_describe(current.vocabulary)}", flush=True)
+        print(f"seqio_tasks: sciriff_* tasks now use the vocabulary {vocab_lib.describe(current.vocabulary)}",
+              flush=True)
     if scitulu_per_task is not None:
         SETTINGS.scitulu_per_task = scitulu_per_task
     if train_rate_cap is not None:
@@ -68,10 +73,6 @@ def configure(*, template=None, overlong=None, tulu_path=None, train_mix_path=No
         _register(current)
     elif train_rate_cap is not None:
         _register_mixtures(current.prefix)
-
-
-def _describe(vocab) -> str:
-    return getattr(vocab, "sentencepiece_model_file", None) or type(vocab).__name__
 
 
 def _register(task_set: TaskSet) -> None:

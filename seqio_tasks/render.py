@@ -1,46 +1,193 @@
-"""Chat templates -> text segments -> token ids + per-token loss mask (loss on assistant turns and their EOS).
+"""Chat templates -> one text per conversation -> token ids in one pass + the loss mask on assistant turns.
 
-One template table drives both implementations: the Python one (prompts for decoding, `data show`, tests)
-and the TensorFlow one (the SeqIO pipeline), so training and evaluation tokenise prompts identically:
-the tokens of a prompt are `prompt_ids(text, vocab)` (= [BOS, if the vocabulary has one] +
-`vocab.encode(render_prompt(text))`), and each assistant turn is `vocab.encode(answer) + [EOS]`.
+A conversation is rendered to a single string (the built-in templates below, or the model's own Jinja template,
+`chat_template.py`) and tokenized in one pass, as open-instruct and transformers do: no segment is tokenized on
+its own, so no answer starts with a piece (SentencePiece's `▁`) that the one-pass text would not have. The loss
+covers each assistant turn's content and its end-of-turn token: the turn starts where
+`render(messages[:i], add_generation_prompt=True)` ends and stops after the last special token of
+`render(messages[:i + 1])`; both must be prefixes of the whole text at token boundaries, else the template is
+refused (TemplateError). The TensorFlow pipeline runs this same code through `tf.numpy_function`.
 """
-import dataclasses
+from __future__ import annotations
 
-import tensorflow as tf
+import dataclasses
+import os
+import re
+
+import numpy as np
+
+from seqio_tasks.chat_template import JinjaTemplate, TemplateError, read_template
 
 ROLES = ("system", "user", "assistant")
+MODEL_TEMPLATE = "model"  # the chat template shipped with the vocabulary (tokenizer_config.json / .jinja)
 
 
 @dataclasses.dataclass(frozen=True)
 class Template:
-    """Per role: text before a turn (first turn of a conversation / later turns) and after it."""
+    """A built-in template: per role the text before and after its (stripped) content; `{eos}` / `{bos}` are the
+    vocabulary's tokens. `generation` opens the assistant turn; `adds_bos`: the tokenizer's BOS goes first."""
 
-    first: dict
-    later: dict
-    suffix: dict
+    name: str
+    roles: dict
+    generation: str
+    adds_bos: bool = True
+    strip_text: bool = False   # strip the whole text (open-instruct's encode_with_messages_format does)
+    bos: str = ""
+    eos: str = "</s>"
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """The conversation's text; with `add_generation_prompt` it ends where the next answer starts."""
+        parts, tokens = [], {"eos": self.eos, "bos": self.bos}
+        for i, m in enumerate(messages):
+            prefix, suffix = self.roles[_role(m, i)]
+            content = m["content"].strip()
+            if self.name == "llama2" and m["role"] == "system":
+                continue  # Llama-2 chat folds the system prompt into the first user turn
+            if self.name == "llama2" and m["role"] == "user" and i and messages[i - 1]["role"] == "system":
+                content = f"<<SYS>>\n{messages[i - 1]['content'].strip()}\n<</SYS>>\n\n{content}"
+            parts.append(prefix.format_map(tokens) + content + suffix.format_map(tokens))
+        text = "".join(parts)
+        if add_generation_prompt:
+            return text + self.generation
+        return text.strip() if self.strip_text else text
+
+
+def _role(m: dict, i: int) -> str:
+    role = m.get("role")
+    if role not in ROLES:
+        raise ValueError(f"message {i} has role {role!r}; expected one of {ROLES}")
+    return role
 
 
 TEMPLATES = {
-    # Tulu: <|user|>\n{input}\n<|assistant|>\n{output}</s>, turns separated by "\n".
-    "tulu": Template(first={"system": "<|system|>\n", "user": "<|user|>\n", "assistant": ""},
-                     later={"system": "\n<|system|>\n", "user": "\n<|user|>\n", "assistant": ""},
-                     suffix={"system": "\n", "user": "\n<|assistant|>\n", "assistant": ""}),
-    # Llama-2 chat: [INST] {input} [/INST] {output}</s> (no BOS: the vocabularies here have none by default).
-    "llama2": Template(first={"system": "[INST] <<SYS>>\n", "user": "[INST] ", "assistant": ""},
-                       later={"system": "[INST] <<SYS>>\n", "user": "[INST] ", "assistant": ""},
-                       suffix={"system": "\n<</SYS>>\n\n", "user": " [/INST] ", "assistant": ""}),
-    "plain": Template(first={"system": "", "user": "", "assistant": ""},
-                      later={"system": "\n\n", "user": "\n\n", "assistant": ""},
-                      suffix={"system": "\n\n", "user": "\n\n", "assistant": ""}),
+    # open-instruct's encode_with_messages_format (Tulu 2, SciTulu): contents stripped, the whole text stripped.
+    "tulu": Template("tulu", {"system": ("<|system|>\n", "\n"), "user": ("<|user|>\n", "\n"),
+                              "assistant": ("<|assistant|>\n", "{eos}\n")}, "<|assistant|>\n", strip_text=True),
+    # Llama-2 chat as its Hugging Face template writes it: <s>[INST] <<SYS>>..<</SYS>>\n\nQ [/INST] A </s>
+    "llama2": Template("llama2", {"system": ("", ""), "user": ("{bos}[INST] ", " [/INST]"),
+                                  "assistant": (" ", " {eos}")}, "", adds_bos=False),
+    "plain": Template("plain", {"system": ("", "\n\n"), "user": ("", "\n\n"), "assistant": ("", "{eos}\n\n")}, ""),
 }
+BUILTIN = tuple(TEMPLATES)
 
 
 def get_template(name: str) -> Template:
-    """The chat template called `name` (tulu, llama2, plain)."""
+    """The built-in chat template called `name` (tulu, llama2, plain)."""
     if name not in TEMPLATES:
-        raise ValueError(f"unknown chat template {name!r}; expected one of {sorted(TEMPLATES)}")
+        raise ValueError(f"unknown chat template {name!r}; expected one of {sorted(TEMPLATES)}, {MODEL_TEMPLATE!r} "
+                         "(the vocabulary's own chat template) or a path to a .jinja / tokenizer_config.json file "
+                         "or a Hugging Face directory")
     return TEMPLATES[name]
+
+
+def check_template_name(template) -> None:
+    """Fail early on a template that names nothing (a typo, a missing file)."""
+    if isinstance(template, (Template, JinjaTemplate)) or template in TEMPLATES or template == MODEL_TEMPLATE:
+        return
+    if isinstance(template, (str, os.PathLike)) and os.path.exists(template):
+        return
+    get_template(str(template))
+
+
+# --- vocabulary side: special token texts and one-pass encoding -----------------------------------------
+
+
+def token_text(vocab, token_id) -> str:
+    """The text of a special token ("" for None / a negative id)."""
+    if token_id is None or token_id < 0:
+        return ""
+    if hasattr(vocab, "token_text"):
+        return vocab.token_text(token_id)
+    if hasattr(vocab, "tokenizer"):  # seqio.SentencePieceVocabulary
+        return vocab.tokenizer.id_to_piece(int(token_id))
+    raise TypeError(f"{type(vocab).__name__}: cannot spell token {token_id} as text; use a SentencePiece .model, "
+                    "a Hugging Face tokenizer.json or a seqio.SentencePieceVocabulary")
+
+
+def _specials(vocab) -> dict[str, int]:
+    """Special token text -> id for vocabularies whose encoder would spell them out (SentencePiece)."""
+    out = {}
+    for token_id in (vocab.eos_id, vocab.bos_id):
+        text = token_text(vocab, token_id)
+        if text:
+            out[text] = token_id
+    return out
+
+
+def encode_text(vocab, text: str) -> list[int]:
+    """Token ids of `text` in one pass, special tokens written in it (`</s>`, `<|im_end|>`) as their ids."""
+    if hasattr(vocab, "special_texts"):  # a Hugging Face tokenizer matches its added tokens itself
+        return list(vocab.encode(text))
+    specials = _specials(vocab)
+    if not specials:
+        return list(vocab.encode(text))
+    ids = []
+    # SentencePiece treats control pieces in text as plain characters: split there, as transformers' slow
+    # tokenizers do, so `</s>` is the EOS id and the text between is one pass each.
+    for i, chunk in enumerate(re.split("(" + "|".join(map(re.escape, specials)) + ")", text)):
+        if i % 2:
+            ids.append(specials[chunk])
+        elif chunk:
+            ids.extend(vocab.encode(chunk))
+    return ids
+
+
+def vocab_adds_bos(vocab) -> bool:
+    """Whether the vocabulary's tokenizer puts BOS first (Hugging Face: as transformers; SentencePiece: a BOS piece)."""
+    if hasattr(vocab, "adds_bos"):
+        return bool(vocab.adds_bos)
+    bos = vocab.bos_id
+    return bos is not None and bos >= 0
+
+
+def bos_ids(vocab, template=None) -> list[int]:
+    """[BOS] where training puts the tokenizer's BOS before a conversation in `template`, else []."""
+    if template is not None and not resolve(template, vocab).adds_bos:
+        return []
+    return [vocab.bos_id] if vocab_adds_bos(vocab) else []
+
+
+def end_of_turn_texts(vocab, template) -> list[str]:
+    """Texts that may close an assistant turn: EOS (and, for the model's own template, any special token)."""
+    texts = [token_text(vocab, vocab.eos_id)]
+    if isinstance(template, JinjaTemplate) and hasattr(vocab, "special_texts"):
+        texts += [token_text(vocab, i) for i in vocab.end_of_turn_ids()] + vocab.special_texts()
+    return [t for t in dict.fromkeys(texts) if t]
+
+
+def resolve(template, vocab):
+    """A renderable template for `vocab`: a built-in name, "model" (the vocabulary's own), a .jinja /
+    tokenizer_config.json file or a tokenizer directory, or a Template / JinjaTemplate."""
+    if isinstance(template, JinjaTemplate):
+        return template
+    if isinstance(template, Template):
+        return dataclasses.replace(template, bos=token_text(vocab, vocab.bos_id),
+                                   eos=token_text(vocab, vocab.eos_id))
+    if template in TEMPLATES:
+        return resolve(TEMPLATES[template], vocab)
+    specials = {f"{k}_token": token_text(vocab, i) for k, i in
+                (("bos", vocab.bos_id), ("eos", vocab.eos_id), ("unk", vocab.unk_id), ("pad", vocab.pad_id))}
+    if template == MODEL_TEMPLATE:
+        source = getattr(vocab, "chat_template", None)
+        if not source:
+            raise TemplateError(
+                f"template {MODEL_TEMPLATE!r} means the vocabulary's own chat template, but {vocab!r} ships none "
+                "(no chat_template in tokenizer_config.json, no chat_template.jinja). Set the template "
+                f"(TEMPLATE / configure(template=...)) to one of {sorted(TEMPLATES)} or a .jinja file.")
+        return JinjaTemplate(source, specials, MODEL_TEMPLATE)
+    path = os.fspath(template)
+    if os.path.isfile(path) and not path.endswith(".json"):
+        return JinjaTemplate(open(path, encoding="utf-8").read(), specials, path)
+    if os.path.exists(path):
+        source = read_template(path if os.path.isdir(path) else os.path.dirname(path))
+        if not source:
+            raise TemplateError(f"{path}: no chat template there (chat_template.jinja or tokenizer_config.json "
+                                "'chat_template')")
+        return JinjaTemplate(source, specials, path)
+    get_template(path)  # raises, listing the choices
+
+
+# --- conversations -> ids ---------------------------------------------------------------------------------
 
 
 def single_turn(user_text: str, answer: str) -> list[dict]:
@@ -48,39 +195,90 @@ def single_turn(user_text: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
 
 
-def render_segments(messages: list[dict], template: str = "tulu") -> list[tuple[str, bool]]:
-    """Messages -> [(text, is_assistant)]: the text of each turn with the template's markers around it."""
-    t = get_template(template)
-    out = []
-    for i, m in enumerate(messages):
-        role = m.get("role")
-        if role not in ROLES:
-            raise ValueError(f"message {i} has role {role!r}; expected one of {ROLES}")
-        prefix = (t.first if i == 0 else t.later)[role]
-        out.append((prefix + m["content"] + t.suffix[role], role == "assistant"))
-    return out
-
-
-def render_prompt(user_text: str, template: str = "tulu") -> str:
+def render_prompt(user_text: str, template="tulu", vocab=None) -> str:
     """The generation prompt for one user turn, ending where the assistant's answer starts."""
-    (text, _), = render_segments([{"role": "user", "content": user_text}], template)
-    return text
+    t = resolve(template, vocab) if vocab is not None else get_template(template)
+    return t.render([{"role": "user", "content": user_text}], add_generation_prompt=True)
 
 
-def render_text(messages: list[dict], template: str = "tulu", eos: str = "</s>") -> str:
-    """The whole conversation as one string, with `eos` written after each assistant turn (for display)."""
-    return "".join(text + (eos if loss else "") for text, loss in render_segments(messages, template))
+def render_text(messages: list[dict], template="tulu", vocab=None) -> str:
+    """The whole conversation as one string (what is tokenized)."""
+    t = resolve(template, vocab) if vocab is not None else get_template(template)
+    return t.render(messages)
 
 
-def bos_ids(vocab) -> list[int]:
-    """[BOS] for vocabularies that define one (Llama-2's), else [] (the sample vocabulary has none)."""
-    bos = vocab.bos_id
-    return [bos] if bos is not None and bos >= 0 else []
-
-
-def prompt_ids(user_text: str, vocab, template: str = "tulu") -> list[int]:
+def prompt_ids(user_text: str, vocab, template="tulu") -> list[int]:
     """The token ids training puts before an answer: what decoding should be fed for one user turn."""
-    return bos_ids(vocab) + list(vocab.encode(render_prompt(user_text, template)))
+    t = resolve(template, vocab)
+    return bos_ids(vocab, t) + encode_text(vocab, t.render([{"role": "user", "content": user_text}], True))
+
+
+@dataclasses.dataclass
+class Encoded:
+    """A tokenized conversation: ids, loss mask, assistant token spans [(start, end)], the text, and per assistant
+    turn the characters (start, end of its content, end of its end-of-turn token)."""
+
+    ids: list
+    mask: list
+    spans: list
+    text: str
+    char_spans: list
+
+
+def encode_chat(messages: list[dict], vocab, template="tulu") -> Encoded:
+    """The whole conversation rendered and tokenized in one pass, with 1 on each assistant turn's tokens."""
+    t = resolve(template, vocab)
+    for i, m in enumerate(messages):
+        _role(m, i)
+    try:
+        text = t.render(messages)
+    except TemplateError:
+        raise
+    except Exception as err:  # a Jinja template refusing these roles, or a broken template
+        raise TemplateError(f"chat template {getattr(t, 'name', t)!r} cannot render roles "
+                            f"{[m['role'] for m in messages]}: {err}") from None
+    bos = bos_ids(vocab, t)
+    ids = bos + encode_text(vocab, text)
+    eots = end_of_turn_texts(vocab, t)
+    spans, char_spans = [], []
+
+    def boundary(chars: int, what: str) -> int:
+        head = bos + encode_text(vocab, text[:chars])
+        if ids[: len(head)] != head:
+            raise TemplateError(f"chat template {getattr(t, 'name', t)!r}: {what} falls inside a token of the "
+                                f"one-pass text ({text[max(chars - 20, 0):chars + 20]!r}); the assistant turns "
+                                "cannot be located on token boundaries")
+        return len(head)
+
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before, through = t.render(messages[:i], add_generation_prompt=True), t.render(messages[: i + 1])
+        if not (text.startswith(before) and text.startswith(through) and through.startswith(before)):
+            raise TemplateError(
+                f"chat template {getattr(t, 'name', t)!r}: assistant turn {i} cannot be located (the text of the "
+                "conversation up to it is not a prefix of the whole conversation's text, e.g. the template rewrites "
+                "earlier turns); use another template for training")
+        turn = through[len(before):]
+        ends = [(turn.rfind(e), len(e)) for e in eots if e in turn]
+        if not ends:
+            raise TemplateError(f"chat template {getattr(t, 'name', t)!r}: assistant turn {i} ({turn[:40]!r}...) has "
+                                f"no end-of-turn token (looked for {eots}); the model could never learn to stop")
+        eot_start, eot_len = max(ends)
+        end = len(before) + eot_start + eot_len
+        spans.append((boundary(len(before), f"the start of assistant turn {i}"),
+                      boundary(end, f"the end of assistant turn {i}")))
+        char_spans.append((len(before), len(before) + eot_start, end))
+    mask = [0] * len(ids)
+    for s, e in spans:
+        mask[s:e] = [1] * (e - s)
+    return Encoded(ids, mask, spans, text, char_spans)
+
+
+def tokenize_messages(messages: list[dict], vocab, template="tulu") -> tuple[list[int], list[int]]:
+    """Token ids and loss mask (1 on assistant tokens and the end-of-turn token closing each assistant turn)."""
+    enc = encode_chat(messages, vocab, template)
+    return enc.ids, enc.mask
 
 
 def last_answer_index(roles) -> int:
@@ -91,67 +289,47 @@ def last_answer_index(roles) -> int:
     return answers[-1]
 
 
-def split_ids(messages: list[dict], vocab, template: str = "tulu") -> tuple[list[int], list[int], list[int]]:
-    """(inputs, targets, inputs loss mask): the chat's ids before the last answer, that answer + EOS, and 1 on the
-    earlier assistant turns (+ their EOS) inside `inputs`. Turns after the last answer are not part of it."""
+def split_chat(messages: list[dict], vocab, template="tulu"):
+    """(inputs, targets, inputs loss mask, inputs text, targets text): the one-pass ids before the last answer,
+    that answer through its end-of-turn token, 1 on earlier assistant turns inside `inputs`, the prompt's text and
+    the answer's text (without the end-of-turn token). Turns after the last answer are left out."""
     last = last_answer_index([m.get("role") for m in messages])
-    ids, mask = tokenize_messages(messages[: last + 1], vocab, template)
-    start = len(tokenize_messages(messages[:last], vocab, template)[0]) if last else len(bos_ids(vocab))
-    return ids[:start], ids[start:], mask[:start]
+    enc = encode_chat(messages[: last + 1], vocab, template)
+    (start, end), (c0, c1, _) = enc.spans[-1], enc.char_spans[-1]
+    return enc.ids[:start], enc.ids[start:end], enc.mask[:start], enc.text[:c0], enc.text[c0:c1]
 
 
-def tokenize_messages(messages: list[dict], vocab, template: str = "tulu") -> tuple[list[int], list[int]]:
-    """Token ids and loss mask (1 on assistant tokens and the EOS closing each assistant turn, else 0)."""
-    ids = bos_ids(vocab)
-    mask = [0] * len(ids)
-    for text, loss in render_segments(messages, template):
-        piece = list(vocab.encode(text)) + ([vocab.eos_id] if loss else [])
-        ids += piece
-        mask += [int(loss)] * len(piece)
-    return ids, mask
+def split_ids(messages: list[dict], vocab, template="tulu") -> tuple[list[int], list[int], list[int]]:
+    """(inputs, targets, inputs loss mask) of `split_chat`."""
+    return split_chat(messages, vocab, template)[:3]
 
 
-# --- TensorFlow: the same rendering inside tf.data ---------------------------------------------------
+def check_template(template, vocab) -> None:
+    """Render and split a probe conversation: a template that cannot train stops here, before any data is read."""
+    split_chat([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."},
+                {"role": "user", "content": "Q2?"}, {"role": "assistant", "content": "A2."}], vocab, template)
 
 
-def _by_role(roles: tf.Tensor, table: dict) -> tf.Tensor:
-    out = tf.fill(tf.shape(roles), "")
-    for role in ROLES:
-        out = tf.where(tf.equal(roles, role), table[role], out)
+# --- TensorFlow: the same code inside tf.data ----------------------------------------------------------
+
+
+def split_chat_tf(roles, contents, vocab, template):
+    """tf.data version of split_chat for 1-D role/content strings: (inputs, targets, inputs loss mask int32 [n],
+    inputs text, targets text). Runs split_chat itself, so the pipeline and Python can never disagree."""
+    import tensorflow as tf
+
+    t = resolve(template, vocab)
+
+    def run(r, c):
+        messages = [{"role": a.decode("utf-8"), "content": b.decode("utf-8")} for a, b in zip(r, c)]
+        inputs, targets, mask, in_text, tg_text = split_chat(messages, vocab, t)
+        return (np.asarray(inputs, np.int32), np.asarray(targets, np.int32), np.asarray(mask, np.int32),
+                np.asarray(in_text.encode("utf-8"), object), np.asarray(tg_text.encode("utf-8"), object))
+
+    out = tf.numpy_function(run, [roles, contents], (tf.int32, tf.int32, tf.int32, tf.string, tf.string),
+                            stateful=False)
+    for x in out[:3]:
+        x.set_shape([None])
+    for x in out[3:]:
+        x.set_shape([])
     return out
-
-
-def render_segments_tf(roles: tf.Tensor, contents: tf.Tensor, template: str = "tulu"):
-    """TF version of render_segments: 1-D role/content strings -> (segment texts, int32 is-assistant)."""
-    t = get_template(template)
-    first = tf.equal(tf.range(tf.size(roles)), 0)
-    prefix = tf.where(first, _by_role(roles, t.first), _by_role(roles, t.later))
-    texts = tf.strings.join([prefix, contents, _by_role(roles, t.suffix)])
-    return texts, tf.cast(tf.equal(roles, "assistant"), tf.int32)
-
-
-def tokenize_segments_tf(texts: tf.Tensor, is_assistant: tf.Tensor, vocab):
-    """TF version of tokenize_messages for rendered segments: (ids int32 [n], loss mask int32 [n])."""
-    ragged = tf.cast(vocab.encode_tf(texts), tf.int32)
-    if not isinstance(ragged, tf.RaggedTensor):
-        ragged = tf.RaggedTensor.from_tensor(ragged)
-    eos = tf.RaggedTensor.from_row_lengths(
-        tf.fill([tf.reduce_sum(is_assistant)], tf.constant(vocab.eos_id, tf.int32)),
-        tf.cast(is_assistant, tf.int64))
-    ragged = tf.concat([ragged, eos], axis=1)
-    ids = ragged.flat_values
-    mask = tf.repeat(is_assistant, tf.cast(ragged.row_lengths(), tf.int32))
-    bos = tf.constant(bos_ids(vocab), tf.int32)
-    return tf.concat([bos, ids], 0), tf.concat([tf.zeros_like(bos), mask], 0)
-
-
-def split_segments_tf(texts: tf.Tensor, is_assistant: tf.Tensor, vocab):
-    """TF version of split_ids for rendered segments: (inputs ids, targets ids, inputs loss mask), int32 [n]."""
-    positions = tf.where(tf.equal(is_assistant, 1))[:, 0]
-    tf.debugging.assert_positive(tf.size(positions), message="a chat needs an assistant turn to train on")
-    last = tf.cast(positions[-1], tf.int32)
-    ids, mask = tokenize_segments_tf(texts[: last + 1], is_assistant[: last + 1], vocab)
-    ragged = tf.cast(vocab.encode_tf(texts[last]), tf.int32)
-    answer_len = tf.size(ragged) + 1  # + EOS
-    start = tf.size(ids) - answer_len
-    return ids[:start], ids[start:], mask[:start]

@@ -27,12 +27,12 @@ DEFAULT_PREFIX = "sciriff"
 class DataSettings:
     """How instances become tokens; read when a dataset is built, so `configure` applies to registered tasks."""
 
-    template: str = "tulu"        # chat template of the default task set (render.TEMPLATES)
+    template: str = "tulu"        # chat template of the default task set: render.TEMPLATES, "model" or a .jinja path
     overlong: str = "truncate"    # our converter: "truncate" (keep the start) or "drop" rows longer than the length
     tulu_path: str | None = None  # general chat data for the SciTulu mixtures (else $SCIRIFF_JAX_TULU_PATH)
     train_mix_path: str | None = None  # allenai/SciRIFF-train-mix parquet (else $SCIRIFF_JAX_TRAIN_MIX_PATH, else hub)
-    vocab_path: object = None     # the default set's vocabulary: a .model path or a seqio.Vocabulary (else $SCIRIFF_JAX_VOCAB)
-    scitulu_per_task: int = SCITULU_PER_TASK  # SciTulu: first N train instances per non-eval task
+    vocab_path: object = None     # the default set's vocabulary: .model / tokenizer.json / directory / seqio.Vocabulary (else $SCIRIFF_JAX_VOCAB)
+    scitulu_per_task: int = SCITULU_PER_TASK  # SciTulu: 1,000 = the release's instances (train-mix ids); else the first N
     chat_ratio: float = 1.0  # SciTulu: general chat rows per science instance
     train_rate_cap: int | None = 5000  # <prefix>_<ctx>_train: examples-proportional rate, capped
 
@@ -91,19 +91,18 @@ def release_to_chat(ds: tf.data.Dataset) -> tf.data.Dataset:
 def make_tokenize(template_of):
     """The tokenizing preprocessor: `messages_*` rendered with `template_of()` -> the task's features."""
     def tokenize_chat(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
-        vocab, template = output_features["targets"].vocabulary, template_of()
-        render.get_template(template)  # fails at build time, naming the template
+        vocab = output_features["targets"].vocabulary
         if isinstance(vocab, MissingVocabulary):
             vocab.check()  # fails here, with how to configure one, not inside a traced tf.data function
+        template = render.resolve(template_of(), vocab)
+        render.check_template(template, vocab)  # fails at build time, naming the template
 
         def fn(x):
-            texts, is_assistant = render.render_segments_tf(x["messages_role"], x["messages_content"], template)
-            inputs, targets, in_mask = render.split_segments_tf(texts, is_assistant, vocab)
-            last = tf.cast(tf.where(tf.equal(is_assistant, 1))[-1, 0], tf.int32)
+            inputs, targets, in_mask, in_text, tg_text = render.split_chat_tf(
+                x["messages_role"], x["messages_content"], vocab, template)
             keep = {k: v for k, v in x.items() if not k.startswith("messages_")}
             return {**keep, "inputs": inputs, "targets": targets, INPUTS_LOSS_MASK: in_mask + 1,  # 1/2
-                    "inputs_pretokenized": tf.strings.reduce_join(texts[:last]),
-                    "targets_pretokenized": texts[last]}
+                    "inputs_pretokenized": in_text, "targets_pretokenized": tg_text}
 
         return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -198,6 +197,10 @@ def scitulu_science_rows(per_task: int = SCITULU_PER_TASK) -> int:
     return sum(min(t.n_train, per_task) for t in catalog.TASKS.values() if not t.eval_task)
 
 
+def _release_science_ids() -> dict:
+    return sources.release_science_ids(sources.load_chat_rows(_train_mix_path()))
+
+
 def _train_mix_path() -> str:
     path = SETTINGS.train_mix_path or os.environ.get(TRAIN_MIX_PATH_ENV)
     return path or sources.download_to_cache(
@@ -216,8 +219,8 @@ def default_task_set() -> TaskSet:
 def register_tasks(task_set: TaskSet, scitulu_per_task: int = SCITULU_PER_TASK, chat_rows: int | None = None) -> None:
     """(Re-)register a task set's tasks: the sample, SciRIFF x {4096, 8192, 16384}, their SciTulu slices, chat data.
 
-    chat_rows: how many general chat rows the chat task reads (the first ones; default: as many as the
-    SciTulu science part, the recipe's 1:1 ratio).
+    chat_rows: how many general chat rows the chat task serves, sampled as the release did (non-science rows,
+    shuffled with seed 76; default: as many as the SciTulu science part, the recipe's 1:1 ratio).
     """
     chat_rows = scitulu_science_rows(scitulu_per_task) if chat_rows is None else chat_rows
     prefix = task_set.prefix
@@ -234,10 +237,14 @@ def register_tasks(task_set: TaskSet, scitulu_per_task: int = SCITULU_PER_TASK, 
             _add(sciriff_task_name(config, info.name, prefix), src, features, template_of, [release_to_chat], meta,
                  scorer=scorer)
             if not info.eval_task:
-                _add(scitulu_task_name(config, info.name, scitulu_per_task, prefix), _FirstN(src, scitulu_per_task),
+                # The recipe's 1,000: the very instances the release picked; another N: the first N (our choice).
+                selection = (sources.ReleaseSelection(src, _release_science_ids) if scitulu_per_task == SCITULU_PER_TASK
+                             else _FirstN(src, scitulu_per_task))
+                _add(scitulu_task_name(config, info.name, scitulu_per_task, prefix), selection,
                      features, template_of, [release_to_chat], meta)
     _add(chat_task_name(prefix), sources.chat_source(lambda: SETTINGS.tulu_path or os.environ.get(TULU_PATH_ENV),
-                                                     lambda: chat_rows), features, template_of,
+                                                     lambda rows: sources.release_tulu_sample(rows, chat_rows)),
+         features, template_of,
          metadata={"task": "tulu_v2_chat", "config": "chat", "rows": chat_rows})
     _add(train_mix_task_name(prefix), sources.chat_source(_train_mix_path), features, template_of,
          metadata={"task": "train_mix", "config": "chat"})

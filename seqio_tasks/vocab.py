@@ -1,4 +1,5 @@
-"""SentencePiece vocabulary: a configured .model file, or one trained from the built-in sample and reused."""
+"""Vocabularies: a configured SentencePiece .model, a Hugging Face tokenizer.json (hf_vocab.py) or a directory
+holding either, or a seqio.Vocabulary; the one trained from the built-in sample (reused) serves only the sample."""
 import hashlib
 import json
 import os
@@ -71,6 +72,19 @@ class SentencePieceFileVocabulary(seqio.SentencePieceVocabulary):
     def _ensure_file(self):
         pass
 
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the .model file: equal for the same vocabulary."""
+        self._ensure_file()
+        return hashlib.sha256(pathlib.Path(self._sentencepiece_model_file).read_bytes()).hexdigest()
+
+    @property
+    def chat_template(self) -> "str | None":
+        """A chat template kept beside the .model file (a recorded checkpoint tokenizer), or None."""
+        from seqio_tasks.chat_template import read_template
+
+        return read_template(pathlib.Path(self._sentencepiece_model_file).parent)
+
 
 class SampleVocabulary(SentencePieceFileVocabulary):
     """The sample-trained vocabulary: trains (once, cached) on first use, so creating it is free."""
@@ -126,23 +140,49 @@ class MissingVocabulary(seqio.Vocabulary):
 
 def get_vocabulary(path: "str | seqio.Vocabulary | None" = None) -> seqio.Vocabulary:
     """The vocabulary at `path` (or `path` itself when it is a seqio.Vocabulary), else at $SCIRIFF_JAX_VOCAB, else
-    the one trained from the built-in sample."""
+    the one trained from the built-in sample.
+
+    `path` may be a SentencePiece .model file, a Hugging Face tokenizer.json, or a directory holding either
+    (an HF model directory: tokenizer.json is preferred, as transformers does)."""
     if isinstance(path, seqio.Vocabulary):
         return path
     path = path or os.environ.get(VOCAB_ENV)
     if not path:
         return SampleVocabulary()
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"a vocabulary is a path to a SentencePiece .model file or a seqio.Vocabulary, not "
-                        f"{type(path).__name__}")
+        raise TypeError(f"a vocabulary is a path (.model, tokenizer.json or a tokenizer directory) or a "
+                        f"seqio.Vocabulary, not {type(path).__name__}")
     path = os.fspath(path)
+    where = f"${VOCAB_ENV}" if path == os.environ.get(VOCAB_ENV) else "the vocabulary path"
     if "://" not in path and not os.path.exists(path):
-        where = f"${VOCAB_ENV}" if path == os.environ.get(VOCAB_ENV) else "the vocabulary path"
-        raise FileNotFoundError(f"SentencePiece vocabulary not found: {path!r} (from {where}). Expected a "
-                                ".model file such as Llama-2's tokenizer.model.")
+        raise FileNotFoundError(f"vocabulary not found: {path!r} (from {where}). Expected a SentencePiece .model "
+                                "file, a Hugging Face tokenizer.json or a model directory holding one.")
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "tokenizer.json")):
+            path = os.path.join(path, "tokenizer.json")
+        elif os.path.isfile(os.path.join(path, "tokenizer.model")):
+            path = os.path.join(path, "tokenizer.model")
+        else:
+            raise FileNotFoundError(f"{path} (from {where}) has no tokenizer: expected tokenizer.json or "
+                                    "tokenizer.model in it. Copy the model's tokenizer files there, or name the file.")
+    if path.endswith(".json"):
+        from seqio_tasks.hf_vocab import HFTokenizerVocabulary
+
+        return HFTokenizerVocabulary(path)
     vocab = SentencePieceFileVocabulary(path)
     vocab.load_model()  # fail here, naming the path, rather than deep inside a tf.data pipeline
     return vocab
+
+
+def fingerprint(vocab) -> "str | None":
+    """What identifies a vocabulary's tokens (sha256 of its files), or None for a vocabulary without files."""
+    return getattr(vocab, "fingerprint", None)
+
+
+def describe(vocab) -> str:
+    """A vocabulary as a user would name it: its file, or its type."""
+    return str(getattr(vocab, "tokenizer_file", None) or getattr(vocab, "sentencepiece_model_file", None)
+               or type(vocab).__name__)
 
 
 def configured_vocabulary(path=None) -> seqio.Vocabulary | None:

@@ -78,8 +78,9 @@ def test_our_converter_trains_on_exactly_the_answer_tokens():
     for row, ex in zip(ds.as_numpy_iterator(), _examples(TASK)):
         weights = row["decoder_loss_weights"].astype(bool)
         assert row["decoder_target_tokens"][weights].tolist() == ex["targets"].tolist()
-        n = len(ex["inputs"]) + len(ex["targets"])
-        assert row["decoder_target_tokens"][:n].tolist() == ex["inputs"].tolist() + ex["targets"].tolist()
+        tokens = ex["inputs"].tolist() + ex["targets"].tolist()  # the first token is an input only (position 0)
+        assert row["decoder_input_tokens"][: len(tokens) - 1].tolist() == tokens[:-1]
+        assert row["decoder_target_tokens"][: len(tokens) - 1].tolist() == tokens[1:]
 
 
 def _perfect_predictions(ds, model_feature_shapes=None):
