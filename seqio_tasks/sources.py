@@ -8,6 +8,7 @@ import glob
 import hashlib
 import json
 import os
+import random
 import re
 
 import numpy as np
@@ -382,8 +383,8 @@ CHAT_KEYS = ("messages_role", "messages_content", "id", "dataset")
 
 
 @functools.lru_cache(maxsize=None)
-def load_chat_rows(path: str, limit: int | None = None) -> list[dict]:
-    """Tulu-v2 `messages` rows from a .jsonl/.parquet file (or a folder of them), first `limit` rows."""
+def load_chat_rows(path: str) -> list[dict]:
+    """Tulu-v2 `messages` rows from a .jsonl/.parquet file (or a folder of them), in file order."""
     files = sorted(glob.glob(os.path.join(path, "*.jsonl")) + glob.glob(os.path.join(path, "*.parquet"))) \
         if os.path.isdir(path) else [path]
     if not files or not all(os.path.exists(f) for f in files):
@@ -399,8 +400,6 @@ def load_chat_rows(path: str, limit: int | None = None) -> list[dict]:
             out.append({"messages_role": [m["role"] for m in msgs],
                         "messages_content": [str(m["content"]) for m in msgs],
                         "id": str(row.get("id", f"{os.path.basename(f)}:{i}")), "dataset": str(row.get("dataset", ""))})
-            if limit is not None and len(out) >= limit:
-                return out
     return out
 
 
@@ -414,13 +413,78 @@ def _chat_dataset(rows: list[dict]) -> tf.data.Dataset:
     return tf.data.Dataset.from_generator(gen, output_signature=sig)
 
 
-def chat_source(path_fn, limit_fn=lambda: None) -> RowsSource:
-    """General chat data (Tulu-v2 `messages`) from the path `path_fn()` returns when the data is first read."""
+def chat_source(path_fn, select=lambda rows: rows) -> RowsSource:
+    """General chat data (Tulu-v2 `messages`) from the path `path_fn()` returns when the data is first read;
+    `select(rows)` picks the rows the task serves (e.g. `release_tulu_sample`)."""
     def load(split):
         path = path_fn()
         if not path:
             raise ValueError("no chat data configured: set $SCIRIFF_JAX_TULU_PATH (or call "
                              "seqio_tasks.configure(tulu_path=...)) to a Tulu-v2 `messages` .jsonl/.parquet")
-        return load_chat_rows(path, limit_fn())
+        return select(load_chat_rows(path))
 
     return RowsSource(load, splits=("train",), keys=CHAT_KEYS, describe=lambda split: f"chat data at {path_fn()!r}")
+
+
+# --- the release's selection (allenai/SciRIFF script/instructions/create_mixture.py at e396d00) -----------
+
+TULU_SEED = 76  # create_mixture: random.seed(76), then the Tulu rows are the first thing shuffled
+
+
+def release_tulu_sample(rows: list[dict], n: int) -> list[dict]:
+    """The release's Tulu half: the rows whose `dataset` is not `science.*`, in file order, shuffled as
+    `random.seed(76); random.shuffle(rows)` does, then the first n."""
+    kept = [r for r in rows if r["dataset"].split(".")[0] != "science"]
+    random.Random(TULU_SEED).shuffle(kept)
+    return kept[:n]
+
+
+def release_science_ids(train_mix_rows: list[dict]) -> dict[str, frozenset[str]]:
+    """{task: instance indices} of the science rows of the published train mix (`id` = science.<task>.<index>)."""
+    out: dict[str, set[str]] = {}
+    for r in train_mix_rows:
+        if r["dataset"].startswith("science."):
+            task = r["dataset"][len("science."):]
+            prefix = f"science.{task}."
+            if not r["id"].startswith(prefix):
+                raise ValueError(f"train-mix row {r['id']!r} of dataset {r['dataset']!r}: expected an id "
+                                 f"{prefix}<index>")
+            out.setdefault(task, set()).add(r["id"][len(prefix):])
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+class ReleaseSelection(seqio.DataSource):
+    """The train instances of one task that the release put in SciTulu's mix: those whose `_instance_id` index
+    the published train mix lists (the release took the first 1,000 of its own instance order, which the hub,
+    sorted by id, does not keep)."""
+
+    def __init__(self, inner: "SciriffTaskSource", ids_fn):
+        self._inner, self._ids_fn = inner, ids_fn
+        super().__init__(splits=("train",))
+
+    @property
+    def supports_arbitrary_sharding(self):
+        return True
+
+    def list_shards(self, split):
+        return self._inner.list_shards(split)
+
+    def _ids(self) -> frozenset:
+        ids = self._ids_fn().get(self._inner.task)
+        if not ids:
+            raise ValueError(f"the published SciRIFF-train-mix lists no instances of {self._inner.task!r}; "
+                             "point $SCIRIFF_JAX_TRAIN_MIX_PATH at allenai/SciRIFF-train-mix's parquet")
+        return ids
+
+    def num_input_examples(self, split):
+        return len(self._ids())
+
+    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, *, sequence_length=None,
+                    use_cached=False, num_epochs=1):
+        ids = sorted(self._ids())
+        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(ids, [True] * len(ids)), False)
+        index = lambda x: tf.strings.split(x["_instance_id"], ":")[-1]  # noqa: E731  task:split:index
+        ds = self._inner.get_dataset(split, shuffle=False).filter(lambda x: table.lookup(index(x)))
+        if shard_info is not None and shard_info.num_shards > 1:
+            ds = ds.shard(shard_info.num_shards, shard_info.index)
+        return ds.shuffle(len(ids), seed=seed) if shuffle else ds

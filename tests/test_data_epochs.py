@@ -20,3 +20,32 @@ def test_a_mixture_smaller_than_one_batch_is_an_error_naming_the_fix():
     with pytest.raises(ValueError, match="lower BATCH_SIZE or set TRAIN_STEPS"):
         data.steps_per_epoch(mixture_or_task_name="sciriff_sample_ner", task_feature_lengths={"targets": 64},
                              global_batch_size=100_000, pack=False)
+
+
+def test_a_two_epoch_stream_holds_every_example_of_the_mixture_exactly_twice_in_a_seeded_order():
+    pytest.importorskip("seqio")
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    sharding = NamedSharding(jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)), P("data"))
+    config = data.DataConfig("sciriff_sample", {"targets": 2048}, pack=False)
+
+    def rows(seed, epochs=2):
+        stream = config.batches(sharding=sharding, global_batch_size=50, seed=seed, vocab_size=1536, epochs=epochs)
+        out = []
+        for batch in stream:
+            tokens = np.asarray(batch["decoder_input_tokens"])
+            out.extend(row[row > 0].tobytes() for row in tokens)  # one example per row (unpacked)
+        return out
+
+    def counts(rows_):
+        out = {}
+        for r in rows_:
+            out[r] = out.get(r, 0) + 1
+        return out
+
+    one, two = rows(seed=3, epochs=1), rows(seed=3)
+    assert len(one) == 1800 and len(two) == 2 * 1800  # the stream ends after its passes: nothing dropped or added
+    assert counts(two) == {r: 2 * n for r, n in counts(one).items()}  # (the sample repeats two instances itself)
+    assert rows(seed=3) == two and rows(seed=4) != two  # the order is fixed by the seed

@@ -53,7 +53,10 @@ def test_training_experiment_parses_into_a_finetune_run(name):
     assert s["train"].initial_checkpoint_path == "/tmp/init"
     length = dict(s["data"].task_feature_lengths)["targets"]
     assert s["train"].batch_size * length == 128 * 4096  # the paper's tokens per step
-    assert s["data"].mixture_or_task_name == f"sciriff_{length}_scitulu"
+    if length == 4096:  # the release's data and batches: every train-mix row, 128 examples per update, unpacked
+        assert s["data"].mixture_or_task_name == "sciriff_train_mix" and not s["data"].pack
+    else:  # no release at 16K: the rebuilt SciTulu mix, packed
+        assert s["data"].mixture_or_task_name == f"sciriff_{length}_scitulu" and s["data"].pack
 
 
 def test_eval_experiment_parses_into_sciriff_eval():
@@ -102,4 +105,4 @@ def test_experiment_mixtures_are_registered():
         selector = "finetune" if name in TRAINING else "evaluate_run"
         s = gin.get_bindings(selector)
         mixture = s["data"].mixture_or_task_name if name in TRAINING else s["eval_config"].mixture_or_task_name
-        assert mixture in seqio.MixtureRegistry.names(), f"{name}: {mixture}"
+        assert mixture in {*seqio.MixtureRegistry.names(), *seqio.TaskRegistry.names()}, f"{name}: {mixture}"

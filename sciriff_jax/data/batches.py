@@ -47,15 +47,17 @@ class DataConfig:
         """Tokens per row."""
         return int(dict(self.task_feature_lengths)["targets"])
 
-    def batches(self, *, sharding, global_batch_size: int, seed: int, vocab_size: int) -> "GlobalBatches":
-        """The restorable stream of global batches this config describes."""
+    def batches(self, *, sharding, global_batch_size: int, seed: int, vocab_size: int,
+                epochs: int | None = None) -> "GlobalBatches":
+        """The restorable stream of global batches this config describes: `epochs` passes over the mixture (every
+        example once per pass, in an order fixed by the seed), or an endless stream with None."""
         if self.source == "synthetic":
             return synthetic_batches(sharding=sharding, global_batch_size=global_batch_size, length=self.length,
                                      vocab_size=vocab_size, seed=seed)
         return seqio_batches(mixture_or_task_name=self.mixture_or_task_name,
                              task_feature_lengths=self.task_feature_lengths, global_batch_size=global_batch_size,
                              sharding=sharding, split=self.split, seed=seed, shuffle=self.shuffle, pack=self.pack,
-                             use_cached_tasks=self.use_cached_tasks)
+                             use_cached_tasks=self.use_cached_tasks, epochs=epochs)
 
     def steps_per_epoch(self, global_batch_size: int) -> int:
         """Full global batches in one pass over the mixture."""
@@ -163,13 +165,13 @@ def synthetic_batches(*, sharding, global_batch_size: int, length: int, vocab_si
 
 def seqio_local_batches(*, mixture_or_task_name: str, split: str, task_feature_lengths, rows_per_host: int,
                         shard_index: int, num_shards: int, seed: int, shuffle: bool = True, pack: bool = True,
-                        use_cached_tasks: bool = False, skip: int = 0) -> Iterator[dict]:
-    """This host's numpy batches of a SeqIO mixture (repeated forever), after skipping `skip` batches."""
+                        use_cached_tasks: bool = False, skip: int = 0, epochs: int | None = None) -> Iterator[dict]:
+    """This host's numpy batches of a SeqIO mixture (`epochs` passes, or forever), after skipping `skip` batches."""
     import seqio_tasks  # lazy: TensorFlow is only needed when a SeqIO stream is actually read
 
     ds = seqio_tasks.get_dataset(mixture_or_task_name, split=split, feature_lengths=task_feature_lengths,
                                  batch_size=rows_per_host, shuffle=shuffle, seed=seed, shard_index=shard_index,
-                                 num_shards=num_shards, pack=pack, num_epochs=None, use_cached=use_cached_tasks)
+                                 num_shards=num_shards, pack=pack, num_epochs=epochs, use_cached=use_cached_tasks)
     if skip:
         ds = ds.skip(skip)
     for batch in ds.as_numpy_iterator():
@@ -178,7 +180,7 @@ def seqio_local_batches(*, mixture_or_task_name: str, split: str, task_feature_l
 
 def seqio_batches(*, mixture_or_task_name: str, task_feature_lengths, global_batch_size: int, sharding,
                   split: str = "train", seed: int = 0, shuffle: bool = True, pack: bool = True,
-                  use_cached_tasks: bool = False) -> GlobalBatches:
+                  use_cached_tasks: bool = False, epochs: int | None = None) -> GlobalBatches:
     """A GlobalBatches over a SeqIO mixture; each host reads only its shard of every global batch."""
     shard_index, num_shards, rows = host_shard(sharding, global_batch_size)
 
@@ -186,11 +188,12 @@ def seqio_batches(*, mixture_or_task_name: str, task_feature_lengths, global_bat
         return seqio_local_batches(
             mixture_or_task_name=mixture_or_task_name, split=split, task_feature_lengths=task_feature_lengths,
             rows_per_host=rows, shard_index=shard_index, num_shards=num_shards, seed=seed, shuffle=shuffle,
-            pack=pack, use_cached_tasks=use_cached_tasks, skip=skip)
+            pack=pack, use_cached_tasks=use_cached_tasks, skip=skip, epochs=epochs)
 
     lengths = ",".join(f"{k}={v}" for k, v in sorted(dict(task_feature_lengths).items()))
     return GlobalBatches(make_local, sharding=sharding, global_batch_size=global_batch_size, seed=seed,
-                         description=f"{mixture_or_task_name}:{split}:{lengths}:b{global_batch_size}:pack={pack}")
+                         description=f"{mixture_or_task_name}:{split}:{lengths}:b{global_batch_size}:pack={pack}"
+                                     + (f":epochs={epochs}" if epochs else ""))
 
 
 def steps_per_epoch(*, mixture_or_task_name: str, task_feature_lengths, global_batch_size: int,

@@ -152,11 +152,19 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
     config = resolve_model_config(model, train)
     batch_size, length = train.batch_size, data.length
 
-    train_steps = train.train_steps
+    train_steps, epochs = train.train_steps, None
+    unit = f"rows of {length} packed tokens" if data.pack else "examples (unpacked, one per row)"
     if train_steps is None:
         per_epoch = data.steps_per_epoch(batch_size)
         train_steps = max(int(math.ceil(train.num_epochs * per_epoch)), 1)
-        _log(f"TRAIN_STEPS not set: {train.num_epochs} epochs x {per_epoch} batches = {train_steps} steps")
+        # Exact epochs: a finite stream of whole passes. Packing joins the passes' rows, so one more pass is
+        # read for the last update's few rows; unpacked, the passes hold exactly the batches counted.
+        epochs = int(math.ceil(train.num_epochs)) + (1 if data.pack else 0)
+        _log(f"{batch_size} {unit} per update; {train_steps} updates = {train.num_epochs} epochs x {per_epoch} "
+             "updates per epoch (every example once per epoch)")
+    else:
+        _log(f"{batch_size} {unit} per update; TRAIN_STEPS={train_steps} updates over an endless stream of the "
+             "mixture (rate-based sampling)")
 
     run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
                             microbatches=train.microbatches)
@@ -170,7 +178,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
             f"MESH_LAYOUT={sharding.layout!r}). Use a BATCH_SIZE that is a multiple of MICROBATCHES x {dp} "
             f"(e.g. {train.microbatches * dp * max(1, round(per_pass / dp))}), or another MESH_SHAPE.")
     batches = data.batches(sharding=sharding.batch, global_batch_size=batch_size, seed=train.seed,
-                           vocab_size=config.vocab_size)
+                           vocab_size=config.vocab_size, epochs=epochs)
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
                                         config=config, async_save=train.async_checkpoints,
                                         before_save=lock.check if lock is not None else None, log=_log)
