@@ -133,3 +133,33 @@ def test_an_unreachable_judge_warns_once_on_stderr_and_score_counts_the_failed_j
     assert "3 of 3 judgments failed (3 judge calls failed" in err
     verdict = json.loads(out)["judge"]
     assert verdict["status"] == "failed" and verdict["n_failed"] == 3 and verdict["n_errors"] == 3
+
+
+def test_release_judge_settings_are_the_default_and_configurable(monkeypatch):
+    for var in ("SCIRIFF_JUDGE_MODEL", "SCIRIFF_JUDGE_TEMPERATURE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SCIRIFF_JUDGE_URL", "http://127.0.0.1:9/v1")
+    judge = judge_lib.judge_from_env()
+    assert judge.model == "gpt-4o-2024-08-06" and judge.temperature is None  # what the release's code sends
+    assert judge.mup_sample == 100 and judge.keep_rating_one
+    assert judge_lib.judge_from_env(temperature=0.0, mup_sample=None).temperature == 0.0
+
+
+def test_mup_is_judged_on_the_releases_seeded_sample_and_rating_one_handling_is_a_choice():
+    import random
+
+    examples = [{"input": "Paper title:\nT\nPaper body:\nB", "output": "A summary.", "prediction": f"About BERT {i}."
+                 if i % 2 else "Unrelated."} for i in range(6)]
+    with FakeJudgeServer() as server:
+        res = metrics.score("mup_single_document_summarization", examples,
+                            judge=judge_lib.Judge(server.url, "m", max_retries=0, mup_sample=3))
+        random.seed(42)
+        chosen = sorted(random.sample(range(6), 3))  # the release: random.seed(42); sorted(random.sample(...))
+        assert len(server.requests) == 3 and res["judge"]["n_judged"] == 3
+        sent = [r["body"]["messages"][0]["content"] for r in server.requests]
+        assert sorted(sent) == sorted(judge_lib.mup_prompt(examples[i]["input"], "A summary.", examples[i]["prediction"])
+                                      for i in chosen)
+        assert "temperature" not in server.requests[0]["body"]
+        dropped = metrics.score("mup_single_document_summarization", examples[:2],
+                                judge=judge_lib.Judge(server.url, "m", max_retries=0, keep_rating_one=False))
+    assert dropped["headline"]["lm_judge_reference"] == pytest.approx(1.0)  # the 1 is dropped, the 5 stays

@@ -20,17 +20,32 @@ class JudgeError(RuntimeError):
     """The judge endpoint could not be reached or answered something unusable."""
 
 
-class Judge:
-    """A chat-completions client: `complete(prompt) -> text`, `rate_all(prompts) -> [1..5 or None]`."""
+# The release's judge settings (allenai/SciRIFF e396d00, sciriff/eval/metrics/summary_comparison.py): the model it
+# names, no temperature sent (the API's default, 1.0), MUP judged on 100 instances drawn with random.seed(42).
+# The paper-era code used gpt-3.5-turbo; gpt-4o-2024-08-06 arrived in commit b8c5530 (2024-10-23).
+RELEASE_JUDGE_MODEL = "gpt-4o-2024-08-06"
+RELEASE_MUP_SAMPLE = 100
+RELEASE_SAMPLE_SEED = 42
 
-    def __init__(self, url: str, model: str, api_key: str | None = None, *, timeout: float = 120.0,
-                 max_retries: int = 2, max_tokens: int = 1024, workers: int = 8):
+
+class Judge:
+    """A chat-completions client: `complete(prompt) -> text`, `rate_all(prompts) -> [1..5 or None]`.
+
+    `temperature`: None sends none (the API's default, as the release did). `mup_sample`: how many MUP summaries
+    are judged (the release's 100, drawn with random.seed(42); None: all). `keep_rating_one`: a rating of 1 counts
+    (the release's batch path); False drops it, as the release's synchronous path did."""
+
+    def __init__(self, url: str, model: str = RELEASE_JUDGE_MODEL, api_key: str | None = None, *,
+                 timeout: float = 120.0, max_retries: int = 2, max_tokens: int = 1024, workers: int = 8,
+                 temperature: float | None = None, mup_sample: int | None = RELEASE_MUP_SAMPLE,
+                 keep_rating_one: bool = True):
         if not url or not model:
             raise ValueError("Judge needs both a URL (SCIRIFF_JUDGE_URL / --judge_url) and a model name "
                              "(SCIRIFF_JUDGE_MODEL / --judge_model)")
         self.endpoint = chat_endpoint(url)
         self.model, self.api_key = model, api_key
         self.timeout, self.max_retries, self.max_tokens, self.workers = timeout, max_retries, max_tokens, workers
+        self.temperature, self.mup_sample, self.keep_rating_one = temperature, mup_sample, keep_rating_one
         self.errors = 0  # calls of the last rate_all that failed (unreachable, HTTP errors, unusable answers)
         self._warned = threading.Event()
 
@@ -38,9 +53,12 @@ class Judge:
         return f"Judge({self.endpoint!r}, model={self.model!r})"  # never shows the key
 
     def complete(self, prompt: str) -> str:
-        """One user turn at temperature 0 -> the assistant's text; retries transient failures."""
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                           "temperature": 0.0, "max_tokens": self.max_tokens}).encode()
+        """One user turn -> the assistant's text; retries transient failures."""
+        request_body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                        "max_tokens": self.max_tokens}
+        if self.temperature is not None:
+            request_body["temperature"] = self.temperature
+        body = json.dumps(request_body).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -94,14 +112,18 @@ def chat_endpoint(url: str) -> str:
     return url + "/v1/chat/completions"
 
 
-def judge_from_env(url: str | None = None, model: str | None = None, api_key: str | None = None) -> Judge | None:
-    """A Judge from the arguments, falling back to SCIRIFF_JUDGE_*; None when no URL or model is set."""
+def judge_from_env(url: str | None = None, model: str | None = None, api_key: str | None = None,
+                   **settings) -> Judge | None:
+    """A Judge from the arguments, falling back to SCIRIFF_JUDGE_* (SCIRIFF_JUDGE_TEMPERATURE too); None when no URL
+    is set. The model defaults to the release's; `settings` are Judge's (temperature, mup_sample, keep_rating_one)."""
     url = url or os.environ.get("SCIRIFF_JUDGE_URL")
-    model = model or os.environ.get("SCIRIFF_JUDGE_MODEL")
+    model = model or os.environ.get("SCIRIFF_JUDGE_MODEL") or RELEASE_JUDGE_MODEL
     api_key = api_key or os.environ.get("SCIRIFF_JUDGE_API_KEY")
-    if not url or not model:
+    if not url:
         return None
-    return Judge(url, model, api_key)
+    if settings.get("temperature") is None and os.environ.get("SCIRIFF_JUDGE_TEMPERATURE"):
+        settings["temperature"] = float(os.environ["SCIRIFF_JUDGE_TEMPERATURE"])
+    return Judge(url, model, api_key, **{k: v for k, v in settings.items() if v is not None or k == "mup_sample"})
 
 
 def extract_rating(text: str) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import random
 import re
 import string
 
@@ -510,8 +511,14 @@ def _judge_scores(name, examples, pairs, judge, result) -> dict:
         result["judge"] = {"status": SKIPPED, "reason": "no judge configured (set SCIRIFF_JUDGE_URL and SCIRIFF_JUDGE_MODEL)"}
         return {}
     ratings: list = [None] * len(examples)
+    chosen = range(len(examples))
+    sample = getattr(judge, "mup_sample", None)
+    if name == "mup_single_document_summarization" and sample is not None and sample < len(examples):
+        # The release judged MUP on a sample: random.seed(42); sorted(random.sample(range(n), 100)).
+        chosen = sorted(random.Random(getattr(judge_lib, "RELEASE_SAMPLE_SEED", 42)).sample(range(len(examples)), sample))
     prompts, where = [], []
-    for i, (ex, (pred, ref)) in enumerate(zip(examples, pairs)):
+    for i in chosen:
+        ex, (pred, ref) = examples[i], pairs[i]
         if name == "qasper_abstractive_qa":
             answer, _ = _qasper_fields(pred)
             ref_answer, _ = _qasper_fields(ref)
@@ -525,11 +532,13 @@ def _judge_scores(name, examples, pairs, judge, result) -> dict:
         where.append(i)
     for i, rating in zip(where, judge.rate_all(prompts)):
         ratings[i] = rating
-    rated = [r for r in ratings if r is not None]  # a rating of 1 is a rating (the release's MUP path dropped it)
+    keep_one = getattr(judge, "keep_rating_one", True)  # False: as the release's synchronous path, which dropped 1s
+    rated = [ratings[i] for i in chosen if ratings[i] is not None and (keep_one or ratings[i] != 1)]
     key = "lm_judge_answer" if name == "qasper_abstractive_qa" else "lm_judge_reference"
     result["judge"] = {"status": "done", "model": getattr(judge, "model", None), "n_rated": len(rated),
-                       "n_failed": len(ratings) - len(rated), "n_called": len(prompts),
-                       "n_errors": getattr(judge, "errors", 0)}
+                       "n_failed": sum(ratings[i] is None for i in chosen), "n_called": len(prompts),
+                       "n_judged": len(chosen), "n_errors": getattr(judge, "errors", 0),
+                       "temperature": getattr(judge, "temperature", None), "keep_rating_one": keep_one}
     if not rated:
         result["judge"]["status"] = "failed"
         return {key: None}
