@@ -11,7 +11,7 @@ from seqio_tasks.datasets import get_dataset, get_provider, raw_examples, task_n
 from seqio_tasks.hf_vocab import HFTokenizerVocabulary
 from seqio_tasks.render import render_prompt, split_chat, tokenize_messages
 from seqio_tasks.sample import SAMPLE_TASKS, sample_path
-from seqio_tasks.tasks import SETTINGS, TASK_SETS, TaskSet
+from seqio_tasks.tasks import SETTINGS, TASK_SETS, TaskSet, tokenizer_of
 from seqio_tasks.vocab import get_vocabulary
 
 

@@ -82,10 +82,8 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over tokenizer.json and the special-token settings: equal for the same tokenizer."""
-        h = hashlib.sha256(self.tokenizer_file.read_bytes())
-        h.update(json.dumps([self._bos, self._eos, self._pad, self._unk, self.adds_bos]).encode())
-        return h.hexdigest()
+        """sha256 of tokenizer.json: equal for the same tokens (as a checkpoint records it)."""
+        return hashlib.sha256(self.tokenizer_file.read_bytes()).hexdigest()
 
     def __eq__(self, other):
         return isinstance(other, HFTokenizerVocabulary) and other.fingerprint == self.fingerprint

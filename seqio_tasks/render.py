@@ -20,6 +20,7 @@ from seqio_tasks.chat_template import JinjaTemplate, TemplateError, read_templat
 
 ROLES = ("system", "user", "assistant")
 MODEL_TEMPLATE = "model"  # the chat template shipped with the vocabulary (tokenizer_config.json / .jinja)
+AUTO_TEMPLATE = "auto"    # the vocabulary's own chat template where it ships one, else tulu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,8 @@ def get_template(name: str) -> Template:
 
 def check_template_name(template) -> None:
     """Fail early on a template that names nothing (a typo, a missing file)."""
-    if isinstance(template, (Template, JinjaTemplate)) or template in TEMPLATES or template == MODEL_TEMPLATE:
+    if isinstance(template, (Template, JinjaTemplate)) or template in TEMPLATES or template in (MODEL_TEMPLATE,
+                                                                                                AUTO_TEMPLATE):
         return
     if isinstance(template, (str, os.PathLike)) and os.path.exists(template):
         return
@@ -156,7 +158,8 @@ def end_of_turn_texts(vocab, template) -> list[str]:
 
 
 def resolve(template, vocab):
-    """A renderable template for `vocab`: a built-in name, "model" (the vocabulary's own), a .jinja /
+    """A renderable template for `vocab`: a built-in name, "model" (the vocabulary's own), "auto" (its own where
+    it ships one, else tulu), a .jinja /
     tokenizer_config.json file or a tokenizer directory, or a Template / JinjaTemplate."""
     if isinstance(template, JinjaTemplate):
         return template
@@ -165,6 +168,8 @@ def resolve(template, vocab):
                                    eos=token_text(vocab, vocab.eos_id))
     if template in TEMPLATES:
         return resolve(TEMPLATES[template], vocab)
+    if template == AUTO_TEMPLATE:
+        return resolve(MODEL_TEMPLATE if getattr(vocab, "chat_template", None) else "tulu", vocab)
     specials = {f"{k}_token": token_text(vocab, i) for k, i in
                 (("bos", vocab.bos_id), ("eos", vocab.eos_id), ("unk", vocab.unk_id), ("pad", vocab.pad_id))}
     if template == MODEL_TEMPLATE:
@@ -190,6 +195,13 @@ def resolve(template, vocab):
 # --- conversations -> ids ---------------------------------------------------------------------------------
 
 
+def _renderer(template, vocab):
+    """A template ready to render: resolved for `vocab`, or (no vocabulary) a built-in one with `</s>` as EOS."""
+    if vocab is not None:
+        return resolve(template, vocab)
+    return template if isinstance(template, (Template, JinjaTemplate)) else get_template(template)
+
+
 def single_turn(user_text: str, answer: str) -> list[dict]:
     """A SciRIFF instance as chat messages: the whole `input` as the user turn, `output` as the answer."""
     return [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
@@ -197,14 +209,12 @@ def single_turn(user_text: str, answer: str) -> list[dict]:
 
 def render_prompt(user_text: str, template="tulu", vocab=None) -> str:
     """The generation prompt for one user turn, ending where the assistant's answer starts."""
-    t = resolve(template, vocab) if vocab is not None else get_template(template)
-    return t.render([{"role": "user", "content": user_text}], add_generation_prompt=True)
+    return _renderer(template, vocab).render([{"role": "user", "content": user_text}], add_generation_prompt=True)
 
 
 def render_text(messages: list[dict], template="tulu", vocab=None) -> str:
     """The whole conversation as one string (what is tokenized)."""
-    t = resolve(template, vocab) if vocab is not None else get_template(template)
-    return t.render(messages)
+    return _renderer(template, vocab).render(messages)
 
 
 def prompt_ids(user_text: str, vocab, template="tulu") -> list[int]:

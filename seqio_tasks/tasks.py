@@ -249,3 +249,14 @@ def register_tasks(task_set: TaskSet, scitulu_per_task: int = SCITULU_PER_TASK, 
     _add(train_mix_task_name(prefix), sources.chat_source(_train_mix_path), features, template_of,
          metadata={"task": "train_mix", "config": "chat"})
     TASK_SETS[prefix] = task_set
+
+
+def tokenizer_of(mixture_or_task_name: str):
+    """(vocabulary, template) a registered task or mixture tokenizes with: what a checkpoint trained on it records."""
+    name = mixture_or_task_name
+    provider = seqio.get_mixture_or_task(name)
+    first = provider.tasks[0].name if hasattr(provider, "tasks") else provider.name
+    task_set = next((s for p, s in sorted(TASK_SETS.items(), key=lambda kv: -len(kv[0])) if first.startswith(p + "_")),
+                    None)
+    template = (task_set.template if task_set is not None else None) or SETTINGS.template
+    return provider.output_features["targets"].vocabulary, template

@@ -60,9 +60,13 @@ def test_evaluate_run_from_orbax_from_hugging_face_and_sharded_gives_the_same_pr
     from sciriff_jax.io import checkpoint
     from sciriff_jax.io import hf
 
-    config, params, _ = tiny_model
+    from sciriff_jax.io import tokenizer_files
+
+    config, params, vocabulary = tiny_model
     checkpoint.save_params(tmp_path / "ckpt", params, config)
+    tokenizer_files.write_vocabulary(tmp_path / "ckpt" / "tokenizer", vocabulary, "tulu")  # as a run records it
     hf.write_hf(params, config, tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.model").write_bytes(open(vocabulary.sentencepiece_model_file, "rb").read())
     runs = {}
     for kind, source, layout in (("ckpt", "ckpt", None), ("hf", "hf", None), ("fsdp", "ckpt", "fsdp")):
         eval_config = evaluate.EvalConfig("sciriff_sample_list_qa", max_examples=2, max_new_tokens=4, batch_size=2)
@@ -81,24 +85,16 @@ def test_evaluate_run_from_orbax_from_hugging_face_and_sharded_gives_the_same_pr
     assert "[eval] sciriff_sample_list_qa: 2/2 instances" in out and "KV cache:" in out  # progress, memory
 
 
-def bos(hf_dir):
+def test_prompts_start_with_bos_where_the_tokenizer_adds_it_and_the_template_does_not_write_it(tmp_path):
     from sciriff_jax.io import loader
+    from tests import hf_dirs
 
-    return loader.Loaded(None, None, str(hf_dir), "hf", str(hf_dir / "tokenizer.model"), own_tokenizer=True).bos_id
-
-
-def test_hugging_face_directory_with_a_llama_tokenizer_gets_bos(tmp_path):
-    import shutil
-
-    from seqio_tasks import vocab as vocab_lib
-
-    (tmp_path / "config.json").write_text('{"bos_token_id": 5}')
-    shutil.copy(vocab_lib.sample_vocab_path(), tmp_path / "tokenizer.model")
-    vocabulary = vocab_lib.get_vocabulary(str(tmp_path / "tokenizer.model"))
-    assert vocabulary.tokenizer.bos_id() == -1  # the sample vocabulary has no BOS piece: config.json decides
-    assert bos(tmp_path) == 5
-    (tmp_path / "tokenizer_config.json").write_text('{"add_bos_token": false}')
-    assert bos(tmp_path) is None
+    hf_dirs.byte_bpe_tokenizer(tmp_path / "bos", bos=True)
+    hf_dirs.byte_bpe_tokenizer(tmp_path / "nobos", bos=False)
+    with_bos = loader.Loaded(None, None, "", "hf", str(tmp_path / "bos"), "tulu")
+    assert with_bos.bos_id == with_bos.vocabulary.bos_id is not None
+    assert loader.Loaded(None, None, "", "hf", str(tmp_path / "nobos"), "tulu").bos_id is None
+    assert loader.Loaded(None, None, "", "hf", str(tmp_path / "bos"), "llama2").bos_id is None  # writes <s> itself
 
 
 def test_a_rerun_keeps_the_predictions_written_and_decodes_only_the_rest(tiny_model, tmp_path, capsys):

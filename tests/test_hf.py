@@ -13,10 +13,10 @@ from sciriff_jax.model import Llama  # noqa: E402
 TOKENS = np.array([[5, 9, 13, 2, 77, 31, 8, 1], [3, 3, 60, 99, 14, 0, 41, 7]])
 
 
-def hf_model(kv_heads=2, tie=False, rope_parameters=None, seed=0):
+def hf_model(kv_heads=2, tie=False, rope_parameters=None, seed=0, vocab_size=101):
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=101, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=kv_heads, tie_word_embeddings=tie, max_position_embeddings=64, rms_norm_eps=1e-6,
         initializer_range=0.2, rope_parameters=rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
     return transformers.LlamaForCausalLM(config).eval()
@@ -65,20 +65,48 @@ def test_export_loads_in_transformers_and_reimports_exactly(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, again, params)
 
 
-def test_import_writes_an_orbax_checkpoint_and_export_copies_the_tokenizer(tmp_path):
+def test_import_records_the_tokenizer_and_template_and_export_writes_them_back(tmp_path):
+    from sciriff_jax.io import loader
     from sciriff_jax.io.checkpoint import load_params
+    from tests import hf_dirs
 
-    model = hf_model(kv_heads=2, tie=True, seed=2)
+    model = hf_model(kv_heads=2, tie=True, seed=2, vocab_size=512)
     model.save_pretrained(tmp_path / "hf")
-    (tmp_path / "hf" / "tokenizer.model").write_bytes(b"not a real sentencepiece model")
+    hf_dirs.byte_bpe_tokenizer(tmp_path / "hf")
     config = import_hf(tmp_path / "hf", tmp_path / "ckpt", progress=False)
-    params, loaded_config = load_params(tmp_path / "ckpt")
+    params, loaded_config = load_params(tmp_path / "ckpt")  # checksums cover the recorded tokenizer too
     assert loaded_config == config
     assert_close_to_scale(our_logits(params, config), torch_logits(model))
+    tok = loader.resolve_tokenizer(tmp_path / "ckpt")  # eval of the converted checkpoint: its own tokenizer
+    assert tok.template == "model" and str(tok.vocabulary_path).endswith("ckpt/tokenizer")
     export_hf(tmp_path / "ckpt", tmp_path / "back")
-    assert (tmp_path / "back" / "tokenizer.model").read_bytes() == b"not a real sentencepiece model"
-    reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "back").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    original = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    chat = [{"role": "user", "content": "List the genes."}]
+    assert tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
+        original.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert tokenizer("BRCA1 genes")["input_ids"] == original("BRCA1 genes")["input_ids"]
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
     np.testing.assert_array_equal(torch_logits(reloaded), torch_logits(model))
+
+
+def test_a_directory_without_a_tokenizer_or_with_another_vocabulary_stops_naming_the_fix(tmp_path, capsys):
+    from sciriff_jax.io import loader
+    from sciriff_jax.run import cli
+    from tests import hf_dirs
+
+    hf = _saved(tmp_path)
+    assert cli.main(["convert", str(hf), str(tmp_path / "ckpt")]) == 2
+    assert "has no tokenizer (tokenizer.json or tokenizer.model): copy the model's tokenizer files" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "ckpt").exists()
+    hf_dirs.byte_bpe_tokenizer(hf)
+    other = hf_dirs.sentencepiece_tokenizer(tmp_path / "other")
+    with pytest.raises(ValueError, match="is not the vocabulary the Hugging Face directory .* was trained with"):
+        loader.resolve_tokenizer(hf, vocabulary_path=str(other))
+    loaded = loader.load(hf)  # 101 embedding rows, a 400-token tokenizer
+    with pytest.raises(ValueError, match=r"has \d+ tokens but the model .* has 101 embedding rows"):
+        loaded.vocabulary
 
 
 def test_missing_tensors_are_reported_by_name(tmp_path):

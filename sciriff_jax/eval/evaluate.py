@@ -36,7 +36,7 @@ class EvalConfig:
     max_new_tokens: int = 1024
     batch_size: int = 32                 # rows decoding at once (continuous batching slots)
     kv_cache_bytes: int | None = None    # KV-cache budget per device; None: half of the free device memory
-    template: str = loader.DEFAULT_TEMPLATE
+    template: str = loader.DEFAULT_TEMPLATE  # "auto": the checkpoint's own; tulu | llama2 | plain | model | a .jinja
     fewshot: dict | None = None          # None: the paper's ({"evidence_inference": 1})
 
 
@@ -92,7 +92,7 @@ def predict_tasks(config, params, loaded: dict, vocabulary, *, eval_config: Eval
     records: dict[str, list] = {}
     jobs = []  # (task, index, record without prediction, prompt tokens)
     for name, (examples, scorer) in loaded.items():
-        texts = prompts_lib.build_prompts(examples, eval_config.template, fewshot.get(scorer, 0))
+        texts = prompts_lib.build_prompts(examples, eval_config.template, fewshot.get(scorer, 0), vocabulary)
         tokens = prompts_lib.encode_prompts(texts, vocabulary, max_position=getattr(config, "max_position", 0),
                                             max_new_tokens=eval_config.max_new_tokens, bos_id=bos_id, label=name)
         done = store.finished(name) if store is not None else {}
@@ -167,6 +167,8 @@ def evaluate_tasks(config, params, task_names: list[str], vocabulary, *, eval_co
                             bos_id=bos_id, output_dir=output_dir, settings=settings,
                             label=eval_config.mixture_or_task_name or "")
     summary = score_records(records, {name: scorer for name, (_, scorer) in loaded.items()}, judge=judge)
+    if settings:
+        summary["settings"] = settings  # e.g. which checkpoint, tokenizer and template
     if output_dir is not None:
         write_summary(summary, output_dir)
     return summary
@@ -216,7 +218,7 @@ def make_eval_hook(eval_config: EvalConfig, *, config, vocabulary, sharding: Sha
     loaded = load_examples(names, eval_config.split, eval_config.max_examples)
     scorers = {name: scorer for name, (_, scorer) in loaded.items()}
     if bos_id is None:
-        bos_id = loader.training_bos_id(vocabulary)
+        bos_id = loader.training_bos_id(vocabulary, eval_config.template)
 
     def hook(params, step: int) -> dict:
         step_dir = None if output_dir is None else paths.resolve(output_dir) / f"step_{step}"
@@ -247,6 +249,7 @@ def load_checkpoint(checkpoint_path: str, vocabulary_path: str | None, dtype: st
                         shardings=sharding.params if sharding is not None else None)
     if sharding is not None:
         print(f"[eval] params sharded over mesh {dict(sharding.mesh.shape)} ({mesh.layout})", flush=True)
+    print(f"[eval] tokenizer: {model.tokenizer_note}", flush=True)
     return model, sharding
 
 
@@ -269,10 +272,12 @@ def evaluate_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig()
     print(f"[eval] {name}: {len(names)} task(s), split {eval_config.split}, max_examples={eval_config.max_examples}, "
           f"judge={'none (judge metrics skipped)' if judge is None else judge}; writing to {out}", flush=True)
     model, sharding = load_checkpoint(checkpoint_path, vocabulary_path, dtype, eval_config, mesh)
+    eval_config = dataclasses.replace(eval_config, template=model.template)  # "auto" -> the checkpoint's
     with sharding.context() if sharding is not None else contextlib.nullcontext():
         summary = evaluate_tasks(model.config, model.params, names, model.vocabulary, eval_config=eval_config,
                                  judge=judge, output_dir=out, bos_id=model.bos_id, sharding=sharding,
-                                 settings={"checkpoint": str(checkpoint_path), "dtype": dtype})
+                                 settings={"checkpoint": str(checkpoint_path), "dtype": dtype,
+                                           "tokenizer": model.tokenizer_note})
     print(summary_markdown(summary), flush=True)
     return summary
 
@@ -284,6 +289,7 @@ def infer_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), o
     out = paths.resolve(output_dir) if output_dir else default_output_dir(checkpoint_path, name)
     names = task_names_of(name)
     model, sharding = load_checkpoint(checkpoint_path, vocabulary_path, dtype, eval_config, mesh)
+    eval_config = dataclasses.replace(eval_config, template=model.template)  # "auto" -> the checkpoint's
     loaded = load_examples(names, eval_config.split, eval_config.max_examples)
     with sharding.context() if sharding is not None else contextlib.nullcontext():
         records = predict_tasks(model.config, model.params, loaded, model.vocabulary, eval_config=eval_config,

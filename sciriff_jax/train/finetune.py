@@ -151,6 +151,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
     model_dir = str(paths.resolve(train.model_dir))  # a local directory or a URL such as gs://bucket/run
     config = resolve_model_config(model, train)
     batch_size, length = train.batch_size, data.length
+    tokenizer = _training_tokenizer(train, data, config, model_dir)  # before anything reads the mixture
 
     train_steps, epochs = train.train_steps, None
     unit = f"rows of {length} packed tokens" if data.pack else "examples (unpacked, one per row)"
@@ -201,7 +202,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
              "batches)")
     else:
         if train.initial_checkpoint_path:
-            params = loader.load(train.initial_checkpoint_path, shardings=sharding.params).params
+            params = loader.load(train.initial_checkpoint_path, shardings=sharding.params, with_tokenizer=False).params
             source = f"INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}"
         else:
             params = jax.jit(init_params, static_argnums=0, out_shardings=sharding.params)(
@@ -219,7 +220,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
         model_dir, total_steps=train_steps, start_step=start_step, tokens_per_step=batch_size * length,
         flops_per_token=config.flops_per_token(length), log_every=train.log_every, tensorboard=train.tensorboard)
 
-    hooks = _eval_hooks(evals, run_setup, data, train, model_dir)
+    hooks = _eval_hooks(evals, run_setup, data, train, model_dir, tokenizer)
     if eval_fn is not None:
         hooks.append(eval_fn)
 
@@ -252,8 +253,54 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
     return summary
 
 
+def _training_tokenizer(train: TrainConfig, data: DataConfig, config: LlamaConfig, model_dir: str):
+    """(vocabulary, template) the mixture tokenizes with, None for synthetic data.
+
+    An initial checkpoint's own tokenizer and template (an HF directory's, or the ones its run recorded) become the
+    data layer's, unless another vocabulary was configured (then: an error naming both). The pair is recorded in
+    MODEL_DIR/tokenizer/ so eval and export of this run use it without flags.
+    """
+    if data.source != "seqio" or not data.mixture_or_task_name:
+        return None
+    import seqio_tasks  # the data layer (TensorFlow): real data needs it anyway
+    from seqio_tasks import vocab as vocab_lib
+
+    from sciriff_jax.io import tokenizer_files
+
+    own = None
+    if train.initial_checkpoint_path:
+        try:
+            own = loader.resolve_tokenizer(train.initial_checkpoint_path)
+        except FileNotFoundError:
+            own = None  # a checkpoint without a tokenizer trains with the configured vocabulary
+    if own is not None:
+        configured = vocab_lib.configured_vocabulary(seqio_tasks.SETTINGS.vocab_path)
+        if configured is None:
+            seqio_tasks.configure(vocab_path=loader.vocabulary_for(own.vocabulary_path), template=own.template)
+            _log(f"data: {own.note} of INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}")
+    vocab, template = seqio_tasks.tokenizer_of(data.mixture_or_task_name)
+    if own is not None and vocab_lib.fingerprint(vocab) != loader._fingerprint_of(own.vocabulary_path):
+        raise ValueError(
+            f"{data.mixture_or_task_name} tokenizes with {vocab_lib.describe(vocab)}, but INITIAL_CHECKPOINT_PATH="
+            f"{train.initial_checkpoint_path} was trained with {own.vocabulary_path}: its embeddings would read "
+            f"other words. Unset ${vocab_lib.VOCAB_ENV} / seqio_tasks.configure(vocab_path=...) to use the "
+            "checkpoint's tokenizer, or register the mixture with it.")
+    if vocab.vocab_size > config.vocab_size:
+        raise ValueError(f"the vocabulary {vocab_lib.describe(vocab)} has {vocab.vocab_size} tokens but the model has "
+                         f"{config.vocab_size} embedding rows (vocab_size): use the model's own tokenizer or a model "
+                         "gin file with a larger VOCAB_SIZE.")
+    record = paths.resolve(model_dir) / tokenizer_files.SUBDIR
+    if (record / tokenizer_files.RECORD).is_file():
+        if tokenizer_files.read_record(record)["fingerprint"] != vocab_lib.fingerprint(vocab):
+            raise ValueError(f"MODEL_DIR={model_dir} was trained with the tokenizer in {record}, not "
+                             f"{vocab_lib.describe(vocab)}: use a new MODEL_DIR, or the vocabulary that run used.")
+    elif jax.process_index() == 0:
+        tokenizer_files.write_vocabulary(record, vocab, template)
+    return vocab, template
+
+
 def _eval_hooks(evals: TrainEvalConfig, run_setup: setup.TrainSetup, data: DataConfig, train: TrainConfig,
-                model_dir: str) -> list:
+                model_dir: str, tokenizer=None) -> list:
     """The configured evaluations as `hook(params, step) -> metrics` callables."""
     hooks = []
     loss_data = evals.loss_data
@@ -263,8 +310,15 @@ def _eval_hooks(evals: TrainEvalConfig, run_setup: setup.TrainSetup, data: DataC
                                      seed=train.seed, vocab_size=run_setup.config.vocab_size)
         hooks.append(_teacher_forced_eval(run_setup, eval_stream, evals.loss_batches))
     if evals.decode is not None and evals.decode.mixture_or_task_name:
+        if tokenizer is None:
+            raise ValueError("the decoding eval (DECODE_EVAL_MIXTURE_OR_TASK_NAME) needs the run's tokenizer, but "
+                             "the training data is synthetic; train on a SeqIO mixture or unset it.")
+        vocab, template = tokenizer
+        decode_config = evals.decode
+        if decode_config.template in (None, "", loader.DEFAULT_TEMPLATE):
+            decode_config = dataclasses.replace(decode_config, template=template)  # prompts as training renders
         hooks.append(evaluate.make_eval_hook(
-            evals.decode, config=run_setup.config, vocabulary=loader.vocabulary_for(None),
+            decode_config, config=run_setup.config, vocabulary=vocab,
             sharding=run_setup.sharding, output_dir=paths.resolve(model_dir) / "eval"))
     return hooks
 
