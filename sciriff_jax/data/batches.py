@@ -13,6 +13,8 @@ from typing import Callable, Iterator, Mapping
 import jax
 import numpy as np
 
+from sciriff_jax.data.pack_examples import pack_rows
+
 BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
               "decoder_segment_ids", "decoder_positions")
 
@@ -35,8 +37,14 @@ class DataConfig:
     shuffle: bool = True
     use_cached_tasks: bool = False
     source: str = "seqio"     # "seqio", or "synthetic" rows (tests, benchmarks: no TensorFlow needed)
+    # Packed, with a fixed number of examples per update (the recipe's 128) laid into the update's rows; None:
+    # SeqIO's packer fills the rows from the stream (the examples per update vary).
+    examples_per_update: int | None = None
 
     def __post_init__(self):
+        if self.examples_per_update is not None and (not self.pack or self.examples_per_update < 1):
+            raise ValueError(f"DataConfig.examples_per_update={self.examples_per_update} needs pack=True and a "
+                             "positive count (unpacked, the examples per update are BATCH_SIZE)")
         if self.source not in SOURCES:
             raise ValueError(f"DataConfig.source={self.source!r}; choose one of {SOURCES}.")
         if "targets" not in self.task_feature_lengths:
@@ -57,10 +65,16 @@ class DataConfig:
         return seqio_batches(mixture_or_task_name=self.mixture_or_task_name,
                              task_feature_lengths=self.task_feature_lengths, global_batch_size=global_batch_size,
                              sharding=sharding, split=self.split, seed=seed, shuffle=self.shuffle, pack=self.pack,
-                             use_cached_tasks=self.use_cached_tasks, epochs=epochs)
+                             use_cached_tasks=self.use_cached_tasks, epochs=epochs,
+                             examples_per_update=self.examples_per_update)
 
     def steps_per_epoch(self, global_batch_size: int) -> int:
         """Full global batches in one pass over the mixture."""
+        if self.examples_per_update:  # an update is that many examples, whatever rows they take
+            return steps_per_epoch(mixture_or_task_name=self.mixture_or_task_name,
+                                   task_feature_lengths=self.task_feature_lengths,
+                                   global_batch_size=self.examples_per_update, split=self.split, pack=False,
+                                   use_cached_tasks=self.use_cached_tasks)
         return steps_per_epoch(mixture_or_task_name=self.mixture_or_task_name,
                                task_feature_lengths=self.task_feature_lengths, global_batch_size=global_batch_size,
                                split=self.split, pack=self.pack, use_cached_tasks=self.use_cached_tasks)
@@ -165,35 +179,50 @@ def synthetic_batches(*, sharding, global_batch_size: int, length: int, vocab_si
 
 def seqio_local_batches(*, mixture_or_task_name: str, split: str, task_feature_lengths, rows_per_host: int,
                         shard_index: int, num_shards: int, seed: int, shuffle: bool = True, pack: bool = True,
-                        use_cached_tasks: bool = False, skip: int = 0, epochs: int | None = None) -> Iterator[dict]:
-    """This host's numpy batches of a SeqIO mixture (`epochs` passes, or forever), after skipping `skip` batches."""
+                        use_cached_tasks: bool = False, skip: int = 0, epochs: int | None = None,
+                        examples_per_host: int | None = None) -> Iterator[dict]:
+    """This host's numpy batches of a SeqIO mixture (`epochs` passes, or forever), after skipping `skip` batches.
+
+    With `examples_per_host`, each batch is exactly that many examples packed into `rows_per_host` rows."""
     import seqio_tasks  # lazy: TensorFlow is only needed when a SeqIO stream is actually read
 
     ds = seqio_tasks.get_dataset(mixture_or_task_name, split=split, feature_lengths=task_feature_lengths,
-                                 batch_size=rows_per_host, shuffle=shuffle, seed=seed, shard_index=shard_index,
-                                 num_shards=num_shards, pack=pack, num_epochs=epochs, use_cached=use_cached_tasks)
+                                 batch_size=examples_per_host or rows_per_host, shuffle=shuffle, seed=seed,
+                                 shard_index=shard_index, num_shards=num_shards,
+                                 pack=pack and not examples_per_host, num_epochs=epochs, use_cached=use_cached_tasks)
     if skip:
         ds = ds.skip(skip)
     for batch in ds.as_numpy_iterator():
+        if examples_per_host:
+            batch = pack_rows(batch, rows_per_host)
         yield {k: batch[k] for k in BATCH_KEYS}
 
 
 def seqio_batches(*, mixture_or_task_name: str, task_feature_lengths, global_batch_size: int, sharding,
                   split: str = "train", seed: int = 0, shuffle: bool = True, pack: bool = True,
-                  use_cached_tasks: bool = False, epochs: int | None = None) -> GlobalBatches:
+                  use_cached_tasks: bool = False, epochs: int | None = None,
+                  examples_per_update: int | None = None) -> GlobalBatches:
     """A GlobalBatches over a SeqIO mixture; each host reads only its shard of every global batch."""
     shard_index, num_shards, rows = host_shard(sharding, global_batch_size)
+    examples_per_host = None
+    if examples_per_update:
+        if examples_per_update % num_shards:
+            raise ValueError(f"EXAMPLES_PER_UPDATE={examples_per_update} does not split over the {num_shards} "
+                             "input shards (hosts); use a multiple of it")
+        examples_per_host = examples_per_update // num_shards
 
     def make_local(skip):
         return seqio_local_batches(
             mixture_or_task_name=mixture_or_task_name, split=split, task_feature_lengths=task_feature_lengths,
             rows_per_host=rows, shard_index=shard_index, num_shards=num_shards, seed=seed, shuffle=shuffle,
-            pack=pack, use_cached_tasks=use_cached_tasks, skip=skip, epochs=epochs)
+            pack=pack, use_cached_tasks=use_cached_tasks, skip=skip, epochs=epochs,
+            examples_per_host=examples_per_host)
 
     lengths = ",".join(f"{k}={v}" for k, v in sorted(dict(task_feature_lengths).items()))
     return GlobalBatches(make_local, sharding=sharding, global_batch_size=global_batch_size, seed=seed,
                          description=f"{mixture_or_task_name}:{split}:{lengths}:b{global_batch_size}:pack={pack}"
-                                     + (f":epochs={epochs}" if epochs else ""))
+                                     + (f":epochs={epochs}" if epochs else "")
+                                     + (f":examples={examples_per_update}" if examples_per_update else ""))
 
 
 def steps_per_epoch(*, mixture_or_task_name: str, task_feature_lengths, global_batch_size: int,

@@ -17,6 +17,7 @@ from typing import Callable
 
 from sciriff_jax.eval import decode, metrics
 from sciriff_jax.eval import judge as judge_lib
+from sciriff_jax.eval.protocol import Protocol
 from sciriff_jax.eval.predictions import PredictionStore
 from sciriff_jax.eval.progress import Progress
 from sciriff_jax.io import loader, paths
@@ -38,6 +39,7 @@ class EvalConfig:
     kv_cache_bytes: int | None = None    # KV-cache budget per device; None: half of the free device memory
     template: str = loader.DEFAULT_TEMPLATE  # "auto": the checkpoint's own; tulu | llama2 | plain | model | a .jinja
     fewshot: dict | None = None          # None: the paper's ({"evidence_inference": 1})
+    protocol: str = "release"            # release: prompts, BOS and stops as the paper's eval; train: as training
 
 
 def task_names_of(mixture_or_task_name: str) -> list[str]:
@@ -83,16 +85,19 @@ def predict_tasks(config, params, loaded: dict, vocabulary, *, eval_config: Eval
     from sciriff_jax.eval import prompts as prompts_lib
 
     fewshot = prompts_lib.PAPER_FEWSHOT if eval_config.fewshot is None else eval_config.fewshot
+    protocol = Protocol(eval_config.protocol)
+    bos_id = bos_id if protocol.adds_bos else None  # the release's vLLM runs added no BOS
     store = None
     if output_dir is not None:
         store = PredictionStore(output_dir, {**(settings or {}), "params": params_digest(params),
                                              "split": eval_config.split,
                                              "max_new_tokens": eval_config.max_new_tokens,
-                                             "template": eval_config.template, "fewshot": fewshot})
+                                             "template": eval_config.template, "fewshot": fewshot,
+                                             "protocol": protocol.name})
     records: dict[str, list] = {}
     jobs = []  # (task, index, record without prediction, prompt tokens)
     for name, (examples, scorer) in loaded.items():
-        texts = prompts_lib.build_prompts(examples, eval_config.template, fewshot.get(scorer, 0), vocabulary)
+        texts = protocol.prompts(examples, eval_config.template, fewshot.get(scorer, 0), scorer, vocabulary)
         tokens = prompts_lib.encode_prompts(texts, vocabulary, max_position=getattr(config, "max_position", 0),
                                             max_new_tokens=eval_config.max_new_tokens, bos_id=bos_id, label=name)
         done = store.finished(name) if store is not None else {}
@@ -121,7 +126,7 @@ def predict_tasks(config, params, loaded: dict, vocabulary, *, eval_config: Eval
 
     def on_finish(j, tokens):
         name, i, base, _ = jobs[j]
-        records[name][i] = {**base, "prediction": vocabulary.decode(tokens)}
+        records[name][i] = {**base, "prediction": protocol.cut(vocabulary.decode(tokens), base["scorer"])}
         if store is not None:
             store.add(name, records[name][i])
         left[name] -= 1
@@ -167,6 +172,7 @@ def evaluate_tasks(config, params, task_names: list[str], vocabulary, *, eval_co
                             bos_id=bos_id, output_dir=output_dir, settings=settings,
                             label=eval_config.mixture_or_task_name or "")
     summary = score_records(records, {name: scorer for name, (_, scorer) in loaded.items()}, judge=judge)
+    summary["protocol"] = Protocol(eval_config.protocol).describe()
     if settings:
         summary["settings"] = settings  # e.g. which checkpoint, tokenizer and template
     if output_dir is not None:

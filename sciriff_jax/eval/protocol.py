@@ -25,6 +25,9 @@ RELEASE_PROMPTS = {
     "tulu": "<|user|>\n{input}\n<|assistant|>",
     "llama2": "<s>[INST] <<SYS>>\nYou are a helpful and honest assistant.\n<</SYS>>\n\n{input} [/INST]",
 }
+# "auto" (the checkpoint's own template) under the release protocol: the release's tulu prompt, which the release
+# used for Tulu-family models and SciTulu (its llama3 / qwen directories are not reproduced here).
+RELEASE_DEFAULT_TEMPLATE = "tulu"
 RELEASE_TARGET_DELIMITER = "\n"
 RELEASE_FEWSHOT_DELIMITER = "\n\n--------------------\n\n"
 RELEASE_TASK_DELIMITERS = {"evidence_inference": "\n\n\n"}  # tulu/evidence_inference.yaml
@@ -53,6 +56,7 @@ class Protocol:
             from sciriff_jax.eval import prompts as prompts_lib  # the data layer's rendering (TensorFlow)
 
             return prompts_lib.build_prompts(examples, template, num_fewshot, vocabulary)
+        template = RELEASE_DEFAULT_TEMPLATE if template == "auto" else template
         if template not in RELEASE_PROMPTS:
             raise ValueError(f"the release protocol has the release's prompt templates {sorted(RELEASE_PROMPTS)}, "
                              f"not {template!r}; set EvalConfig.template to one of them, or protocol='train' to "

@@ -11,6 +11,7 @@ from typing import Callable
 from sciriff_jax.model.config import ATTENTION_BACKENDS, REMAT_POLICIES
 from sciriff_jax.parallel.sharding import LAYOUTS, MESH_AXES
 from sciriff_jax.train.loop import NONFINITE_POLICIES
+from sciriff_jax.eval.protocol import PROTOCOLS
 from sciriff_jax.train.optim import SCHEDULES
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -91,7 +92,7 @@ SPEC: dict[str, Callable] = {
     "VOCABULARY_PATH": _optional(_string), "JUDGE_URL": _optional(_string), "JUDGE_MODEL": _optional(_string),
     "EVAL_MIXTURE_OR_TASK_NAME": _optional(_string), "DECODE_EVAL_MIXTURE_OR_TASK_NAME": _optional(_string),
     "TASK_FEATURE_LENGTHS": _lengths,
-    "TRAIN_STEPS": _optional(_int(1)), "NUM_EPOCHS": _number(0, above=True), "BATCH_SIZE": _int(1),
+    "TRAIN_STEPS": _optional(_int(1)), "NUM_EPOCHS": _number(0, above=True), "BATCH_SIZE": _int(1), "EXAMPLES_PER_UPDATE": _optional(_int(1)),
     "MICROBATCHES": _int(1), "SEED": _int(0), "CHECKPOINT_PERIOD": _int(0), "KEEP_CHECKPOINTS": _optional(_int(1)),
     "LOG_EVERY": _int(1), "EVAL_EVERY": _optional(_int(1)), "VOCAB_SIZE": _int(1),
     "MAX_EXAMPLES": _optional(_int(1)), "MAX_NEW_TOKENS": _int(1),
@@ -100,7 +101,7 @@ SPEC: dict[str, Callable] = {
     "SCHEDULE": _choice(SCHEDULES), "ON_NONFINITE": _choice(NONFINITE_POLICIES),
     "MESH_LAYOUT": _optional(_choice(LAYOUTS)), "MESH_SHAPE": _mesh_shape,
     "ATTENTION_BACKEND": _optional(_choice(ATTENTION_BACKENDS)), "REMAT_POLICY": _optional(_choice(REMAT_POLICIES)),
-    "TEMPLATE": _string, "DTYPE": _optional(_choice(DTYPES)), "SPLIT": _choice(SPLITS),
+    "TEMPLATE": _string, "PROTOCOL": _choice(PROTOCOLS), "DTYPE": _optional(_choice(DTYPES)), "SPLIT": _choice(SPLITS),
     "FEWSHOT": _fewshot, "USE_CACHED_TASKS": _bool, "PACK": _bool, "EVAL_AT_START": _bool,
 }
 # Named alternatives an experiment offers for --gin.MESH_SHAPE=%MESH_V4_64 (listed in its PRESETS macro).

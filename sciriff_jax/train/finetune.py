@@ -154,13 +154,16 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
     tokenizer = _training_tokenizer(train, data, config, model_dir)  # before anything reads the mixture
 
     train_steps, epochs = train.train_steps, None
-    unit = f"rows of {length} packed tokens" if data.pack else "examples (unpacked, one per row)"
+    if data.examples_per_update:
+        unit = f"rows of {length} tokens holding exactly {data.examples_per_update} examples"
+    else:
+        unit = f"rows of {length} packed tokens" if data.pack else "examples (unpacked, one per row)"
     if train_steps is None:
         per_epoch = data.steps_per_epoch(batch_size)
         train_steps = max(int(math.ceil(train.num_epochs * per_epoch)), 1)
         # Exact epochs: a finite stream of whole passes. Packing joins the passes' rows, so one more pass is
         # read for the last update's few rows; unpacked, the passes hold exactly the batches counted.
-        epochs = int(math.ceil(train.num_epochs)) + (1 if data.pack else 0)
+        epochs = int(math.ceil(train.num_epochs)) + (1 if data.pack and not data.examples_per_update else 0)
         _log(f"{batch_size} {unit} per update; {train_steps} updates = {train.num_epochs} epochs x {per_epoch} "
              "updates per epoch (every example once per epoch)")
     else:
@@ -277,7 +280,7 @@ def _training_tokenizer(train: TrainConfig, data: DataConfig, config: LlamaConfi
         configured = vocab_lib.configured_vocabulary(seqio_tasks.SETTINGS.vocab_path)
         if configured is None:
             seqio_tasks.configure(vocab_path=loader.vocabulary_for(own.vocabulary_path), template=own.template)
-            _log(f"data: {own.note} of INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}")
+            _log(f"data: INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}: {own.note}")
     vocab, template = seqio_tasks.tokenizer_of(data.mixture_or_task_name)
     if own is not None and vocab_lib.fingerprint(vocab) != loader._fingerprint_of(own.vocabulary_path):
         raise ValueError(
