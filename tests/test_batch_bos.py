@@ -38,3 +38,29 @@ def test_the_documents_are_the_release_instances_tokenized_in_one_pass(llama_voc
     np.testing.assert_array_equal(batch["decoder_input_tokens"][0, :n], ids[:-1])
     np.testing.assert_array_equal(batch["decoder_target_tokens"][0, :n], ids[1:])
     np.testing.assert_array_equal(batch["decoder_loss_weights"][0, :n], mask[1:])
+
+
+def _open_instruct_text(messages):
+    """open-instruct's encode_with_messages_format text (stripped contents, role blocks, </s> after answers)."""
+    out = ""
+    for m in messages:
+        end = "</s>\n" if m["role"] == "assistant" else "\n"
+        out += f"<|{m['role']}|>\n" + m["content"].strip() + end
+    return out.strip()
+
+
+@pytest.mark.parametrize("task", ["bioasq_list_qa", "evidence_inference", "qasper_abstractive_qa", "scifact_entailment"])
+def test_real_sciriff_instances_get_open_instructs_ids_and_loss(shared_sciriff, llama_vocab, task):
+    import json
+
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(llama_vocab.directory)
+    lines = (shared_sciriff / "eval_sample" / f"{task}.jsonl").read_text().splitlines()[:3]
+    for row in map(json.loads, lines):
+        chat = render.single_turn(row["input"], row["output"])
+        ids, mask = render.tokenize_messages(chat, llama_vocab, "tulu")
+        assert ids == hf(_open_instruct_text(chat))["input_ids"]  # BOS added by the tokenizer, one pass
+        # open-instruct's labels: everything through "<|assistant|>\n" is -100, the answer and </s> are trained.
+        prompt = len(hf(_open_instruct_text(chat[:1]) + "\n<|assistant|>\n")["input_ids"])
+        assert mask == [0] * prompt + [1] * (len(ids) - prompt)
