@@ -80,6 +80,16 @@ class _QuietIncludeSearch(logging.Filter):
 _QUIET_INCLUDE_SEARCH = _QuietIncludeSearch()
 
 
+def _model_from_checkpoint_without_a_model_file() -> None:
+    """No models/*.gin: finetune takes the shape from INITIAL_CHECKPOINT_PATH (an HF dir or Orbax checkpoint)."""
+    try:
+        bound = gin.query_parameter("finetune.model")
+    except ValueError:
+        return
+    if isinstance(bound, gin.config.ConfigurableReference) and not gin.get_bindings("LlamaConfig"):
+        gin.parse_config("finetune.model = None")  # finetune says what to set when there is no checkpoint either
+
+
 def load_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parse gin files then bindings; unknown macros, unknown configurables and missing required macros fail by name."""
     gin.clear_config()
@@ -102,6 +112,7 @@ def load_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths:
             gin.parse_config(binding)
         except (ValueError, SyntaxError) as err:
             raise GinConfigError(f"--gin.{binding}: {err}") from err
+    _model_from_checkpoint_without_a_model_file()
     macros = gin_compat.defined_macros()
     missing = sorted(name for name, value in macros.items() if gin_compat.is_required(value))
     if missing:
