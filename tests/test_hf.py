@@ -172,7 +172,7 @@ def test_truncated_config_and_safetensors_errors_name_the_path(tmp_path):
 
 @pytest.mark.parametrize("model_type,architectures,message", [
     (None, ["Qwen2ForCausalLM"], "model_type=None"),
-    ("qwen2", ["Qwen2ForCausalLM"], "model_type='qwen2'"),
+    ("gemma", ["GemmaForCausalLM"], "model_type=.gemma."),
     ("llama", ["Qwen2ForCausalLM"], "does not match model_type='llama'"),
 ])
 def test_model_type_and_architectures_must_name_a_supported_architecture(tmp_path, model_type, architectures,

@@ -18,22 +18,40 @@ from safetensors import safe_open
 from safetensors.flax import save_file
 
 from sciriff_jax.io import paths
-from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.model.config import ARCHITECTURES, LlamaConfig
 
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
-# HF name inside a layer -> (our path inside a layer, how to reshape the transposed [in, out] matrix).
-_LAYER_MAP = {
-    "self_attn.q_proj": (("attn", "q_proj"), "heads"),
-    "self_attn.k_proj": (("attn", "k_proj"), "kv_heads"),
-    "self_attn.v_proj": (("attn", "v_proj"), "kv_heads"),
-    "self_attn.o_proj": (("attn", "o_proj"), "out"),
-    "mlp.gate_proj": (("mlp", "gate_proj"), None),
-    "mlp.up_proj": (("mlp", "up_proj"), None),
-    "mlp.down_proj": (("mlp", "down_proj"), None),
-    "input_layernorm": (("input_norm", "scale"), "vector"),
-    "post_attention_layernorm": (("post_attn_norm", "scale"), "vector"),
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# HF name inside a layer -> (our path inside a layer, how to reshape: see _to_ours). Llama's layer; layer_map adds
+# the other architectures' tensors.
+_LLAMA_LAYER = {
+    "self_attn.q_proj.weight": (("attn", "q_proj"), "heads"),
+    "self_attn.k_proj.weight": (("attn", "k_proj"), "kv_heads"),
+    "self_attn.v_proj.weight": (("attn", "v_proj"), "kv_heads"),
+    "self_attn.o_proj.weight": (("attn", "o_proj"), "out"),
+    "mlp.gate_proj.weight": (("mlp", "gate_proj"), None),
+    "mlp.up_proj.weight": (("mlp", "up_proj"), None),
+    "mlp.down_proj.weight": (("mlp", "down_proj"), None),
+    "input_layernorm.weight": (("input_norm", "scale"), "vector"),
+    "post_attention_layernorm.weight": (("post_attn_norm", "scale"), "vector"),
 }
+
+
+def layer_map(config: LlamaConfig) -> dict:
+    """Every tensor of one Hugging Face layer of `config`'s architecture -> (our path, reshape kind)."""
+    out = dict(_LLAMA_LAYER)
+    if config.attention_bias:
+        out.update({"self_attn.q_proj.bias": (("attn", "q_bias"), "heads_vector"),
+                    "self_attn.k_proj.bias": (("attn", "k_bias"), "kv_heads_vector"),
+                    "self_attn.v_proj.bias": (("attn", "v_bias"), "kv_heads_vector")})
+    if config.qk_norm:
+        per_head = config.qk_norm == "head"
+        out.update({"self_attn.q_norm.weight": (("attn", "q_norm"), "vector" if per_head else "heads_vector"),
+                    "self_attn.k_norm.weight": (("attn", "k_norm"), "vector" if per_head else "kv_heads_vector")})
+    if config.post_norms:  # OLMo 2: post_attention_layernorm normalizes the attention output, no input norm
+        del out["input_layernorm.weight"]
+        out["post_attention_layernorm.weight"] = (("attn_out_norm", "scale"), "vector")
+        out["post_feedforward_layernorm.weight"] = (("mlp_out_norm", "scale"), "vector")
+    return out
 
 
 def _np_dtype(name: str):
@@ -44,6 +62,10 @@ def _to_ours(hf_tensor: np.ndarray, kind, config: LlamaConfig) -> np.ndarray:
     """HF torch-layout tensor ([out, in] Linear weight or a vector) -> our kernel layout."""
     if kind == "vector":
         return hf_tensor
+    if kind == "heads_vector":
+        return hf_tensor.reshape(config.num_heads, config.head_dim)
+    if kind == "kv_heads_vector":
+        return hf_tensor.reshape(config.num_kv_heads, config.head_dim)
     w = hf_tensor.T  # torch Linear stores [out, in]; we store [in, out]
     if kind == "heads":
         return w.reshape(config.hidden_size, config.num_heads, config.head_dim)
@@ -58,6 +80,8 @@ def _to_hf(ours: np.ndarray, kind) -> np.ndarray:
     """Inverse of `_to_ours`."""
     if kind == "vector":
         return ours
+    if kind in ("heads_vector", "kv_heads_vector"):
+        return np.ascontiguousarray(ours.reshape(-1))
     if kind in ("heads", "kv_heads"):
         ours = ours.reshape(ours.shape[0], -1)
     elif kind == "out":
@@ -74,7 +98,7 @@ def local_hf_dir(hf_dir) -> pathlib.Path:
     return pathlib.Path(hf_dir)
 
 
-SUPPORTED_ARCHITECTURES = {"llama": "LlamaForCausalLM"}  # config.json model_type -> its architectures entry
+SUPPORTED_ARCHITECTURES = ARCHITECTURES  # config.json model_type -> its architectures entry
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -112,19 +136,29 @@ def _open(path: pathlib.Path):
         raise ValueError(f"{path}: not a readable safetensors file ({err}); re-download or re-save it") from None
 
 
+def _hf_shape(kind, ours: tuple, config: LlamaConfig) -> tuple:
+    """The torch-layout shape of a tensor whose shape is `ours` in our layout."""
+    if kind == "vector":
+        return ours
+    if kind in ("heads_vector", "kv_heads_vector"):
+        return (ours[0] * ours[1],)
+    flat = (ours[0], ours[1] * ours[2]) if kind in ("heads", "kv_heads") else \
+        (ours[0] * ours[1], ours[2]) if kind == "out" else ours
+    return (flat[1], flat[0])
+
+
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """The torch-layout shape of every tensor a Hugging Face Llama with `config` has."""
-    h, hd = config.hidden_size, config.head_dim
-    layer = {"self_attn.q_proj": (config.num_heads * hd, h), "self_attn.k_proj": (config.num_kv_heads * hd, h),
-             "self_attn.v_proj": (config.num_kv_heads * hd, h), "self_attn.o_proj": (h, config.num_heads * hd),
-             "mlp.gate_proj": (config.intermediate_size, h), "mlp.up_proj": (config.intermediate_size, h),
-             "mlp.down_proj": (h, config.intermediate_size), "input_layernorm": (h,),
-             "post_attention_layernorm": (h,)}
+    """The torch-layout shape of every tensor a Hugging Face model with `config` has."""
+    from sciriff_jax.model.llama import param_shapes
+
+    ours = param_shapes(config.replace(scan_layers=False))
+    h = config.hidden_size
     shapes = {"model.embed_tokens.weight": (config.vocab_size, h), "model.norm.weight": (h,)}
     if not config.tie_embeddings:
         shapes["lm_head.weight"] = (config.vocab_size, h)
     for i in range(config.num_layers):
-        shapes.update({f"model.layers.{i}.{sub}.weight": shape for sub, shape in layer.items()})
+        for sub, ((group, leaf), kind) in layer_map(config).items():
+            shapes[f"model.layers.{i}.{sub}"] = _hf_shape(kind, tuple(ours[f"layers_{i}"][group][leaf].shape), config)
     return shapes
 
 
@@ -141,7 +175,8 @@ def check_tensors(hf_dir: pathlib.Path, config: LlamaConfig) -> None:
                 if name not in expected:
                     m = _LAYER.match(name)
                     why = (f"layer {m.group(1)} but config.json has num_hidden_layers={config.num_layers}"
-                           if m and m.group(2) in _LAYER_MAP else "not a tensor of a bias-free Llama")
+                           if m and m.group(2) in layer_map(config) else
+                           f"not a tensor of a {config.model_type} model as config.json describes it")
                     raise ValueError(f"{path}: unexpected tensor {name!r} ({why})")
                 shape = tuple(f.get_slice(name).get_shape())
                 if shape != expected[name]:
@@ -193,6 +228,7 @@ def load_hf_params(hf_dir, dtype: str = "float32", scan_layers: bool = True, pro
     check_tensors(hf_dir, config)  # all shapes first: a mismatch must stop the import before anything is written
     npd = _np_dtype(dtype)
     n = config.num_layers
+    mapping = layer_map(config)
     layers: dict = {}
     params: dict = {}
     seen: set = set()
@@ -200,9 +236,9 @@ def load_hf_params(hf_dir, dtype: str = "float32", scan_layers: bool = True, pro
         m = _LAYER.match(name)
         if m:
             i, sub = int(m.group(1)), m.group(2)
-            if sub not in _LAYER_MAP:
-                raise ValueError(f"{hf_dir}: unexpected tensor {name!r} (only bias-free Llama layers are supported).")
-            (group, leaf), kind = _LAYER_MAP[sub]
+            if sub not in mapping:
+                raise ValueError(f"{hf_dir}: unexpected tensor {name!r} for a {config.model_type} model.")
+            (group, leaf), kind = mapping[sub]
             value = _to_ours(tensor, kind, config)
             slot = layers.setdefault(group, {})
             if leaf not in slot:
@@ -222,7 +258,7 @@ def load_hf_params(hf_dir, dtype: str = "float32", scan_layers: bool = True, pro
             raise ValueError(f"{hf_dir}: unexpected tensor {name!r} in a Llama checkpoint.")
         if progress:
             print(f"hf import: {name} {tuple(tensor.shape)}", flush=True)
-    missing = [f"model.layers.{i}.{sub}.weight" for sub in _LAYER_MAP for i in range(n) if (sub, i) not in seen]
+    missing = [f"model.layers.{i}.{sub}" for sub in mapping for i in range(n) if (sub, i) not in seen]
     for key in ("embedding", "final_norm") + (() if config.tie_embeddings else ("lm_head",)):
         if key not in params:
             missing.append(key)
@@ -236,14 +272,6 @@ def load_hf_params(hf_dir, dtype: str = "float32", scan_layers: bool = True, pro
     return params, config
 
 
-def copy_tokenizer(src, dst) -> None:
-    """Copy the tokenizer files present in `src` to `dst` (either may be a URL)."""
-    # As bytes: one side may be a URL (epath.Path), and the files are small.
-    for name in TOKENIZER_FILES:
-        if (src / name).exists():
-            (dst / name).write_bytes((src / name).read_bytes())
-
-
 def hf_tensors(params, config: LlamaConfig):
     """Yield (HF tensor name, element count, thunk -> numpy array in torch layout), converting lazily."""
     params = dict(params)
@@ -253,14 +281,14 @@ def hf_tensors(params, config: LlamaConfig):
 
     yield "model.embed_tokens.weight", params["embedding"].size, leaf(params["embedding"], "vector")
     for i in range(config.num_layers):
-        for sub, ((group, name), kind) in _LAYER_MAP.items():
+        for sub, ((group, name), kind) in layer_map(config).items():
             if "layers" in params:
                 stacked = params["layers"][group][name]
-                yield (f"model.layers.{i}.{sub}.weight", stacked.size // config.num_layers,
+                yield (f"model.layers.{i}.{sub}", stacked.size // config.num_layers,
                        (lambda s=stacked, i=i, k=kind: _to_hf(np.asarray(s[i]), k)))
             else:
                 x = params[f"layers_{i}"][group][name]
-                yield f"model.layers.{i}.{sub}.weight", x.size, leaf(x, kind)
+                yield f"model.layers.{i}.{sub}", x.size, leaf(x, kind)
     yield "model.norm.weight", params["final_norm"]["scale"].size, leaf(params["final_norm"]["scale"], "vector")
     if not config.tie_embeddings:
         yield "lm_head.weight", params["lm_head"].size, leaf(params["lm_head"], None)

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Hugging Face model_type -> its architectures entry: the Llama family this model covers.
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM"}
+QK_NORMS = (None, "head", "projection")  # Qwen3: RMSNorm per head over head_dim; OLMo 2: over the whole projection
 ATTENTION_BACKENDS = ("auto", "reference", "blockwise", "cudnn", "splash", "ring")
 
 
@@ -18,7 +23,7 @@ RUNTIME = {"kind": "runtime"}
 
 @dataclasses.dataclass
 class LlamaConfig:
-    """Shape and numerics of a decoder-only Llama-2 style model."""
+    """Shape and numerics of a decoder-only Llama-family model (Llama 2/3, Mistral, Qwen2/2.5/3, OLMo 2)."""
 
     vocab_size: int = dataclasses.field(metadata=SHAPE)
     hidden_size: int = dataclasses.field(metadata=SHAPE)
@@ -27,6 +32,10 @@ class LlamaConfig:
     num_heads: int = dataclasses.field(metadata=SHAPE)
     num_kv_heads: int = dataclasses.field(metadata=SHAPE)
     head_dim: int | None = dataclasses.field(default=None, metadata=SHAPE)
+    model_type: str = "llama"                                          # HF model_type (export writes it)
+    attention_bias: bool = dataclasses.field(default=False, metadata=SHAPE)  # Qwen2: q/k/v projections have biases
+    qk_norm: str | None = dataclasses.field(default=None, metadata=SHAPE)   # QK_NORMS
+    post_norms: bool = dataclasses.field(default=False, metadata=SHAPE)  # OLMo 2: norms after attention / MLP, none before
     rope_theta: float = 10000.0
     # None, {"rope_type": "linear", "factor": f} or {"rope_type": "llama3", "factor", "low_freq_factor",
     # "high_freq_factor", "original_max_position_embeddings"} (Hugging Face's keys).
@@ -65,6 +74,10 @@ class LlamaConfig:
             raise ValueError(
                 f"LlamaConfig: num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads} "
                 "(grouped-query attention shares each KV head among num_heads/num_kv_heads query heads).")
+        if self.model_type not in ARCHITECTURES:
+            raise ValueError(f"LlamaConfig.model_type={self.model_type!r}; supported: {sorted(ARCHITECTURES)}.")
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"LlamaConfig.qk_norm={self.qk_norm!r}; choose one of {QK_NORMS}.")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"LlamaConfig.remat_policy={self.remat_policy!r}; choose one of {REMAT_POLICIES}.")
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -105,9 +118,9 @@ class LlamaConfig:
                                "rope_type": self.rope_scaling.get("rope_type", self.rope_scaling.get("type")),
                                "rope_theta": float(self.rope_theta)}
         torch_dtype = "float32" if self.param_dtype == "float32" else self.param_dtype
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+        out = {
+            "architectures": [ARCHITECTURES[self.model_type]],
+            "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -119,8 +132,7 @@ class LlamaConfig:
             "max_position_embeddings": self.max_position,
             "rms_norm_eps": self.rms_norm_eps,
             "tie_word_embeddings": self.tie_embeddings,
-            "attention_bias": False,
-            "mlp_bias": False,
+            "attention_bias": self.attention_bias,
             # Both spellings: transformers>=5 reads rope_parameters, older versions rope_theta/rope_scaling.
             "rope_parameters": rope_parameters,
             "rope_theta": float(self.rope_theta),
@@ -128,14 +140,24 @@ class LlamaConfig:
             "torch_dtype": torch_dtype,
             "dtype": torch_dtype,
         }
+        if self.model_type == "llama":
+            out["mlp_bias"] = False
+        if self.model_type in ("mistral", "qwen2", "qwen3"):
+            out.update(sliding_window=None, use_sliding_window=False)
+        if self.model_type == "qwen2":
+            del out["attention_bias"]  # Qwen2 always has q/k/v biases
+        return out
 
     @classmethod
     def from_hf_config(cls, hf: dict[str, Any], **overrides) -> "LlamaConfig":
-        """Build from a Hugging Face config.json dict (transformers 4.x or 5.x spelling)."""
-        if hf.get("model_type", "llama") not in ("llama", "mistral"):
-            raise ValueError(f"from_hf_config: model_type={hf.get('model_type')!r} is not a Llama architecture.")
-        if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
-            raise ValueError("from_hf_config: only silu activations without attention/MLP biases are supported.")
+        """Build from a Hugging Face config.json dict (transformers 4.x or 5.x spelling) of a supported model_type."""
+        model_type = hf.get("model_type", "llama")
+        if model_type not in ARCHITECTURES:
+            raise ValueError(f"from_hf_config: model_type={model_type!r} is not supported; supported: "
+                             f"{', '.join(f'{k} ({v})' for k, v in ARCHITECTURES.items())}.")
+        if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
+            raise ValueError("from_hf_config: only silu activations without MLP biases are supported.")
+        window = hf.get("sliding_window") if hf.get("use_sliding_window", model_type == "mistral") else None
         rope = dict(hf.get("rope_parameters") or {})
         theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
         scaling = hf.get("rope_scaling") or rope or None
@@ -146,6 +168,13 @@ class LlamaConfig:
             if scaling is not None:
                 scaling.pop("type", None)
         heads = hf["num_attention_heads"]
+        max_position = hf.get("max_position_embeddings", 4096)
+        if window is not None and window < max_position:
+            # Sliding-window attention equals full attention for sequences up to the window, so the context is
+            # capped there rather than attending further than the model was trained to.
+            logging.warning("%s: sliding_window=%d < max_position_embeddings=%d: the context is capped at %d tokens",
+                            model_type, window, max_position, window)
+            max_position = window
         kw = dict(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -154,11 +183,15 @@ class LlamaConfig:
             num_heads=heads,
             num_kv_heads=hf.get("num_key_value_heads") or heads,
             head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            model_type=model_type,
+            attention_bias=True if model_type == "qwen2" else bool(hf.get("attention_bias", False)),
+            qk_norm={"qwen3": "head", "olmo2": "projection"}.get(model_type),
+            post_norms=model_type == "olmo2",
             rope_theta=float(theta),
             rope_scaling=scaling,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-5),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            max_position=hf.get("max_position_embeddings", 4096),
+            max_position=max_position,
         )
         kw.update(overrides)
         return cls(**kw)
@@ -167,6 +200,8 @@ class LlamaConfig:
         """Parameter count (embedding and untied output head included unless asked otherwise)."""
         d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
         attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
+        attn += hd * (self.num_heads + 2 * self.num_kv_heads) if self.attention_bias else 0
+        attn += {"head": 2 * hd, "projection": hd * (self.num_heads + self.num_kv_heads)}.get(self.qk_norm, 0)
         per_layer = attn + 3 * d * f + 2 * d
         n = self.num_layers * per_layer + d
         if include_embedding:

@@ -1,4 +1,7 @@
-"""Flax Llama-2 decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU; scan over layers; KV-cache decode.
+"""Flax Llama-family decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU; scan over layers; KV-cache decode.
+
+The family's variations are config switches: q/k/v biases (Qwen2), q/k RMSNorm per head (Qwen3) or over the
+projection (OLMo 2), norms after each sublayer instead of before (OLMo 2).
 
 Every parameter and key activation carries logical axis names; `sciriff_jax.partitioning` maps them
 to mesh axes per layout. Parameters live in `param_dtype` (fp32 by default), compute runs in `dtype`.
@@ -34,6 +37,13 @@ def _param(module: nn.Module, name: str, shape, axes, init=_INIT):
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(c.param_dtype))
 
 
+def _rms(x, scale, eps: float, dtype, axes=(-1,)):
+    """x / rms(x over `axes`) * scale, in float32 (a learned-scale RMSNorm over any trailing axes)."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=axes, keepdims=True) + eps)
+    return (y * scale.astype(jnp.float32)).astype(dtype)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned scale; statistics in float32."""
 
@@ -42,9 +52,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         scale = _param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones)
-        xf = x.astype(jnp.float32)
-        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.config.rms_norm_eps)
-        return (y * scale.astype(jnp.float32)).astype(jnp.dtype(self.config.dtype))
+        return _rms(x, scale, self.config.rms_norm_eps, jnp.dtype(self.config.dtype))
 
 
 class Attention(nn.Module):
@@ -66,6 +74,20 @@ class Attention(nn.Module):
         q = jnp.einsum("bld,dhk->blhk", x, wq.astype(dt))
         k = jnp.einsum("bld,dhk->blhk", x, wk.astype(dt))
         v = jnp.einsum("bld,dhk->blhk", x, wv.astype(dt))
+        if c.attention_bias:  # Qwen2
+            zeros = nn.initializers.zeros
+            q = q + _param(self, "q_bias", (h, hd), ("heads", "head_dim"), zeros).astype(dt)
+            k = k + _param(self, "k_bias", (kvh, hd), ("kv_heads", "head_dim"), zeros).astype(dt)
+            v = v + _param(self, "v_bias", (kvh, hd), ("kv_heads", "head_dim"), zeros).astype(dt)
+        if c.qk_norm == "head":  # Qwen3: each head's query/key normalized over head_dim, before RoPE
+            ones = nn.initializers.ones
+            q = _rms(q, _param(self, "q_norm", (hd,), ("head_dim",), ones), c.rms_norm_eps, dt)
+            k = _rms(k, _param(self, "k_norm", (hd,), ("head_dim",), ones), c.rms_norm_eps, dt)
+        elif c.qk_norm == "projection":  # OLMo 2: over the whole q / k projection (all heads), before RoPE
+            ones = nn.initializers.ones
+            q = _rms(q, _param(self, "q_norm", (h, hd), ("heads", "head_dim"), ones), c.rms_norm_eps, dt, (-2, -1))
+            k = _rms(k, _param(self, "k_norm", (kvh, hd), ("kv_heads", "head_dim"), ones), c.rms_norm_eps, dt,
+                     (-2, -1))
         q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
         k = _constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
         v = _constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
@@ -124,11 +146,16 @@ class DecoderLayer(nn.Module):
             # Paged decoding carries (x, whole pool, layer index): each layer's write then updates the pool in
             # place instead of copying a per-layer slice in and out of the scan.
             x, cache, layer = x
-        h = RMSNorm(self.config, name="input_norm")(x)
-        a, new_cache = Attention(self.config, self.mesh, name="attn")(
+        c = self.config
+        h = x if c.post_norms else RMSNorm(c, name="input_norm")(x)
+        a, new_cache = Attention(c, self.mesh, name="attn")(
             h, positions, segment_ids, cache, cache_index, kv_mask, page_table, layer)
-        x = x + a
-        x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="post_attn_norm")(x))
+        if c.post_norms:  # OLMo 2: each sublayer's output is normalized before the residual add
+            x = x + RMSNorm(c, name="attn_out_norm")(a)
+            x = x + RMSNorm(c, name="mlp_out_norm")(MLP(c, name="mlp")(x))
+        else:
+            x = x + a
+            x = x + MLP(c, name="mlp")(RMSNorm(c, name="post_attn_norm")(x))
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         if page_table is not None:
             return (x, new_cache, layer + 1), None
