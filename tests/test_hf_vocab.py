@@ -88,3 +88,19 @@ def test_a_directory_without_a_tokenizer_names_the_fix(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer.json"):
         vocab_lib.get_vocabulary(str(tmp_path))
+
+
+def test_tasks_registered_with_an_hf_directory_yield_transformers_chat_ids(tmp_path):
+    import seqio_tasks
+    from transformers import AutoTokenizer
+
+    d = hf_dirs.byte_bpe_tokenizer(tmp_path / "chatml", bos=False)
+    seqio_tasks.register(prefix="hfchatml", vocabulary=str(d), template="model")
+    ds = seqio.get_mixture_or_task("hfchatml_sample_ner").get_dataset(
+        {"inputs": 4096, "targets": 4096}, split="validation", shuffle=False, num_epochs=1)
+    ex = next(ds.as_numpy_iterator())
+    chat = [{"role": "user", "content": ex["input"].decode()}, {"role": "assistant", "content": ex["output"].decode()}]
+    want = AutoTokenizer.from_pretrained(d).apply_chat_template(chat, tokenize=True, return_dict=False)
+    got = ex["inputs"].tolist() + ex["targets"].tolist()
+    assert got == want[: len(got)] and want[len(got):] == AutoTokenizer.from_pretrained(d)("\n")["input_ids"]
+    assert ex["targets_pretokenized"].decode() == ex["output"].decode()
