@@ -31,6 +31,7 @@ def test_data_stats_counts_instances_and_overlong_per_task():
 def test_data_stats_exits_non_zero_naming_the_file_of_an_unavailable_source(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "tulu.jsonl"
     monkeypatch.setenv("SCIRIFF_JAX_TULU_PATH", str(missing))
+    monkeypatch.setattr(seqio_tasks.SETTINGS, "tulu_path", None)  # another test may have configured one
     seqio_tasks.register(prefix="toolsvocab", vocabulary=seqio_tasks.get_vocabulary())  # chat data needs a vocabulary
     assert tools.main(["stats", "toolsvocab_tulu_v2_chat", "--pack_rows", "0"]) == 1
     out, err = capsys.readouterr()
