@@ -76,7 +76,9 @@ class ChatFeatureConverter(seqio.FeatureConverter):
             in_mask = ex[INPUTS_LOSS_MASK][: tf.size(inputs)]
         else:
             in_mask = tf.ones_like(inputs)
-        tokens = tf.concat([inputs, targets], 0)
+        # Ids + 1 while packing: SeqIO's packer measures a document by its non-zero entries, and id 0 is a real
+        # token in many vocabularies (Llama 3's and Qwen's "!"); _convert_example takes the 1 off again.
+        tokens = tf.concat([inputs, targets], 0) + 1
         mask = tf.concat([in_mask, tf.fill(tf.shape(targets), 2)], 0)
         return {"targets": tokens[1:], _ROW_INPUTS: tokens[:-1], _ROW_MASK: mask[1:]}
 
@@ -93,16 +95,17 @@ class ChatFeatureConverter(seqio.FeatureConverter):
         return ds.map(lambda x: {k: v[:row] for k, v in x.items()}, num_parallel_calls=tf.data.AUTOTUNE)
 
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict:
-        targets = features["targets"]
+        shifted = features["targets"]  # ids + 1, 0 = padding
         if self.pack:
             segment_ids, positions = features["targets_segment_ids"], features["targets_positions"]
         else:
-            nonpad = tf.cast(tf.not_equal(targets, 0), tf.int32)
-            segment_ids, positions = nonpad, tf.range(tf.size(targets), dtype=tf.int32) * nonpad
+            nonpad = tf.cast(tf.not_equal(shifted, 0), tf.int32)
+            segment_ids, positions = nonpad, tf.range(tf.size(shifted), dtype=tf.int32) * nonpad
+        real = segment_ids > 0
         return {
-            "decoder_target_tokens": targets,
+            "decoder_target_tokens": tf.where(real, shifted - 1, 0),
             # Each document's own tokens shifted by one: no token sees the previous document's last token.
-            "decoder_input_tokens": features[_ROW_INPUTS],
+            "decoder_input_tokens": tf.where(real, features[_ROW_INPUTS] - 1, 0),
             "decoder_loss_weights": tf.cast(tf.equal(features[_ROW_MASK], 2), tf.int32),
             "decoder_segment_ids": segment_ids,
             "decoder_positions": positions,

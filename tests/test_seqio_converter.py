@@ -1,5 +1,6 @@
 """The chat feature converter: the batch contract, packing with per-document positions, loss mask."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from seqio_tasks.converter import INPUTS_LOSS_MASK, ChatFeatureConverter
@@ -102,3 +103,16 @@ def test_overlong_rows_are_cut_at_the_end_or_dropped():
     kept = _convert(pack=False, length=3, overlong="drop")  # the 5-token chat is left out, the 4-token one fits
     assert len(kept) == 1
     np.testing.assert_array_equal(kept[0]["decoder_target_tokens"], [10, 11, 1])
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_token_id_0_is_a_real_token_not_padding(pack):
+    # Llama 3's and Qwen's id 0 is "!": a document holding it must keep every token and its loss.
+    docs = [([5, 0, 7, 0, 1], [1, 1, 2, 2, 2]), ([9, 0, 1], [1, 2, 2])]
+    rows = _convert(pack=pack, length=12 if pack else 6, docs=docs)
+    got_targets = np.concatenate([r["decoder_target_tokens"][r["decoder_segment_ids"] > 0] for r in rows])
+    got_inputs = np.concatenate([r["decoder_input_tokens"][r["decoder_segment_ids"] > 0] for r in rows])
+    np.testing.assert_array_equal(got_targets, np.concatenate([tg for _, tg, _ in _shifted(docs)]))
+    np.testing.assert_array_equal(got_inputs, np.concatenate([i for i, _, _ in _shifted(docs)]))
+    weights = np.concatenate([r["decoder_loss_weights"][r["decoder_segment_ids"] > 0] for r in rows])
+    np.testing.assert_array_equal(weights, np.concatenate([m for _, _, m in _shifted(docs)]) == 2)
