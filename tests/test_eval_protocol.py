@@ -64,7 +64,21 @@ def test_real_instances_get_exactly_lm_evals_context(shared_sciriff, task):
 
 
 def test_the_release_protocol_has_the_release_templates_only():
-    with pytest.raises(ValueError, match="release's prompt templates"):
+    with pytest.raises(ValueError, match="plain. has none"):
         RELEASE.prompts(_built("scierc_ner"), "plain", 0, "scierc_ner")
     with pytest.raises(ValueError, match="protocol"):
         Protocol("paper")
+
+
+def test_a_model_with_its_own_chat_template_is_prompted_in_that_format_as_the_releases_llama3_qwen_ones(tmp_path):
+    from seqio_tasks import render
+    from seqio_tasks.hf_vocab import HFTokenizerVocabulary
+    from tests import hf_dirs
+
+    vocab = HFTokenizerVocabulary(hf_dirs.byte_bpe_tokenizer(tmp_path, bos=False))  # a ChatML template
+    ex = _built("evidence_inference")
+    for template in ("auto", "model"):
+        first, _ = RELEASE.prompts(ex, template, 1, "evidence_inference", vocab)
+        shot, question = render.render_prompt(ex[1]["input"], "model", vocab), render.render_prompt(
+            ex[0]["input"], "model", vocab)
+        assert question.startswith("<|im_start|>") and first == shot + "\n" + ex[1]["output"] + "\n\n\n" + question

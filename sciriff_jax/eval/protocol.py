@@ -4,7 +4,8 @@
 lm-eval templates (allenai/SciRIFF e396d00, `sciriff/eval/eleuther_templates/<template>/`) run by lm-eval
 543617f with vLLM:
 - the prompt is the template's `doc_to_text`, e.g. tulu `<|user|>\\n{input}\\n<|assistant|>` (no trailing
-  newline: the model writes it);
+  newline: the model writes it); for a model with its own chat template (the release's llama3 / qwen templates),
+  that chat format with its generation prompt;
 - few-shot examples (evidence_inference: 1) are drawn with `random.Random(1234)` from the same split, two per
   instance with the instance itself dropped, each written `doc_to_text + "\\n" + output`, joined and followed
   by the task's few-shot delimiter (`\\n\\n--------------------\\n\\n`; `\\n\\n\\n` for evidence_inference);
@@ -25,8 +26,8 @@ RELEASE_PROMPTS = {
     "tulu": "<|user|>\n{input}\n<|assistant|>",
     "llama2": "<s>[INST] <<SYS>>\nYou are a helpful and honest assistant.\n<</SYS>>\n\n{input} [/INST]",
 }
-# "auto" (the checkpoint's own template) under the release protocol: the release's tulu prompt, which the release
-# used for Tulu-family models and SciTulu (its llama3 / qwen directories are not reproduced here).
+# "auto" (the checkpoint's own template) under the release protocol, for a checkpoint without one: the release's tulu
+# prompt, which it used for Tulu-family models and SciTulu.
 RELEASE_DEFAULT_TEMPLATE = "tulu"
 RELEASE_TARGET_DELIMITER = "\n"
 RELEASE_FEWSHOT_DELIMITER = "\n\n--------------------\n\n"
@@ -56,12 +57,7 @@ class Protocol:
             from sciriff_jax.eval import prompts as prompts_lib  # the data layer's rendering (TensorFlow)
 
             return prompts_lib.build_prompts(examples, template, num_fewshot, vocabulary)
-        template = RELEASE_DEFAULT_TEMPLATE if template == "auto" else template
-        if template not in RELEASE_PROMPTS:
-            raise ValueError(f"the release protocol has the release's prompt templates {sorted(RELEASE_PROMPTS)}, "
-                             f"not {template!r}; set EvalConfig.template to one of them, or protocol='train' to "
-                             "prompt with the model's own template")
-        text = RELEASE_PROMPTS[template]
+        doc_to_text = self._release_doc_to_text(template, vocabulary)
         delimiter = self.fewshot_delimiter(scorer)
         rng = random.Random(FEWSHOT_SEED)
         out = []
@@ -70,10 +66,30 @@ class Protocol:
             if num_fewshot:
                 drawn = rng.sample(examples, min(num_fewshot + 1, len(examples)))
                 shots = [d for d in drawn if d is not ex][:num_fewshot]
-                context = delimiter.join(text.replace("{input}", d["input"]) + RELEASE_TARGET_DELIMITER + d["output"]
+                context = delimiter.join(doc_to_text(d["input"]) + RELEASE_TARGET_DELIMITER + d["output"]
                                          for d in shots) + delimiter
-            out.append(context + text.replace("{input}", ex["input"]))
+            out.append(context + doc_to_text(ex["input"]))
         return out
+
+    @staticmethod
+    def _release_doc_to_text(template, vocabulary):
+        """The release's prompt text for a template: its own tulu / llama2 text, or (as its llama3 / qwen
+        templates did for those models) the model's own chat format with the generation prompt."""
+        from seqio_tasks import render  # the data layer's rendering (TensorFlow)
+        from seqio_tasks.chat_template import JinjaTemplate
+
+        if template == "auto":  # the checkpoint's own chat template where it ships one, else the release's tulu
+            own = vocabulary is not None and isinstance(render.resolve("auto", vocabulary), JinjaTemplate)
+            template = "model" if own else RELEASE_DEFAULT_TEMPLATE
+        if isinstance(template, str) and template in RELEASE_PROMPTS:
+            text = RELEASE_PROMPTS[template]
+            return lambda s: text.replace("{input}", s)
+        if template in ("plain",):
+            raise ValueError("the release protocol prompts with a chat format (its tulu / llama2 text, or the "
+                             "model's own template); 'plain' has none: use TEMPLATE tulu, llama2 or model, or "
+                             "protocol='train'")
+        render.resolve(template, vocabulary)  # fails early, naming the template
+        return lambda s: render.render_prompt(s, template, vocabulary)
 
     def fewshot_delimiter(self, scorer: str) -> str:
         return RELEASE_TASK_DELIMITERS.get(scorer, RELEASE_FEWSHOT_DELIMITER)
