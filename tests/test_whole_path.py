@@ -1,7 +1,6 @@
 """The whole path, offline: an HF directory (tiny Llama + byte-level BPE tokenizer.json + ChatML template) ->
 `sciriff-jax train` from it with no model gin file -> eval on the built-in sample -> export -> transformers reloads
 the export and greedy-generates the tokens our decoder does."""
-import dataclasses
 import json
 import os
 import subprocess
@@ -45,10 +44,8 @@ def test_hf_directory_trains_evaluates_and_exports_with_its_own_tokenizer_and_te
     record = json.loads((run / "tokenizer" / "sciriff_tokenizer.json").read_text())
     assert record["template"] == "model"
 
-    # Eval of the run: its recorded tokenizer and ChatML template, no flags.
+    # Eval of the run: its recorded tokenizer and ChatML template, no flags (the default release protocol).
     eval_config = evaluate.EvalConfig("sciriff_sample_list_qa", max_examples=2, max_new_tokens=8, batch_size=2)
-    if "protocol" in {f.name for f in dataclasses.fields(eval_config)}:
-        eval_config = dataclasses.replace(eval_config, protocol="train")  # the model's own template
     summary = evaluate.evaluate_run(checkpoint_path=str(run), eval_config=eval_config,
                                     output_dir=str(tmp_path / "eval"), dtype="float32")
     assert "its chat template" in summary["settings"]["tokenizer"]
