@@ -89,6 +89,9 @@ def data_stats(mixture: str, split: str = "train", length: int = 4096, max_examp
 
 def _piece_text(vocab, token: int) -> str:
     # Piece by piece (decode() of one token drops its leading space); byte pieces become their character.
+    if hasattr(vocab, "token_text"):  # a Hugging Face tokenizer.json: byte-level pieces spell spaces Ġ, newlines Ċ
+        piece = vocab.token_text(int(token))
+        return piece.replace("\u0120", " ").replace("\u010a", "\n").replace("\u2581", " ")
     piece = vocab.tokenizer.id_to_piece(int(token))
     if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
         return bytes([int(piece[3:5], 16)]).decode("latin-1")
@@ -101,7 +104,8 @@ def format_masked(ids: list[int], mask: list[int], vocab) -> str:
 
     def flush():
         if span:
-            text = "".join("</s>" if t == vocab.eos_id else _piece_text(vocab, t) for t in span)
+            text = "".join(_piece_text(vocab, t) if t != vocab.eos_id or hasattr(vocab, "token_text") else "</s>"
+                           for t in span)
             out.append(f"[[{text}]]" if cur else text)
 
     for t, m in zip(ids, mask):

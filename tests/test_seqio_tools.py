@@ -36,3 +36,14 @@ def test_data_stats_exits_non_zero_naming_the_file_of_an_unavailable_source(tmp_
     assert tools.main(["stats", "toolsvocab_tulu_v2_chat", "--pack_rows", "0"]) == 1
     out, err = capsys.readouterr()
     assert "unavailable" in out and f"error: toolsvocab_tulu_v2_chat: chat data not found at '{missing}'" in err
+
+
+def test_data_show_prints_the_trained_spans_of_a_hugging_face_vocabulary(tmp_path):
+    from seqio_tasks.hf_vocab import HFTokenizerVocabulary
+    from tests import hf_dirs
+
+    vocab = HFTokenizerVocabulary(hf_dirs.byte_bpe_tokenizer(tmp_path))
+    chat = render.single_turn("List the genes.", "BRCA1")
+    ids, mask = render.tokenize_messages(chat, vocab, "model")
+    text = tools.format_masked(ids, mask, vocab)
+    assert "[[BRCA1<|im_end|>" in text and "List the genes." in text
