@@ -140,5 +140,5 @@ def test_progress_reports_instances_per_second_and_eta_from_the_first_finished_i
     for _ in range(4):
         now[0] += 2.0
         p.update(5)
-    assert lines[-1] == ("[eval] mix: 5/10 instances, 0.50 instances/s, 2.5 new tokens/s, ETA 0m10s, "
-                         "elapsed 1m08s")
+    assert lines[-1] == ("[eval] mix: 5/10 instances, 0.50 instances/s, 2.5 new tokens/s, ETA 00:10, "
+                         "elapsed 01:08")

@@ -4,11 +4,12 @@ from __future__ import annotations
 import time
 
 
-def _fmt(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """12:05 under an hour, 1:02:03 from an hour: the one way run logs and eval progress show a duration."""
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
 class Progress:
@@ -51,6 +52,6 @@ class Progress:
         if now > t0 and self.done > n0:
             rate = (self.done - n0) / (now - t0)
             parts.append(f"{rate:.2f} instances/s, {(self.tokens - k0) / (now - t0):.1f} new tokens/s")
-            parts.append(f"ETA {_fmt((self.total - self.done) / rate)}" if self.done < self.total else "done")
-        parts.append(f"elapsed {_fmt(elapsed)}")
+            parts.append(f"ETA {format_duration((self.total - self.done) / rate)}" if self.done < self.total else "done")
+        parts.append(f"elapsed {format_duration(elapsed)}")
         return ", ".join(parts)

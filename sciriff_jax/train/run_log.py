@@ -6,6 +6,7 @@ import time
 
 import jax
 
+from sciriff_jax.eval.progress import format_duration
 from sciriff_jax.io import paths
 
 # Dense bf16 peak FLOP/s per device (vendor figures); MFU is reported only where the device is known.
@@ -34,13 +35,6 @@ def save_operative_config(model_dir, text: str | None) -> str | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return str(path)
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
 class RunLogger:
@@ -121,7 +115,7 @@ class RunLogger:
         # The first step includes compilation, and evaluations pause the clock (log_eval): estimate the rest of the
         # run from the latest interval's pace, as the tokens/s shown.
         first = step == self.start_step + 1
-        eta = "-- (first step compiles)" if first else _fmt_time(dt / max(steps, 1) * (self.total_steps - step))
+        eta = "-- (first step compiles)" if first else format_duration(dt / max(steps, 1) * (self.total_steps - step))
         pct = 100.0 * step / max(self.total_steps, 1)
         bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
         extra = f" mfu {100 * record['mfu']:.1f}%" if "mfu" in record else ""
