@@ -1,4 +1,4 @@
-"""sciriff_jax.aot: topology names, the memory report (checked on the local CPU devices), clear errors."""
+"""sciriff_jax.run.aot: topology names, the memory report (checked on the local CPU devices), clear errors."""
 import importlib.util
 import math
 import os

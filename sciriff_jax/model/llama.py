@@ -3,7 +3,7 @@
 The family's variations are config switches: q/k/v biases (Qwen2), q/k RMSNorm per head (Qwen3) or over the
 projection (OLMo 2), norms after each sublayer instead of before (OLMo 2).
 
-Every parameter and key activation carries logical axis names; `sciriff_jax.partitioning` maps them
+Every parameter and key activation carries logical axis names; `sciriff_jax.parallel.sharding` maps them
 to mesh axes per layout. Parameters live in `param_dtype` (fp32 by default), compute runs in `dtype`.
 """
 from __future__ import annotations
