@@ -179,6 +179,23 @@ def test_prefill_never_builds_a_score_matrix_over_the_whole_prompt(params):
     assert not any(len(s) >= 2 and sorted(s)[-2] >= prompt for s in shapes)
 
 
+def test_prefill_memory_stays_far_below_one_score_matrix_of_a_long_prompt():
+    # The 135M model's attention widths, a 4,096-position cache and a 512-token chunk at its end.
+    config = LlamaConfig(vocab_size=256, hidden_size=576, intermediate_size=1536, num_layers=2, num_heads=9,
+                         num_kv_heads=3, dtype="float32", max_position=4096)
+    from sciriff_jax.model.llama import param_shapes
+
+    s = jax.ShapeDtypeStruct
+    pages = 4096 // batcher.PAGE_SIZE
+    pool = {k: s((2, pages + 1, batcher.PAGE_SIZE, 3, 64), np.float32) for k in ("k", "v")}
+    lowered = batcher._prefill.lower(param_shapes(config), pool, s((1, 512), np.int32), s((1,), np.int32),
+                                     s((1,), np.int32), s((1, pages), np.int32), jax.random.PRNGKey(0), config=config,
+                                     temperature=0.0, top_p=1.0)
+    temp = lowered.compile().memory_analysis().temp_size_in_bytes
+    one_score_matrix = 9 * 4096 * 4096 * 4  # what prefilling the whole prompt at once would hold per layer
+    assert temp < one_score_matrix / 20
+
+
 def _equations(jaxpr):
     """Every equation of a jaxpr and of the jaxprs inside it (loops, conditionals, jit)."""
     for eqn in jaxpr.eqns:
