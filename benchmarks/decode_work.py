@@ -4,7 +4,7 @@ Useful work = real prompt tokens + real decode row-steps (one per generated toke
 the prompt's last logits give); computed = prefill token slots (padding included) + decode row-steps of
 every row in the batch (finished and idle rows included). Lengths: `benchmarks.sciriff_lengths` (the 4,177
 validation instances of the nine tasks, Llama-2 tokens, answers as long as the references). Both figures
-are counted from the schedules, call for call (`eval.scheduler.fixed_batch_work` replays the rule of the
+are counted from the schedules, call for call (`fixed_batch_work` below replays the rule of the
 decoder this replaced, per task as the eval ran it; `eval.scheduler.simulate` replays the batcher, whose
 count `tests/test_decode.py` checks against the real decoder's). No model runs, so the figure is the same
 on every device.
@@ -18,6 +18,37 @@ import pathlib
 from benchmarks import common, sciriff_lengths
 
 
+def fixed_batch_work(lengths: list[int], answer_lengths: list[int], *, batch_size: int,
+                     chunk_batches: int = 4, min_bucket: int = 16) -> WorkCount:
+    """The work of the fixed-batch decoder this replaced (decode.generate before issue 14), per task.
+
+    Its rule: prompts longest first in chunks of `chunk_batches` batches, sorted ascending within a chunk and
+    cut into batches of `batch_size` rows (dummy rows fill a short last batch when there is more than one
+    batch), each left-padded to the power-of-two bucket of its longest prompt (at least 16); every row steps
+    until the whole batch has finished.
+    """
+    from sciriff_jax.eval.scheduler import WorkCount
+
+    work = WorkCount()
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    per_chunk = batch_size * chunk_batches
+    for lo in range(0, len(order), per_chunk):
+        chunk = sorted(order[lo:lo + per_chunk], key=lambda i: lengths[i])
+        for blo in range(0, len(chunk), batch_size):
+            idx = chunk[blo:blo + batch_size]
+            rows = batch_size if len(chunk) > batch_size else len(idx)
+            bucket = max(min_bucket, 1 << max(0, max(lengths[i] for i in idx) - 1).bit_length())
+            steps = max(answer_lengths[i] for i in idx) - 1
+            work.prefill_calls += 1
+            work.prefill_computed += rows * bucket
+            work.prompt_tokens += sum(lengths[i] for i in idx)
+            work.decode_calls += 1
+            work.decode_computed += rows * steps
+            work.decode_real += sum(answer_lengths[i] - 1 for i in idx)
+            work.generated += sum(answer_lengths[i] for i in idx)
+    return work
+
+
 def rows_for(lengths: dict, batch_sizes, *, page_size: int, chunk: int, chunk_step: int, steps_per_call: int) -> list:
     """One row per batch size: the fixed-batch and continuous useful-work fractions and their counts."""
     from sciriff_jax.eval import scheduler
@@ -28,7 +59,7 @@ def rows_for(lengths: dict, batch_sizes, *, page_size: int, chunk: int, chunk_st
     for b in batch_sizes:
         fixed = scheduler.WorkCount()
         for t in lengths.values():  # the old eval decoded task by task
-            w = scheduler.fixed_batch_work(t["prompt"], t["answer"], batch_size=b)
+            w = fixed_batch_work(t["prompt"], t["answer"], batch_size=b)
             for k in ("prompt_tokens", "prefill_computed", "decode_real", "decode_computed", "generated",
                       "prefill_calls", "decode_calls"):
                 setattr(fixed, k, getattr(fixed, k) + getattr(w, k))

@@ -161,101 +161,118 @@ class ContinuousBatcher:
         """Tokens generated for each prompt (input order; EOS left out, a final stop sequence kept)."""
         if not prompts:
             return []
-        c = self.config
         needs = [len(p) + m for p, m in zip(prompts, max_new)]
-        self.plan = plan = self.plan_pool(needs)
+        self.plan = self.plan_pool(needs)
         if self.log:
-            self.log(f"[decode] {plan.describe(self.slots)}")
+            self.log(f"[decode] {self.plan.describe(self.slots)}")
         sched = Scheduler([len(p) for p in prompts], max_new, slots=self.slots, page_size=self.page_size,
-                          num_pages=plan.num_pages, chunk=self.chunk, chunk_step=self.chunk_step,
+                          num_pages=self.plan.num_pages, chunk=self.chunk, chunk_step=self.chunk_step,
                           prefill_rows=self.prefill_rows)
         self.work = sched.work
-        # Table width: enough pages for the longest sequence, a power of two (bounded shapes) of key blocks.
-        blocks = -(-max(max(needs), c.max_position) // (self.page_size * BLOCK_PAGES))
-        width = (1 << max(0, blocks - 1).bit_length()) * BLOCK_PAGES
-        t = max([len(s) for s in self.stops], default=1) - 1
-        b = self.slots
-        table = np.zeros((b, width), np.int32)
-        tokens, length, generated = (np.zeros(b, np.int32) for _ in range(3))
-        limit, live = np.ones(b, np.int32), np.zeros(b, bool)
-        results: list[list[int] | None] = [None] * len(prompts)
-        outputs: dict[int, list[int]] = {}
-        rng = jax.random.PRNGKey(0) if rng is None else rng
-        sampling = dict(temperature=self.temperature, top_p=self.top_p)
-
-        def finish(r):
-            toks = outputs.pop(r.index)
-            if toks and toks[-1] == self.eos_id:
-                toks = toks[:-1]
-            results[r.index] = toks
-            # A free slot feeds token 0 at position 0 into scratch: it must not widen the key-block loop.
-            live[r.slot], table[r.slot], length[r.slot], tokens[r.slot] = False, 0, 0, 0
-            sched.finish(r)
-            if on_finish is not None:
-                on_finish(r.index, toks)
-
-        def ended(r, toks) -> bool:
-            return (toks[-1] == self.eos_id or len(toks) >= r.max_new
-                    or any(len(toks) >= len(s) and tuple(toks[-len(s):]) == s for s in self.stops))
-
         with self._context():
-            pool_shape = (c.num_layers, plan.num_pages, self.page_size, c.num_kv_heads, c.head_dim)
-            pool_sharding = self._pool_sharding()
-            pool = {"k": _zeros(pool_shape, jnp.dtype(c.dtype), pool_sharding),
-                    "v": _zeros(pool_shape, jnp.dtype(c.dtype), pool_sharding)}
+            state = _RunState(self, sched, prompts, needs, jax.random.PRNGKey(0) if rng is None else rng, on_finish)
             while not sched.done:
                 admitted = sched.admit()
-                for r in admitted:
-                    table[r.slot] = 0
-                    table[r.slot, :len(r.pages)] = r.pages
                 for group in sched.prefill_groups(admitted):
-                    pending = list(group)
-                    while pending:
-                        size, real = sched.next_chunk(pending)
-                        rows = self.prefill_rows
-                        chunk = np.zeros((rows, size), np.int32)
-                        start, last = np.zeros(rows, np.int32), np.zeros(rows, np.int32)
-                        ptab = np.zeros((rows, width), np.int32)
-                        for j, (r, n) in enumerate(zip(pending, real)):
-                            chunk[j, :n] = prompts[r.index][r.prefilled:r.prefilled + n]
-                            start[j], last[j], ptab[j] = r.prefilled, n - 1, table[r.slot]
-                        rng, sub = jax.random.split(rng)
-                        pool, first = _prefill(self.params, pool, chunk, start, last, ptab, sub, config=c, **sampling)
-                        first = np.asarray(first)
-                        for j, (r, n) in enumerate(zip(pending, real)):
-                            r.prefilled += n
-                            if r.prefilled == r.length:
-                                r.generated = 1
-                                sched.work.generated += 1
-                                outputs[r.index] = [int(first[j])]
-                                tokens[r.slot], length[r.slot], generated[r.slot] = first[j], r.length, 1
-                                limit[r.slot], live[r.slot] = r.max_new, True
-                                if ended(r, outputs[r.index]):
-                                    finish(r)
-                        pending = [r for r in pending if r.prefilled < r.length]
-                active = sched.active()
-                if not active:
-                    if not admitted:
-                        raise RuntimeError("decode: no row is running and no prompt could be admitted; the page "
-                                           "pool is smaller than the plan promised (a bug in kv_memory.plan_pool).")
+                    state.prefill(group)
+                if sched.active():
+                    state.decode()
+                elif not admitted:
+                    raise RuntimeError("decode: no row is running and no prompt could be admitted; the page pool "
+                                       "is smaller than the plan promised (a bug in kv_memory.plan_pool).")
+        return state.results
+
+
+class _RunState:
+    """One `ContinuousBatcher.run`: the pool, the host copy of every slot's state, the outputs so far."""
+
+    def __init__(self, batcher: ContinuousBatcher, sched: Scheduler, prompts, needs, rng, on_finish):
+        c, b = batcher.config, batcher.slots
+        self.batcher, self.sched, self.prompts, self.rng, self.on_finish = batcher, sched, prompts, rng, on_finish
+        # Table width: enough pages for the longest sequence, a power of two (bounded shapes) of key blocks.
+        blocks = -(-max(max(needs), c.max_position) // (batcher.page_size * BLOCK_PAGES))
+        self.table = np.zeros((b, (1 << max(0, blocks - 1).bit_length()) * BLOCK_PAGES), np.int32)
+        self.tokens, self.length, self.generated = (np.zeros(b, np.int32) for _ in range(3))
+        self.limit, self.live = np.ones(b, np.int32), np.zeros(b, bool)
+        self.tail = max([len(s) for s in batcher.stops], default=1) - 1
+        self.results: list[list[int] | None] = [None] * len(prompts)
+        self.outputs: dict[int, list[int]] = {}
+        self.sampling = dict(temperature=batcher.temperature, top_p=batcher.top_p)
+        shape = (c.num_layers, batcher.plan.num_pages, batcher.page_size, c.num_kv_heads, c.head_dim)
+        sharding = batcher._pool_sharding()
+        self.pool = {k: _zeros(shape, jnp.dtype(c.dtype), sharding) for k in ("k", "v")}
+
+    def _split(self):
+        self.rng, sub = jax.random.split(self.rng)
+        return sub
+
+    def prefill(self, group) -> None:
+        """Prefill a group of admitted prompts chunk by chunk; each then holds its first token and decodes."""
+        bt, sched = self.batcher, self.sched
+        for r in group:
+            self.table[r.slot] = 0
+            self.table[r.slot, :len(r.pages)] = r.pages
+        pending = list(group)
+        while pending:
+            size, real = sched.next_chunk(pending)
+            rows = bt.prefill_rows
+            chunk = np.zeros((rows, size), np.int32)
+            start, last = np.zeros(rows, np.int32), np.zeros(rows, np.int32)
+            table = np.zeros((rows, self.table.shape[1]), np.int32)  # dummy rows write to scratch
+            for j, (r, n) in enumerate(zip(pending, real)):
+                chunk[j, :n] = self.prompts[r.index][r.prefilled:r.prefilled + n]
+                start[j], last[j], table[j] = r.prefilled, n - 1, self.table[r.slot]
+            self.pool, first = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(),
+                                        config=bt.config, **self.sampling)
+            first = np.asarray(first)
+            for j, (r, n) in enumerate(zip(pending, real)):
+                r.prefilled += n
+                if r.prefilled < r.length:
                     continue
-                tail = np.full((b, t), -1, np.int32)
-                for r in active:
-                    prev = outputs[r.index][-t:] if t else []
-                    tail[r.slot, t - len(prev):] = prev
-                rng, sub = jax.random.split(rng)
-                pool, out, steps, tok_d, len_d, gen_d, fin_d, real = _decode(
-                    self.params, pool, table, tokens, length, generated, limit, live, tail,
-                    np.bool_(bool(sched.waiting)), np.int32(self.eos_id), sub, config=c, steps=self.steps,
-                    stops=self.stops, **sampling)
-                out, fin = np.asarray(out), np.asarray(fin_d)
-                tokens, length, generated = (np.array(x) for x in (tok_d, len_d, gen_d))
-                sched.count_decode(int(steps), int(real))
-                for r in active:
-                    new = [int(x) for x in out[r.slot] if x >= 0]
-                    outputs[r.index].extend(new)
-                    r.generated += len(new)
-                    sched.work.generated += len(new)
-                    if fin[r.slot]:
-                        finish(r)
-        return results
+                r.generated = 1
+                sched.work.generated += 1
+                self.outputs[r.index] = [int(first[j])]
+                self.tokens[r.slot], self.length[r.slot], self.generated[r.slot] = first[j], r.length, 1
+                self.limit[r.slot], self.live[r.slot] = r.max_new, True
+                if self._ended(r):
+                    self._finish(r)
+            pending = [r for r in pending if r.prefilled < r.length]
+
+    def decode(self) -> None:
+        """One decode call over every slot; finished rows hand their slots back."""
+        bt, sched, t = self.batcher, self.sched, self.tail
+        active = sched.active()
+        tail = np.full((bt.slots, t), -1, np.int32)
+        for r in active:
+            prev = self.outputs[r.index][-t:] if t else []
+            tail[r.slot, t - len(prev):] = prev
+        self.pool, out, steps, tokens, length, generated, finished, real = _decode(
+            bt.params, self.pool, self.table, self.tokens, self.length, self.generated, self.limit, self.live, tail,
+            np.bool_(bool(sched.waiting)), np.int32(bt.eos_id), self._split(), config=bt.config, steps=bt.steps,
+            stops=bt.stops, **self.sampling)
+        out, finished = np.asarray(out), np.asarray(finished)
+        self.tokens, self.length, self.generated = (np.array(x) for x in (tokens, length, generated))
+        sched.count_decode(int(steps), int(real))
+        for r in active:
+            new = [int(x) for x in out[r.slot] if x >= 0]
+            self.outputs[r.index].extend(new)
+            r.generated += len(new)
+            sched.work.generated += len(new)
+            if finished[r.slot]:
+                self._finish(r)
+
+    def _ended(self, r) -> bool:
+        toks, stops = self.outputs[r.index], self.batcher.stops
+        return (toks[-1] == self.batcher.eos_id or len(toks) >= r.max_new
+                or any(len(toks) >= len(s) and tuple(toks[-len(s):]) == s for s in stops))
+
+    def _finish(self, r) -> None:
+        toks = self.outputs.pop(r.index)
+        if toks and toks[-1] == self.batcher.eos_id:
+            toks = toks[:-1]
+        self.results[r.index] = toks
+        # A free slot feeds token 0 at position 0 into scratch: it must not widen the key-block loop.
+        self.live[r.slot], self.table[r.slot], self.length[r.slot], self.tokens[r.slot] = False, 0, 0, 0
+        self.sched.finish(r)
+        if self.on_finish is not None:
+            self.on_finish(r.index, toks)

@@ -193,32 +193,3 @@ def simulate(lengths: list[int], answer_lengths: list[int], *, slots: int, page_
                 s.finish(r)
         s.count_decode(steps, real)
     return s.work
-
-
-def fixed_batch_work(lengths: list[int], answer_lengths: list[int], *, batch_size: int,
-                     chunk_batches: int = 4, min_bucket: int = 16) -> WorkCount:
-    """The work of the fixed-batch decoder this replaced (decode.generate before issue 14), per task.
-
-    Its rule: prompts longest first in chunks of `chunk_batches` batches, sorted ascending within a chunk and
-    cut into batches of `batch_size` rows (dummy rows fill a short last batch when there is more than one
-    batch), each left-padded to the power-of-two bucket of its longest prompt (at least 16); every row steps
-    until the whole batch has finished.
-    """
-    work = WorkCount()
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    per_chunk = batch_size * chunk_batches
-    for lo in range(0, len(order), per_chunk):
-        chunk = sorted(order[lo:lo + per_chunk], key=lambda i: lengths[i])
-        for blo in range(0, len(chunk), batch_size):
-            idx = chunk[blo:blo + batch_size]
-            rows = batch_size if len(chunk) > batch_size else len(idx)
-            bucket = max(min_bucket, 1 << max(0, max(lengths[i] for i in idx) - 1).bit_length())
-            steps = max(answer_lengths[i] for i in idx) - 1
-            work.prefill_calls += 1
-            work.prefill_computed += rows * bucket
-            work.prompt_tokens += sum(lengths[i] for i in idx)
-            work.decode_calls += 1
-            work.decode_computed += rows * steps
-            work.decode_real += sum(answer_lengths[i] - 1 for i in idx)
-            work.generated += sum(answer_lengths[i] for i in idx)
-    return work
