@@ -41,6 +41,14 @@ def test_greedy_paged_decoding_equals_full_recomputation(params):
     assert got == [greedy_by_recomputation(CONFIG, params, p, 6) for p in PROMPTS]
 
 
+def test_prompts_prefilled_together_decode_like_full_recomputation(params):
+    # Several prompts per prefill call (what an accelerator does when many slots free at once).
+    b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=4, prefill_rows=(1, 4), chunk=8, chunk_step=4,
+                                  log=None)
+    assert b.run(PROMPTS, [6] * 4) == [greedy_by_recomputation(CONFIG, params, p, 6) for p in PROMPTS]
+    assert b.work.prefill_calls < sum(-(-len(p) // 8) for p in PROMPTS)
+
+
 def test_generation_on_an_8_device_mesh_matches_one_device(params):
     from sciriff_jax.parallel.sharding import MeshConfig, Sharding
 
@@ -147,10 +155,10 @@ def test_the_schedule_simulation_counts_the_same_work_as_the_decoder(params):
 
     lengths, limits = [len(p) for p in PROMPTS], [7, 1, 3, 2]
     b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=2, chunk=8, chunk_step=4, steps_per_call=3,
-                                  log=None)
+                                  prefill_rows=(1, 2), log=None)
     b.run(PROMPTS, limits)
     sim = scheduler.simulate(lengths, limits, slots=2, page_size=b.page_size, num_pages=b.plan.num_pages, chunk=8,
-                             chunk_step=4, steps_per_call=3)
+                             chunk_step=4, steps_per_call=3, prefill_rows=(1, 2))
     assert sim == b.work
 
 
@@ -160,7 +168,7 @@ def test_compiled_programs_are_reused_and_their_shapes_bounded(params):
     decode_programs, prefill_programs = batcher._decode._cache_size(), batcher._prefill._cache_size()
     generate(CONFIG, params, [[7] * n for n in (5, 66, 129, 12)], max_new_tokens=3, eos_id=-1, batch_size=2)
     assert batcher._decode._cache_size() == decode_programs
-    # Prefill chunk lengths come from the ladder (64..512 by 64): at most 8 programs per pool and row shape.
+    # Prefill chunk lengths come from the ladder (64..512 by 64): at most 8 programs per pool and row count.
     assert batcher._prefill._cache_size() - prefill_programs <= len(range(batcher.CHUNK_STEP, batcher.CHUNK + 1,
                                                                          batcher.CHUNK_STEP))
 

@@ -27,6 +27,8 @@ BLOCK_PAGES = 4          # pages per key block of paged attention (attention_pag
 CHUNK = 512              # longest prefill chunk
 CHUNK_STEP = 64          # prefill chunk lengths are multiples of this (8 programs at most)
 STEPS_PER_CALL = 32      # decode steps per device call at most (early exit when a row finishes)
+PREFILL_ROWS_CPU = (1,)  # prompts per prefill call (x the data-parallel size)
+PREFILL_ROWS_ACCELERATOR = (1, 8)
 
 
 def sample(logits, rng, temperature: float, top_p: float):
@@ -116,7 +118,7 @@ class ContinuousBatcher:
     def __init__(self, config, params, *, eos_id: int, slots: int = 32, temperature: float = 0.0, top_p: float = 1.0,
                  stop_sequences=None, sharding=None, kv_cache_bytes: int | None = None, page_size: int = PAGE_SIZE,
                  chunk: int = CHUNK, chunk_step: int = CHUNK_STEP, steps_per_call: int = STEPS_PER_CALL,
-                 log: Callable[[str], None] | None = print):
+                 prefill_rows: tuple[int, ...] | None = None, log: Callable[[str], None] | None = print):
         self.config, self.eos_id = config, int(eos_id)
         self.temperature, self.top_p = float(temperature), float(top_p)
         self.stops = tuple(tuple(int(t) for t in s) for s in (stop_sequences or []) if len(s))
@@ -124,7 +126,12 @@ class ContinuousBatcher:
         self.sharding = sharding.for_decoding() if sharding is not None else None
         dp = self.sharding.data_parallel if self.sharding is not None else 1
         # Rows split over the data axes: slots and prefill rows are multiples of the data-parallel size.
-        self.slots, self.prefill_rows = -(-max(1, slots) // dp) * dp, dp
+        self.slots = -(-max(1, slots) // dp) * dp
+        if prefill_rows is None:
+            # A CPU is busy with one 512-token chunk; an accelerator wants several prompts per call when many
+            # slots free at once (the start), and one when a single slot frees (the steady state).
+            prefill_rows = PREFILL_ROWS_CPU if jax.default_backend() == "cpu" else PREFILL_ROWS_ACCELERATOR
+        self.prefill_rows = tuple(sorted({dp * max(1, int(n)) for n in prefill_rows}))
         self.kv_cache_bytes, self.log = kv_cache_bytes, log
         # Host (numpy) params would be copied to the device on every call: move them once.
         self.params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
@@ -214,8 +221,7 @@ class _RunState:
             self.table[r.slot, :len(r.pages)] = r.pages
         pending = list(group)
         while pending:
-            size, real = sched.next_chunk(pending)
-            rows = bt.prefill_rows
+            rows, size, real = sched.next_chunk(pending)
             chunk = np.zeros((rows, size), np.int32)
             start, last = np.zeros(rows, np.int32), np.zeros(rows, np.int32)
             table = np.zeros((rows, self.table.shape[1]), np.int32)  # dummy rows write to scratch

@@ -87,12 +87,13 @@ class Scheduler:
     """Slots, pages and prefill chunks for a set of prompts, longest first."""
 
     def __init__(self, lengths: list[int], max_new: list[int], *, slots: int, page_size: int, num_pages: int,
-                 chunk: int, chunk_step: int, prefill_rows: int = 1):
+                 chunk: int, chunk_step: int, prefill_rows: tuple[int, ...] = (1,)):
         self.requests = [Request(i, int(n), int(m)) for i, (n, m) in enumerate(zip(lengths, max_new))]
         self.slots: list[Request | None] = [None] * slots
         self.page_size, self.pool = page_size, PagePool(num_pages)
         self.ladder = chunk_lengths(chunk, chunk_step)
-        self.prefill_rows = prefill_rows
+        # Row counts a prefill call may have (compiled shapes): the smallest that holds the group is used.
+        self.prefill_rows = tuple(sorted(prefill_rows))
         # Longest prompts first: the long ones overlap with many short ones, and the tail is short rows.
         order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
         self.waiting = collections.deque(self.requests[i] for i in order)
@@ -119,18 +120,21 @@ class Scheduler:
         return admitted
 
     def prefill_groups(self, admitted: list[Request]):
-        """Groups of up to `prefill_rows` admitted prompts that are prefilled together."""
-        for lo in range(0, len(admitted), self.prefill_rows):
-            yield admitted[lo:lo + self.prefill_rows]
+        """Groups of up to max(prefill_rows) admitted prompts that are prefilled together."""
+        most = self.prefill_rows[-1]
+        for lo in range(0, len(admitted), most):
+            yield admitted[lo:lo + most]
 
-    def next_chunk(self, group: list[Request]) -> tuple[int, list[int]]:
-        """(compiled chunk length, real tokens per row) of the group's next prefill call; counts its work."""
+    def next_chunk(self, group: list[Request]) -> tuple[int, int, list[int]]:
+        """(rows, chunk length, real tokens per row) of the next prefill call of the group's unfinished prompts;
+        counts its work (dummy rows and padding included)."""
         real = [min(r.length - r.prefilled, self.ladder[-1]) for r in group]
         length = next(c for c in self.ladder if c >= max(real))
+        rows = next(n for n in self.prefill_rows if n >= len(group))
         self.work.prefill_calls += 1
-        self.work.prefill_computed += self.prefill_rows * length
+        self.work.prefill_computed += rows * length
         self.work.prompt_tokens += sum(real)
-        return length, real
+        return rows, length, real
 
     def finish(self, request: Request) -> None:
         """Free a finished row's slot and pages."""
@@ -155,7 +159,7 @@ class Scheduler:
 
 
 def simulate(lengths: list[int], answer_lengths: list[int], *, slots: int, page_size: int, num_pages: int,
-             chunk: int, chunk_step: int, steps_per_call: int, prefill_rows: int = 1) -> WorkCount:
+             chunk: int, chunk_step: int, steps_per_call: int, prefill_rows: tuple[int, ...] = (1,)) -> WorkCount:
     """The work of the continuous batcher when prompt i produces exactly answer_lengths[i] tokens.
 
     Mirrors `batcher.ContinuousBatcher.run` call for call: admit, prefill (the first token comes from the
@@ -168,7 +172,7 @@ def simulate(lengths: list[int], answer_lengths: list[int], *, slots: int, page_
         admitted = s.admit()
         for group in s.prefill_groups(admitted):
             while any(r.prefilled < r.length for r in group):
-                _, real = s.next_chunk([r for r in group if r.prefilled < r.length])
+                _, _, real = s.next_chunk([r for r in group if r.prefilled < r.length])
                 for r, n in zip([r for r in group if r.prefilled < r.length], real):
                     r.prefilled += n
             for r in group:
