@@ -5,7 +5,7 @@ pages go to the next waiting prompt (`eval/scheduler.py`), whose prompt is prefi
 ladder of lengths. Each decode call steps up to `steps_per_call` tokens on the device and returns early when
 a row finishes while prompts wait, so finished rows do not keep computing. The programs are jitted once per
 shape at module level: later calls with the same shapes reuse them, and the shapes are bounded (one decode
-program; one prefill program per chunk length; pool sizes are powers of two).
+program; one prefill program per chunk length and row count; pool sizes are powers of two).
 """
 from __future__ import annotations
 
