@@ -82,3 +82,14 @@ def test_a_model_with_its_own_chat_template_is_prompted_in_that_format_as_the_re
         shot, question = render.render_prompt(ex[1]["input"], "model", vocab), render.render_prompt(
             ex[0]["input"], "model", vocab)
         assert question.startswith("<|im_start|>") and first == shot + "\n" + ex[1]["output"] + "\n\n\n" + question
+
+
+def test_the_releases_fixed_prompts_need_neither_tensorflow_nor_the_task_registry():
+    import subprocess
+    import sys
+
+    code = ("import sys; from sciriff_jax.eval.protocol import Protocol\n"
+            "Protocol('release').prompts([{'input': 'a', 'output': 'b'}, {'input': 'c', 'output': 'd'}], 'tulu', 1, "
+            "'evidence_inference')\n"
+            "heavy = [m for m in ('tensorflow', 'seqio', 'seqio_tasks') if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

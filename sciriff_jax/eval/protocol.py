@@ -75,15 +75,20 @@ class Protocol:
     def _release_doc_to_text(template, vocabulary):
         """The release's prompt text for a template: its own tulu / llama2 text, or (as its llama3 / qwen
         templates did for those models) the model's own chat format with the generation prompt."""
-        from seqio_tasks import render  # the data layer's rendering (TensorFlow)
+        if template == "auto" and vocabulary is None:  # no checkpoint to ask: the release's tulu
+            template = RELEASE_DEFAULT_TEMPLATE
+        if isinstance(template, str) and template in RELEASE_PROMPTS:  # fixed text: no data layer needed
+            text = RELEASE_PROMPTS[template]
+            return lambda s: text.replace("{input}", s)
+        # A model's own chat format: the data layer renders it (TensorFlow, and every task registered on import).
+        from seqio_tasks import render
         from seqio_tasks.chat_template import JinjaTemplate
 
         if template == "auto":  # the checkpoint's own chat template where it ships one, else the release's tulu
-            own = vocabulary is not None and isinstance(render.resolve("auto", vocabulary), JinjaTemplate)
-            template = "model" if own else RELEASE_DEFAULT_TEMPLATE
-        if isinstance(template, str) and template in RELEASE_PROMPTS:
-            text = RELEASE_PROMPTS[template]
-            return lambda s: text.replace("{input}", s)
+            if not isinstance(render.resolve("auto", vocabulary), JinjaTemplate):
+                text = RELEASE_PROMPTS[RELEASE_DEFAULT_TEMPLATE]
+                return lambda s: text.replace("{input}", s)
+            template = "model"
         if template in ("plain",):
             raise ValueError("the release protocol prompts with a chat format (its tulu / llama2 text, or the "
                              "model's own template); 'plain' has none: use TEMPLATE tulu, llama2 or model, or "
