@@ -1,7 +1,7 @@
 """SciRIFF-Eval prompt and answer lengths (Llama-2 tokens) for the decoding benchmarks, without a tokenizer.
 
 Six of the nine eval tasks have every validation instance in ../shared/sciriff/eval_sample: their prompt
-(tulu template; Evidence Inference with its one shot, drawn as `eval.prompts.build_prompts` draws it) and
+(the release protocol's tulu prompt, `eval.protocol`; Evidence Inference with its one shot) and
 reference-answer lengths are the texts' characters times a per-task tokens-per-character ratio fitted so
 the task's mean equals `tasks.tsv`'s mean in Llama-2 tokens. The other three have `tasks.tsv`'s median and
 mean only: their lengths are drawn from the log-normal with that median and mean (seeded). Prompts are cut
@@ -16,28 +16,16 @@ import math
 import pathlib
 import random
 
+from sciriff_jax.eval.protocol import Protocol
+
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "sciriff"
-TEMPLATE = "<|user|>\n{}\n<|assistant|>"  # seqio_tasks.render's tulu prompt
-FEWSHOT = {"evidence_inference": 1}       # eval.prompts.PAPER_FEWSHOT
-FEWSHOT_SEED, FEWSHOT_DELIMITER = 1234, "\n\n\n"
+FEWSHOT = {"evidence_inference": 1}  # eval.prompts.PAPER_FEWSHOT
+RELEASE = Protocol("release")         # the prompts `sciriff-jax eval` builds by default (pure Python)
 
 
 def _stats(shared: pathlib.Path) -> dict[str, dict]:
     with (shared / "tasks.tsv").open() as f:
         return {r["name"]: r for r in csv.DictReader(f, delimiter="\t") if r["eval_task"] == "yes"}
-
-
-def _prompts(rows: list[dict], shots: int) -> list[str]:
-    rng = random.Random(FEWSHOT_SEED)
-    out = []
-    for row in rows:
-        prefix = ""
-        if shots:
-            drawn = rng.sample(rows, min(shots + 1, len(rows)))
-            chosen = [d for d in drawn if d is not row][:shots]
-            prefix = "".join(TEMPLATE.format(d["input"]) + d["output"] + FEWSHOT_DELIMITER for d in chosen)
-        out.append(prefix + TEMPLATE.format(row["input"]))
-    return out
 
 
 def _lognormal(rng: random.Random, median: float, mean: float, n: int) -> list[float]:
@@ -59,7 +47,7 @@ def eval_lengths(shared: pathlib.Path = SHARED, *, max_length: int = 4096, max_n
             rows = [json.loads(line) for line in path.open()]
             per_char_in = float(st["mean_toks_input"]) / (sum(len(r["input"]) for r in rows) / len(rows))
             per_char_out = float(st["mean_toks_output"]) / max(1e-9, sum(len(r["output"]) for r in rows) / len(rows))
-            prompt = [len(p) * per_char_in for p in _prompts(rows, FEWSHOT.get(task, 0))]
+            prompt = [len(p) * per_char_in for p in RELEASE.prompts(rows, "tulu", FEWSHOT.get(task, 0), task)]
             answer = [len(r["output"]) * per_char_out for r in rows]
             source = "instances"
         else:
