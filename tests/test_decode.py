@@ -43,8 +43,8 @@ def test_greedy_paged_decoding_equals_full_recomputation(params):
 
 def test_prompts_prefilled_together_decode_like_full_recomputation(params):
     # Several prompts per prefill call (what an accelerator does when many slots free at once).
-    b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=4, prefill_rows=(1, 4), chunk=8, chunk_step=4,
-                                  log=None)
+    b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=4, log=None,
+                                  layout=batcher.Layout(prefill_rows=(1, 4), chunk=8, chunk_step=4))
     assert b.run(PROMPTS, [6] * 4) == [greedy_by_recomputation(CONFIG, params, p, 6) for p in PROMPTS]
     assert b.work.prefill_calls < sum(-(-len(p) // 8) for p in PROMPTS)
 
@@ -91,7 +91,8 @@ def real_reference(sciriff_prompts, real_params):
 def test_real_sciriff_prompts_of_varied_lengths_decode_like_full_recomputation(sciriff_prompts, real_params,
                                                                                 real_reference):
     # Small chunks and 2 slots: prompts prefill in several chunks, over several key blocks, and slots are reused.
-    b = batcher.ContinuousBatcher(REAL, real_params, eos_id=-1, slots=2, chunk=256, chunk_step=64, log=None)
+    b = batcher.ContinuousBatcher(REAL, real_params, eos_id=-1, slots=2, layout=batcher.Layout(chunk=256, chunk_step=64),
+                                  log=None)
     assert b.run(sciriff_prompts, [5] * 4) == real_reference
     assert b.work.prefill_calls > len(sciriff_prompts)
 
@@ -126,7 +127,8 @@ def test_generation_stops_at_a_stop_sequence_and_leaves_it_out(params):
 def test_a_stop_sequence_split_across_decode_calls_is_found(params):
     free = generate(CONFIG, params, PROMPTS[:1], max_new_tokens=8, eos_id=-1)[0]
     stop = free[3:6]
-    b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=1, stop_sequences=[stop], steps_per_call=2, log=None)
+    b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=1, stop_sequences=[stop],
+                                  layout=batcher.Layout(steps_per_call=2), log=None)
     assert b.run(PROMPTS[:1], [8]) == [free[:6]]  # the batcher keeps it; generate strips it
 
 
@@ -154,8 +156,8 @@ def test_the_schedule_simulation_counts_the_same_work_as_the_decoder(params):
     from sciriff_jax.eval import scheduler
 
     lengths, limits = [len(p) for p in PROMPTS], [7, 1, 3, 2]
-    b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=2, chunk=8, chunk_step=4, steps_per_call=3,
-                                  prefill_rows=(1, 2), log=None)
+    b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=2, log=None,
+                                  layout=batcher.Layout(chunk=8, chunk_step=4, steps_per_call=3, prefill_rows=(1, 2)))
     b.run(PROMPTS, limits)
     sim = scheduler.simulate(lengths, limits, slots=2, page_size=b.page_size, num_pages=b.plan.num_pages, chunk=8,
                              chunk_step=4, steps_per_call=3, prefill_rows=(1, 2))
@@ -179,7 +181,7 @@ def test_prefill_never_builds_a_score_matrix_over_the_whole_prompt(params):
             for k in ("k", "v")}
     args = (params, pool, np.zeros((1, chunk), np.int32), np.array([prompt - chunk], np.int32),
             np.array([chunk - 1], np.int32), np.zeros((1, 32), np.int32), jax.random.PRNGKey(0))
-    jaxpr = jax.make_jaxpr(lambda *a: batcher._prefill(*a, config=CONFIG, temperature=0.0, top_p=1.0))(*args)
+    jaxpr = jax.make_jaxpr(lambda *a: batcher._prefill(*a, config=CONFIG, sampling=batcher.Sampling()))(*args)
     shapes = [v.aval.shape for eqn in _equations(jaxpr.jaxpr) for v in eqn.outvars if hasattr(v.aval, "shape")]
     block = batcher.BLOCK_PAGES * batcher.PAGE_SIZE
     largest_scores = max(np.prod(s) for s in shapes if len(s) == 5 and s[-1] == block)
@@ -198,7 +200,7 @@ def test_prefill_memory_stays_far_below_one_score_matrix_of_a_long_prompt():
     pool = {k: s((2, pages + 1, batcher.PAGE_SIZE, 3, 64), np.float32) for k in ("k", "v")}
     lowered = batcher._prefill.lower(param_shapes(config), pool, s((1, 512), np.int32), s((1,), np.int32),
                                      s((1,), np.int32), s((1, pages), np.int32), jax.random.PRNGKey(0), config=config,
-                                     temperature=0.0, top_p=1.0)
+                                     sampling=batcher.Sampling())
     temp = lowered.compile().memory_analysis().temp_size_in_bytes
     one_score_matrix = 9 * 4096 * 4096 * 4  # what prefilling the whole prompt at once would hold per layer
     assert temp < one_score_matrix / 20

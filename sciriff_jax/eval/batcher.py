@@ -10,8 +10,9 @@ program; one prefill program per chunk length and row count; pool sizes are powe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -31,8 +32,40 @@ PREFILL_ROWS_CPU = (1,)  # prompts per prefill call (x the data-parallel size)
 PREFILL_ROWS_ACCELERATOR = (1, 8)
 
 
-def sample(logits, rng, temperature: float, top_p: float):
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How the next token is drawn: greedy (temperature 0), or temperature + nucleus (top_p). Static in the programs."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The batcher's shapes: KV page size, the prefill chunk ladder, decode steps per call, prompts per prefill call
+    (x the data-parallel size; None: PREFILL_ROWS_CPU on a CPU, PREFILL_ROWS_ACCELERATOR elsewhere)."""
+
+    page_size: int = PAGE_SIZE
+    chunk: int = CHUNK
+    chunk_step: int = CHUNK_STEP
+    steps_per_call: int = STEPS_PER_CALL
+    prefill_rows: tuple[int, ...] | None = None
+
+
+class Rows(NamedTuple):
+    """Every slot's decoding state [slots]: its last token, the position it goes to, tokens generated so far, its
+    limit, and whether a prompt is running there."""
+
+    tokens: object
+    length: object
+    generated: object
+    limit: object
+    live: object
+
+
+def sample(logits, rng, sampling: Sampling):
     """Next tokens [B] from logits [B, V]: argmax, or temperature + nucleus sampling."""
+    temperature, top_p = sampling.temperature, sampling.top_p
     if temperature <= 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / temperature
@@ -56,27 +89,27 @@ def _ends_with_stop(out, i, stops):
     return hit
 
 
-@functools.partial(jax.jit, static_argnames=("config", "temperature", "top_p"), donate_argnames=("pool",))
-def _prefill(params, pool, tokens, start, last, page_table, rng, *, config, temperature: float, top_p: float):
+@functools.partial(jax.jit, static_argnames=("config", "sampling"), donate_argnames=("pool",))
+def _prefill(params, pool, tokens, start, last, page_table, rng, *, config, sampling: Sampling):
     """Write a chunk of each row's prompt (at positions start + i) into its pages; return the pool and the token
     drawn from the logits at chunk index `last` (only the final chunk's is used)."""
     positions = start[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
     logits, pool = Llama(config).apply({"params": params}, tokens, positions=positions, cache=pool,
                                        cache_index=start, page_table=page_table, logits_index=last)
-    return pool, sample(logits[:, 0], rng, temperature, top_p)
+    return pool, sample(logits[:, 0], rng, sampling)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps", "temperature", "top_p", "stops"),
-                   donate_argnames=("pool",))
-def _decode(params, pool, page_table, tokens, length, generated, max_new, live, tail, stop_on_finish, eos_id, rng,
-            *, config, steps: int, temperature: float, top_p: float, stops: tuple):
-    """Up to `steps` decode steps of every row; rows not `live` compute but change nothing.
+@functools.partial(jax.jit, static_argnames=("config", "steps", "sampling", "stops"), donate_argnames=("pool",))
+def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, rng, *, config, steps: int,
+            sampling: Sampling, stops: tuple):
+    """Up to `steps` decode steps of every row; rows not `rows.live` compute but change nothing.
 
-    tokens [B]: each row's last token (fed next, at position length [B]); tail [B, T]: each row's last T
-    generated tokens (that one included), to spot a stop sequence that began before this call. Returns (pool, new tokens [B, steps] (-1 where a row did not run),
-    steps taken, next tokens, lengths, generated counts, finished [B], real row-steps).
+    rows.tokens [B]: each row's last token (fed next, at position rows.length [B]); tail [B, T]: each row's last T
+    generated tokens (that one included), to spot a stop sequence that began before this call. Returns (pool, new
+    tokens [B, steps] (-1 where a row did not run), steps taken, the rows after them, finished [B], real row-steps).
     """
     model = Llama(config)
+    max_new, live = rows.limit, rows.live
     t = tail.shape[1]
     out = jnp.concatenate([tail, jnp.full((tail.shape[0], steps), -1, jnp.int32)], axis=1)
 
@@ -90,7 +123,7 @@ def _decode(params, pool, page_table, tokens, length, generated, max_new, live, 
         logits, pool = model.apply({"params": params}, tokens[:, None], positions=length[:, None], cache=pool,
                                    cache_index=length, page_table=page_table)
         rng, sub = jax.random.split(rng)
-        nxt = sample(logits[:, -1], sub, temperature, top_p)
+        nxt = sample(logits[:, -1], sub, sampling)
         run = live & ~finished
         out = jax.lax.dynamic_update_slice_in_dim(out, jnp.where(run, nxt, -1)[:, None], t + i, axis=1)
         generated = generated + run
@@ -101,9 +134,9 @@ def _decode(params, pool, page_table, tokens, length, generated, max_new, live, 
         return (i + 1, pool, out, jnp.where(run, nxt, tokens), length + run, generated, finished,
                 real + jnp.sum(run), rng)
 
-    init = (jnp.int32(0), pool, out, tokens, length, generated, jnp.zeros_like(live), jnp.int32(0), rng)
+    init = (jnp.int32(0), pool, out, rows.tokens, rows.length, rows.generated, jnp.zeros_like(live), jnp.int32(0), rng)
     i, pool, out, tokens, length, generated, finished, real, _ = jax.lax.while_loop(cond, body, init)
-    return pool, out[:, t:], i, tokens, length, generated, finished, real
+    return pool, out[:, t:], i, rows._replace(tokens=tokens, length=length, generated=generated), finished, real
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "dtype", "sharding"))
@@ -115,14 +148,15 @@ def _zeros(shape, dtype, sharding=None):
 class ContinuousBatcher:
     """Decode many prompts with `slots` rows over a paged KV cache; see the module docstring."""
 
-    def __init__(self, config, params, *, eos_id: int, slots: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-                 stop_sequences=None, sharding=None, kv_cache_bytes: int | None = None, page_size: int = PAGE_SIZE,
-                 chunk: int = CHUNK, chunk_step: int = CHUNK_STEP, steps_per_call: int = STEPS_PER_CALL,
-                 prefill_rows: tuple[int, ...] | None = None, log: Callable[[str], None] | None = print):
+    def __init__(self, config, params, *, eos_id: int, slots: int = 32, sampling: Sampling = Sampling(),
+                 stop_sequences=None, sharding=None, kv_cache_bytes: int | None = None, layout: Layout = Layout(),
+                 log: Callable[[str], None] | None = print):
         self.config, self.eos_id = config, int(eos_id)
-        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.sampling = Sampling(float(sampling.temperature), float(sampling.top_p))
         self.stops = tuple(tuple(int(t) for t in s) for s in (stop_sequences or []) if len(s))
-        self.page_size, self.chunk, self.chunk_step, self.steps = page_size, chunk, chunk_step, steps_per_call
+        self.page_size, self.chunk, self.chunk_step = layout.page_size, layout.chunk, layout.chunk_step
+        self.steps = layout.steps_per_call
+        prefill_rows = layout.prefill_rows
         self.sharding = sharding.for_decoding() if sharding is not None else None
         dp = self.sharding.data_parallel if self.sharding is not None else 1
         # Rows split over the data axes: slots and prefill rows are multiples of the data-parallel size.
@@ -199,12 +233,11 @@ class _RunState:
         # Table width: enough pages for the longest sequence, a power of two (bounded shapes) of key blocks.
         blocks = -(-max(max(needs), c.max_position) // (batcher.page_size * BLOCK_PAGES))
         self.table = np.zeros((b, (1 << max(0, blocks - 1).bit_length()) * BLOCK_PAGES), np.int32)
-        self.tokens, self.length, self.generated = (np.zeros(b, np.int32) for _ in range(3))
-        self.limit, self.live = np.ones(b, np.int32), np.zeros(b, bool)
+        self.rows = Rows(np.zeros(b, np.int32), np.zeros(b, np.int32), np.zeros(b, np.int32), np.ones(b, np.int32),
+                         np.zeros(b, bool))
         self.tail = max([len(s) for s in batcher.stops], default=1) - 1
         self.results: list[list[int] | None] = [None] * len(prompts)
         self.outputs: dict[int, list[int]] = {}
-        self.sampling = dict(temperature=batcher.temperature, top_p=batcher.top_p)
         shape = (c.num_layers, batcher.plan.num_pages, batcher.page_size, c.num_kv_heads, c.head_dim)
         sharding = batcher._pool_sharding()
         self.pool = {k: _zeros(shape, jnp.dtype(c.dtype), sharding) for k in ("k", "v")}
@@ -229,7 +262,7 @@ class _RunState:
                 chunk[j, :n] = self.prompts[r.index][r.prefilled:r.prefilled + n]
                 start[j], last[j], table[j] = r.prefilled, n - 1, self.table[r.slot]
             self.pool, first = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(),
-                                        config=bt.config, **self.sampling)
+                                        config=bt.config, sampling=bt.sampling)
             first = np.asarray(first)
             for j, (r, n) in enumerate(zip(pending, real)):
                 r.prefilled += n
@@ -238,8 +271,9 @@ class _RunState:
                 r.generated = 1
                 sched.work.generated += 1
                 self.outputs[r.index] = [int(first[j])]
-                self.tokens[r.slot], self.length[r.slot], self.generated[r.slot] = first[j], r.length, 1
-                self.limit[r.slot], self.live[r.slot] = r.max_new, True
+                slot = self.rows
+                slot.tokens[r.slot], slot.length[r.slot], slot.generated[r.slot] = first[j], r.length, 1
+                slot.limit[r.slot], slot.live[r.slot] = r.max_new, True
                 if self._ended(r):
                     self._finish(r)
             pending = [r for r in pending if r.prefilled < r.length]
@@ -252,12 +286,11 @@ class _RunState:
         for r in active:
             prev = self.outputs[r.index][-t:] if t else []
             tail[r.slot, t - len(prev):] = prev
-        self.pool, out, steps, tokens, length, generated, finished, real = _decode(
-            bt.params, self.pool, self.table, self.tokens, self.length, self.generated, self.limit, self.live, tail,
-            np.bool_(bool(sched.waiting)), np.int32(bt.eos_id), self._split(), config=bt.config, steps=bt.steps,
-            stops=bt.stops, **self.sampling)
+        self.pool, out, steps, rows, finished, real = _decode(
+            bt.params, self.pool, self.table, self.rows, tail, np.bool_(bool(sched.waiting)), np.int32(bt.eos_id),
+            self._split(), config=bt.config, steps=bt.steps, sampling=bt.sampling, stops=bt.stops)
         out, finished = np.asarray(out), np.asarray(finished)
-        self.tokens, self.length, self.generated = (np.array(x) for x in (tokens, length, generated))
+        self.rows = Rows(*(np.array(x) for x in rows))  # host copies the next admissions write into
         sched.count_decode(int(steps), int(real))
         for r in active:
             new = [int(x) for x in out[r.slot] if x >= 0]
@@ -278,7 +311,7 @@ class _RunState:
             toks = toks[:-1]
         self.results[r.index] = toks
         # A free slot feeds token 0 at position 0 into scratch: it must not widen the key-block loop.
-        self.live[r.slot], self.table[r.slot], self.length[r.slot], self.tokens[r.slot] = False, 0, 0, 0
+        self.rows.live[r.slot], self.table[r.slot], self.rows.length[r.slot], self.rows.tokens[r.slot] = False, 0, 0, 0
         self.sched.finish(r)
         if self.on_finish is not None:
             self.on_finish(r.index, toks)

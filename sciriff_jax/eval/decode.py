@@ -10,7 +10,7 @@ from typing import Sequence
 
 import jax
 
-from sciriff_jax.eval.batcher import ContinuousBatcher
+from sciriff_jax.eval.batcher import ContinuousBatcher, Sampling
 from sciriff_jax.model.config import LlamaConfig
 
 MAX_NEW_TOKENS = 1024
@@ -56,7 +56,7 @@ def generate(config: LlamaConfig, params, prompts: list[list[int]], *, max_new_t
     """
     del pad_id
     limits = check_arguments(prompts, max_new_tokens)
-    batcher = ContinuousBatcher(config, params, eos_id=eos_id, slots=batch_size, temperature=temperature, top_p=top_p,
+    batcher = ContinuousBatcher(config, params, eos_id=eos_id, slots=batch_size, sampling=Sampling(temperature, top_p),
                                 stop_sequences=stop_sequences, sharding=sharding, kv_cache_bytes=kv_cache_bytes, log=log)
     stops = batcher.stops
     done = None if on_finish is None else (lambda i, toks: on_finish(i, strip_stop(toks, stops)))
