@@ -145,3 +145,11 @@ def test_tied_embeddings_share_the_input_matrix_with_the_output_head():
     # Changing a row that is never an input only moves the logit for that vocabulary entry.
     diff = np.abs(np.asarray(forward(c, bumped, tokens) - base)).max(axis=(0, 1))
     assert diff[7] > 1e-3 and np.delete(diff, 7).max() < 1e-6
+
+
+def test_a_kv_cache_is_the_paged_pool_and_needs_its_page_table():
+    config = tiny()
+    params = init_params(config, jax.random.PRNGKey(0))
+    pool = {k: jnp.zeros((config.num_layers, 2, 64, config.num_kv_heads, config.head_dim)) for k in ("k", "v")}
+    with pytest.raises(ValueError, match="page_table"):
+        Llama(config).apply({"params": params}, jnp.zeros((1, 4), jnp.int32), cache=pool, cache_index=jnp.zeros(1, jnp.int32))

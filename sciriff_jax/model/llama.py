@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sciriff_jax.model import attention_paged
-from sciriff_jax.model.attention import attention, make_mask, reference_attention
+from sciriff_jax.model.attention import attention
 from sciriff_jax.model.config import LlamaConfig
 from sciriff_jax.model.rope import apply_rope, inverse_frequencies, positions_from_segments
 
@@ -62,8 +62,7 @@ class Attention(nn.Module):
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache=None, cache_index=None, kv_mask=None, page_table=None,
-                 layer=None):
+    def __call__(self, x, positions, segment_ids, cache=None, cache_index=None, page_table=None, layer=None):
         c = self.config
         dt = jnp.dtype(c.dtype)
         d, h, kvh, hd = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
@@ -97,20 +96,12 @@ class Attention(nn.Module):
         new_cache = None
         if cache is None:
             out = attention(q, k, v, segment_ids=segment_ids, backend=c.attention_backend, mesh=self.mesh)
-        elif page_table is not None:
+        else:
             # Paged decoding: cache is every layer's pool; rows start at their own positions (cache_index [B]).
             pk = attention_paged.write(cache[0], layer, k, page_table, cache_index)
             pv = attention_paged.write(cache[1], layer, v, page_table, cache_index)
             out = attention_paged.attend(q, pk, pv, layer, page_table, cache_index)
             new_cache = (pk, pv)
-        else:
-            # Decoding: write this step's keys/values at slot cache_index, attend over valid cache slots.
-            ck, cv = cache
-            ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-            cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-            mask = make_mask(q.shape[1], ck.shape[1], causal=True, q_offset=cache_index) & kv_mask[:, None, :]
-            out = reference_attention(q, ck.astype(dt), cv.astype(dt), mask)
-            new_cache = (ck, cv)
         out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
         y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
         return y, new_cache
@@ -140,7 +131,7 @@ class DecoderLayer(nn.Module):
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, x, cache, positions, segment_ids, cache_index, kv_mask, page_table=None):
+    def __call__(self, x, cache, positions, segment_ids, cache_index, page_table=None):
         layer = None
         if page_table is not None:
             # Paged decoding carries (x, whole pool, layer index): each layer's write then updates the pool in
@@ -149,7 +140,7 @@ class DecoderLayer(nn.Module):
         c = self.config
         h = x if c.post_norms else RMSNorm(c, name="input_norm")(x)
         a, new_cache = Attention(c, self.mesh, name="attn")(
-            h, positions, segment_ids, cache, cache_index, kv_mask, page_table, layer)
+            h, positions, segment_ids, cache, cache_index, page_table, layer)
         if c.post_norms:  # OLMo 2: each sublayer's output is normalized before the residual add
             x = x + RMSNorm(c, name="attn_out_norm")(a)
             x = x + RMSNorm(c, name="mlp_out_norm")(MLP(c, name="mlp")(x))
@@ -171,19 +162,18 @@ def _layer_class(config: LlamaConfig):
 class Llama(nn.Module):
     """Decoder-only Llama. __call__(tokens, segment_ids, positions) -> float32 logits [B, L, V].
 
-    With `cache` (from `init_cache`), `cache_index` (first slot written) and `kv_mask` ([B, max_len]
-    bool, valid cache slots) it returns (logits, new_cache) instead: the decode path. With `page_table`
-    ([B, pages], see attention_paged) the cache is a paged pool {"k", "v"} [layers, pages, page_size, KV, D]
-    and `cache_index` [B] is each row's first position. `logits_index` [B]: only that position's logits
-    ([B, 1, V]), as prefill needs.
+    With `cache`, a paged pool {"k", "v"} [layers, pages, page_size, KV, D], its `page_table` ([B, pages], see
+    attention_paged) and `cache_index` [B] (each row's first position), it returns (logits, new_cache) instead:
+    the decode path (eval/batcher.py). `logits_index` [B]: only that position's logits ([B, 1, V]), as prefill
+    needs.
     """
 
     config: LlamaConfig
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, tokens, segment_ids=None, positions=None, *, cache=None, cache_index=None, kv_mask=None,
-                 page_table=None, logits_index=None):
+    def __call__(self, tokens, segment_ids=None, positions=None, *, cache=None, cache_index=None, page_table=None,
+                 logits_index=None):
         c = self.config
         dt = jnp.dtype(c.dtype)
         if positions is None:
@@ -195,23 +185,18 @@ class Llama(nn.Module):
         x = jnp.take(embedding.astype(dt), tokens, axis=0)
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         layer_cls = _layer_class(c)
-        cache_kv = None if cache is None else (cache["k"], cache["v"])
-        if page_table is not None:
-            x, new_kv = self._paged_layers(layer_cls, x, cache_kv, positions, cache_index, page_table)
+        if cache is not None:
+            if page_table is None:
+                raise ValueError("Llama: a KV cache is a paged pool and needs its page_table (see eval/batcher.py)")
+            x, new_kv = self._paged_layers(layer_cls, x, (cache["k"], cache["v"]), positions, cache_index, page_table)
         elif c.scan_layers:
             scanned = nn.scan(
                 layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-            x, new_kv = scanned(c, self.mesh, name="layers")(x, cache_kv, positions, segment_ids, cache_index, kv_mask)
+                in_axes=(nn.broadcast,) * 4, length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = scanned(c, self.mesh, name="layers")(x, None, positions, segment_ids, None)
         else:
-            outs = []
             for i in range(c.num_layers):
-                layer_cache = None if cache_kv is None else (cache_kv[0][i], cache_kv[1][i])
-                x, nc = layer_cls(c, self.mesh, name=f"layers_{i}")(
-                    x, layer_cache, positions, segment_ids, cache_index, kv_mask)
-                outs.append(nc)
-            new_kv = None if cache_kv is None else (jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs]))
+                x, _ = layer_cls(c, self.mesh, name=f"layers_{i}")(x, None, positions, segment_ids, None)
         if logits_index is not None:
             x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)
         x = RMSNorm(c, name="final_norm")(x)
@@ -231,21 +216,14 @@ class Llama(nn.Module):
         if c.scan_layers:
             scanned = nn.scan(
                 layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                in_axes=(nn.broadcast,) * 6, length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+                in_axes=(nn.broadcast,) * 5, length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
             (x, pool, _), _ = scanned(c, self.mesh, name="layers")(
-                (x, pool, jnp.int32(0)), None, positions, None, start, None, page_table)
+                (x, pool, jnp.int32(0)), None, positions, None, start, page_table)
             return x, pool
         for i in range(c.num_layers):
             (x, pool, _), _ = layer_cls(c, self.mesh, name=f"layers_{i}")(
-                (x, pool, i), None, positions, None, start, None, page_table)
+                (x, pool, i), None, positions, None, start, page_table)
         return x, pool
-
-
-def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=None) -> dict:
-    """Zeroed KV cache {"k", "v"}: [layers, batch, max_len, kv_heads, head_dim] in the compute dtype."""
-    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-    dt = jnp.dtype(dtype or config.dtype)
-    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
 
 
 def _boxed_init(config: LlamaConfig, rng):
