@@ -9,8 +9,7 @@ import numpy as np
 import seqio
 
 from seqio_tasks import render, sources
-from seqio_tasks.converter import ChatFeatureConverter
-from seqio_tasks.datasets import get_provider, raw_examples, resolve_task_name
+from seqio_tasks.datasets import get_dataset, get_provider, raw_examples, resolve_task_name
 from seqio_tasks.tasks import SETTINGS
 
 
@@ -45,11 +44,8 @@ _RELEASE_TASK = re.compile(r"^sciriff_(?P<config>\d+)_(?P<task>.+?)(?:_first\d+)
 
 def packed_fill(name: str, split: str, length: int, rows: int) -> float:
     """Fraction of non-padding tokens in the first `rows` packed rows of a task or mixture."""
-    ds = seqio.get_dataset(name, task_feature_lengths={"inputs": length, "targets": length}, dataset_split=split,
-                           shuffle=False, num_epochs=1, use_cached=False,
-                           feature_converter=ChatFeatureConverter(pack=True, row_length=length,
-                                                                  overlong=SETTINGS.overlong, label=name))
-    seg = [ex["decoder_segment_ids"] for ex in ds.take(rows).as_numpy_iterator()]
+    ds = get_dataset(name, split, {"targets": length}, batch_size=1, shuffle=False, num_epochs=1)  # what training reads
+    seg = [batch["decoder_segment_ids"][0] for batch in ds.take(rows).as_numpy_iterator()]
     return float(np.mean([(s > 0).mean() for s in seg])) if seg else 0.0
 
 
