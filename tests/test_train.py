@@ -156,7 +156,8 @@ def test_training_modules_import_without_tensorflow_or_seqio():
     import sys
 
     code = ("import sys; import sciriff_jax.train.step, sciriff_jax.io.checkpoint, sciriff_jax.train.optim, sciriff_jax.data.batches, "
-            "sciriff_jax.train.run_log, sciriff_jax.parallel.distributed; "
+            "sciriff_jax.train.run_log, sciriff_jax.parallel.distributed, sciriff_jax.train.setup, "
+            "sciriff_jax.train.finetune; "
             "bad = [m for m in ('tensorflow', 'seqio', 'seqio_tasks') if m in sys.modules]; "
             "assert not bad, bad")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -173,3 +174,22 @@ def test_weight_decay_skips_norm_scales_and_biases():
     upd, _ = tx.update(zero, tx.init(params), params)
     assert float(jnp.abs(upd["layers"]["mlp"]["kernel"]).max()) > 0
     assert float(jnp.abs(upd["layers"]["attn_norm"]["scale"]).max()) == 0
+
+
+def test_a_finetune_run_on_synthetic_rows_never_loads_tensorflow_or_seqio(tmp_path):
+    """What a JAX-only machine (the GPU box) runs: the whole run, not only the imports."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from sciriff_jax.data.batches import DataConfig\n"
+            "from sciriff_jax.model.config import LlamaConfig\n"
+            "from sciriff_jax.train import finetune as ft\n"
+            "cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, "
+            "num_kv_heads=1, dtype='float32')\n"
+            f"out = ft.finetune(ft.TrainConfig(model_dir={str(tmp_path / 'run')!r}, train_steps=2, batch_size=8, "
+            "tensorboard=False, log_every=1), DataConfig('synthetic', {'targets': 16}, source='synthetic'), cfg)\n"
+            "assert out['final_step'] == 2, out\n"
+            "bad = [m for m in ('tensorflow', 'seqio', 'seqio_tasks') if m in sys.modules]; assert not bad, bad\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
