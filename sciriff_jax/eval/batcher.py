@@ -290,7 +290,9 @@ class _RunState:
             bt.params, self.pool, self.table, self.rows, tail, np.bool_(bool(sched.waiting)), np.int32(bt.eos_id),
             self._split(), config=bt.config, steps=bt.steps, sampling=bt.sampling, stops=bt.stops)
         out, finished = np.asarray(out), np.asarray(finished)
-        self.rows = Rows(*(np.array(x) for x in rows))  # host copies the next admissions write into
+        # Host copies the next admissions write into; limit and live did not change on the device.
+        self.rows = self.rows._replace(tokens=np.array(rows.tokens), length=np.array(rows.length),
+                                       generated=np.array(rows.generated))
         sched.count_decode(int(steps), int(real))
         for r in active:
             new = [int(x) for x in out[r.slot] if x >= 0]
