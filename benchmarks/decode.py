@@ -10,7 +10,7 @@ included, what a user waits for), and the decode-only rate from the difference w
 shared tasks (`benchmarks.sciriff_lengths`, Llama-2 tokens; token ids random), each forced to stop after as
 many tokens as its reference answer (+ EOS); fp32; the 135M Llama shape (SmolLM-135M) by default.
 transformers runs its natural batched path (prompts longest first, batches of --batch, left padding, a row
-stops at its length); sciriff-jax runs `eval.decode.generate` with --batch slots (continuous batching).
+stops at its length); sciriff-jax runs `decoding.generate.generate` with --batch slots (continuous batching).
 sciriff-jax is timed twice: the first call compiles, the second reuses the programs as an eval does.
 
 Both stacks run the same weights (sciriff-jax's random init, copied into `LlamaForCausalLM` through
@@ -43,8 +43,8 @@ def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[l
 
 def bench_jax(config, params, prompts, new_tokens: int, *, warmup: int, iters: int,
               split: bool = True, profile_dir: str | None = None) -> tuple[dict, list]:
-    """Time `sciriff_jax.eval.decode.generate` for `new_tokens` and for 1 token; returns (row, generated tokens)."""
-    from sciriff_jax.eval.decode import generate
+    """Time `sciriff_jax.decoding.generate.generate` for `new_tokens` and for 1 token; returns (row, generated tokens)."""
+    from sciriff_jax.decoding.generate import generate
 
     def run(n):
         # eos_id -1 never matches a token, so every row generates exactly n tokens.
@@ -191,7 +191,7 @@ def sciriff_case(args) -> dict:
 
     import jax
 
-    from sciriff_jax.eval.decode import generate
+    from sciriff_jax.decoding.generate import generate
     from sciriff_jax.model.llama import init_params
 
     shape = common.TINY if args.tiny else SMOLLM_135M

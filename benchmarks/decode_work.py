@@ -27,7 +27,7 @@ def fixed_batch_work(lengths: list[int], answer_lengths: list[int], *, batch_siz
     batch), each left-padded to the power-of-two bucket of its longest prompt (at least 16); every row steps
     until the whole batch has finished.
     """
-    from sciriff_jax.eval.scheduler import WorkCount
+    from sciriff_jax.decoding.scheduler import WorkCount
 
     work = WorkCount()
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -51,7 +51,7 @@ def fixed_batch_work(lengths: list[int], answer_lengths: list[int], *, batch_siz
 
 def rows_for(lengths: dict, batch_sizes, *, page_size: int, chunk: int, chunk_step: int, steps_per_call: int) -> list:
     """One row per batch size: the fixed-batch and continuous useful-work fractions and their counts."""
-    from sciriff_jax.eval import scheduler
+    from sciriff_jax.decoding import scheduler
 
     prompts = [n for t in lengths.values() for n in t["prompt"]]
     answers = [n for t in lengths.values() for n in t["answer"]]
@@ -81,7 +81,7 @@ def rows_for(lengths: dict, batch_sizes, *, page_size: int, chunk: int, chunk_st
 
 def main(argv=None) -> dict:
     """Count both schedules on the SciRIFF-Eval lengths; returns the JSON payload."""
-    from sciriff_jax.eval import batcher
+    from sciriff_jax.decoding import batcher
 
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--shared", default=str(sciriff_lengths.SHARED), help="folder with tasks.tsv and eval_sample/")

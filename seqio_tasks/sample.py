@@ -3,7 +3,7 @@ import hashlib
 import json
 import pathlib
 
-from sciriff_jax.eval.metrics import SAMPLE_SCORERS
+from sciriff_jax.scoring.metrics import SAMPLE_SCORERS
 from seqio_tasks.sample_generator import generate
 
 SAMPLE_DIR = pathlib.Path(__file__).resolve().parent / "data" / "sample"

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from seqio_tasks import catalog, sample
-from sciriff_jax.io import jsonl
+from sciriff_jax.scoring import jsonl
 
 DATA_DIR_ENV = "SCIRIFF_JAX_DATA_DIR"
 # HF_ENDPOINT is the Hugging Face hub's own variable for mirrors; tests point it at a local server.

@@ -11,8 +11,8 @@ import os
 import seqio
 import tensorflow as tf
 
-from sciriff_jax.eval import judge as judge_lib
-from sciriff_jax.eval import metrics
+from sciriff_jax.scoring import judge as judge_lib
+from sciriff_jax.scoring import metrics
 from seqio_tasks import catalog, render, sample, sources
 from seqio_tasks.converter import INPUTS_LOSS_MASK
 from seqio_tasks.vocab import MissingVocabulary, SampleVocabulary

@@ -59,7 +59,7 @@ def test_decode_floor_for_the_1b_shape_is_near_the_anchor():
 
 def test_gpu_benchmarks_import_neither_tensorflow_nor_seqio():
     code = ("import sys, benchmarks.train_step, benchmarks.attention, benchmarks.analysis, benchmarks.decode\n"
-            "import sciriff_jax.model.llama, sciriff_jax.train.step, sciriff_jax.eval.decode, sciriff_jax.io.hf\n"
+            "import sciriff_jax.model.llama, sciriff_jax.train.step, sciriff_jax.decoding.generate, sciriff_jax.io.hf\n"
             "bad = sorted(m for m in ('tensorflow', 'seqio', 'seqio_tasks') if m in sys.modules)\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=REPO_ROOT)

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from sciriff_jax.eval import batcher, kv_memory
-from sciriff_jax.eval.decode import generate
+from sciriff_jax.decoding import batcher, kv_memory
+from sciriff_jax.decoding.generate import generate
 from sciriff_jax.model import Llama, LlamaConfig, init_params
 
 CONFIG = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -153,7 +153,7 @@ def test_per_prompt_token_limits_and_a_finished_row_hands_its_slot_on(params):
 
 
 def test_the_schedule_simulation_counts_the_same_work_as_the_decoder(params):
-    from sciriff_jax.eval import scheduler
+    from sciriff_jax.decoding import scheduler
 
     lengths, limits = [len(p) for p in PROMPTS], [7, 1, 3, 2]
     b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=2, log=None,

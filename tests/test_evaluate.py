@@ -4,7 +4,7 @@ import json
 import pytest
 
 from sciriff_jax.eval import evaluate
-from sciriff_jax.eval import metrics, prompts
+from sciriff_jax.scoring import metrics, prompts
 
 
 def test_sample_tasks_use_their_declared_scorer_and_eval_tasks_their_own():

@@ -33,7 +33,7 @@ def test_continuous_batching_keeps_each_answer_with_its_prompt(tiny_model, capsy
 def test_overlong_prompt_keeps_its_last_tokens_like_lm_eval(tiny_model, capsys):
     import dataclasses
 
-    from sciriff_jax.eval import decode
+    from sciriff_jax.decoding.generate import generate
 
     config, params, vocabulary = tiny_model
     short_context = dataclasses.replace(config, max_position=16)
@@ -41,7 +41,7 @@ def test_overlong_prompt_keeps_its_last_tokens_like_lm_eval(tiny_model, capsys):
     tokens = vocabulary.encode(text)
     assert len(tokens) > 12
     got = evaluate.decode_texts(short_context, params, [text], vocabulary, max_new_tokens=4, batch_size=1)
-    want = decode.generate(short_context, params, [tokens[-12:]], max_new_tokens=4, eos_id=vocabulary.eos_id, batch_size=1)
+    want = generate(short_context, params, [tokens[-12:]], max_new_tokens=4, eos_id=vocabulary.eos_id, batch_size=1)
     assert got == [vocabulary.decode(want[0])]
     assert "1 prompt(s) longer than 12 tokens" in capsys.readouterr().out
 

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from sciriff_jax.eval import judge as judge_lib
-from sciriff_jax.eval import metrics
+from sciriff_jax.scoring import judge as judge_lib
+from sciriff_jax.scoring import metrics
 
 
 class FakeJudgeServer:
@@ -116,7 +116,7 @@ def test_rating_is_read_from_the_last_rating_line():
 def test_an_unreachable_judge_warns_once_on_stderr_and_score_counts_the_failed_judgments(tmp_path, capsys):
     import socket
 
-    from sciriff_jax.eval import score
+    from sciriff_jax.scoring import score
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from sciriff_jax.eval import metrics
+from sciriff_jax.scoring import metrics
 
 
 def ex(output, prediction, iid="t:validation:0"):

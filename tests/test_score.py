@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from sciriff_jax.eval import score
+from sciriff_jax.scoring import score
 
 
 def write_jsonl(path, rows):
@@ -78,7 +78,7 @@ def test_scorer_imports_neither_tensorflow_nor_jax():
     import subprocess
     import sys
 
-    code = ("import sys; from sciriff_jax.eval import judge, metrics, score; "
+    code = ("import sys; from sciriff_jax.scoring import judge, metrics, score; "
             "heavy = [m for m in ('tensorflow', 'jax', 'seqio') if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sciriff_jax.eval import metrics, score
+from sciriff_jax.scoring import metrics, score
 
 REFERENCES = {  # one valid reference answer per task, as the release writes them
     "bioasq_list_qa": '["BRCA1", "TP53"]',

@@ -29,7 +29,8 @@ def hf_dir(tmp_path_factory):
 
 
 def test_hf_directory_trains_evaluates_and_exports_with_its_own_tokenizer_and_template(hf_dir, tmp_path):
-    from sciriff_jax.eval import decode, evaluate
+    from sciriff_jax.decoding.generate import generate
+    from sciriff_jax.eval import evaluate
     from sciriff_jax.io import convert, loader
     from seqio_tasks import render
 
@@ -59,7 +60,7 @@ def test_hf_directory_trains_evaluates_and_exports_with_its_own_tokenizer_and_te
     chat = [{"role": "user", "content": "List the genes in: BRCA1 and TP53 are genes."}]
     prompt = render.prompt_ids(chat[0]["content"], ours.vocabulary, ours.template)
     assert prompt == tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
-    mine = decode.generate(ours.config, ours.params, [prompt], max_new_tokens=12, eos_id=ours.vocabulary.eos_id,
+    mine = generate(ours.config, ours.params, [prompt], max_new_tokens=12, eos_id=ours.vocabulary.eos_id,
                            batch_size=1)[0]
     with torch.no_grad():
         theirs = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,

@@ -1,5 +1,2 @@
-"""Evaluation: prompts, decoding, SciRIFF-Eval metrics, the LM judge, scoring and the eval runs.
-
-metrics.py, judge.py and score.py are pure Python (no JAX, no TensorFlow): `seqio_tasks` and `sciriff-jax score`
-import them directly. This package's __init__ stays empty of imports so that holds.
-"""
+"""Evaluation: the eval protocol, prompts, predictions kept as they finish, progress and the eval / infer runs.
+Decoding is `sciriff_jax.decoding`'s; the metrics, judge and `score` are `sciriff_jax.scoring`'s."""

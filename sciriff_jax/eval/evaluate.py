@@ -1,7 +1,7 @@
 """SciRIFF-Eval runs: decode a task or mixture's validation split with the model and score it.
 
-Raw examples come from `seqio_tasks.raw_examples`, prompts from `eval.prompts`, tokens from `eval.decode`,
-scores from `eval.metrics`, the model from `io.loader`. Every task of a mixture goes through one continuous
+Raw examples come from `seqio_tasks.raw_examples`, prompts from `eval.prompts`, tokens from `decoding.generate`,
+scores from `scoring.metrics`, the model from `io.loader`. Every task of a mixture goes through one continuous
 batcher, so progress and ETA cover the whole mixture and no batch drains at a task's end. Outputs: one
 predictions JSONL per task (scorable later with `sciriff-jax score`; kept as they finish and resumed by a
 rerun, `eval.predictions`), summary.json and summary.md. This module imports `seqio_tasks` (hence
@@ -15,8 +15,9 @@ import json
 import time
 from typing import Callable
 
-from sciriff_jax.eval import decode, metrics
-from sciriff_jax.eval import judge as judge_lib
+from sciriff_jax.decoding.generate import generate
+from sciriff_jax.scoring import metrics
+from sciriff_jax.scoring import judge as judge_lib
 from sciriff_jax.eval.protocol import Protocol
 from sciriff_jax.eval.predictions import PredictionStore
 from sciriff_jax.eval.progress import Progress
@@ -67,7 +68,7 @@ def decode_texts(config, params, prompt_texts: list[str], vocabulary, *, max_new
     prompts = prompts_lib.encode_prompts(prompt_texts, vocabulary, max_position=getattr(config, "max_position", 0),
                                          max_new_tokens=max_new_tokens, bos_id=bos_id, label=label)
     progress = Progress(len(prompts), label)
-    generated = decode.generate(config, params, prompts, max_new_tokens=max_new_tokens, eos_id=vocabulary.eos_id,
+    generated = generate(config, params, prompts, max_new_tokens=max_new_tokens, eos_id=vocabulary.eos_id,
                                 batch_size=batch_size, sharding=sharding, kv_cache_bytes=kv_cache_bytes,
                                 on_finish=lambda i, tokens: progress.update(len(tokens)))
     return [vocabulary.decode(tokens) for tokens in generated]
@@ -134,7 +135,7 @@ def predict_tasks(config, params, loaded: dict, vocabulary, *, eval_config: Eval
             complete(name)
         progress.update(len(tokens), tasks_done=sum(n == 0 for n in left.values()))
 
-    decode.generate(config, params, [job[3] for job in jobs], max_new_tokens=eval_config.max_new_tokens,
+    generate(config, params, [job[3] for job in jobs], max_new_tokens=eval_config.max_new_tokens,
                     eos_id=vocabulary.eos_id, batch_size=eval_config.batch_size, sharding=sharding,
                     kv_cache_bytes=eval_config.kv_cache_bytes, on_finish=on_finish)
     return records

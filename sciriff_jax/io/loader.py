@@ -202,8 +202,8 @@ class LoadedModel:
         return np.asarray(self._forward(self.params, jnp.asarray(tokens, jnp.int32)))
 
     def generate(self, prompts: list[list[int]], **kwargs) -> list[list[int]]:
-        """New tokens per prompt; keyword arguments as `sciriff_jax.eval.decode.generate` (max_new_tokens, eos_id, ...)."""
-        from sciriff_jax.eval.decode import generate  # decoding is evaluation's; loading does not need it
+        """New tokens per prompt; keyword arguments as `sciriff_jax.decoding.generate.generate` (max_new_tokens, eos_id, ...)."""
+        from sciriff_jax.decoding.generate import generate  # decoding is evaluation's; loading does not need it
 
         return generate(self.config, self.params, prompts, **kwargs)
 

@@ -164,7 +164,7 @@ class Llama(nn.Module):
 
     With `cache`, a paged pool {"k", "v"} [layers, pages, page_size, KV, D], its `page_table` ([B, pages], see
     attention_paged) and `cache_index` [B] (each row's first position), it returns (logits, new_cache) instead:
-    the decode path (eval/batcher.py). `logits_index` [B]: only that position's logits ([B, 1, V]), as prefill
+    the decode path (decoding/batcher.py). `logits_index` [B]: only that position's logits ([B, 1, V]), as prefill
     needs.
     """
 
@@ -187,7 +187,7 @@ class Llama(nn.Module):
         layer_cls = _layer_class(c)
         if cache is not None:
             if page_table is None:
-                raise ValueError("Llama: a KV cache is a paged pool and needs its page_table (see eval/batcher.py)")
+                raise ValueError("Llama: a KV cache is a paged pool and needs its page_table (see decoding/batcher.py)")
             x, new_kv = self._paged_layers(layer_cls, x, (cache["k"], cache["v"]), positions, cache_index, page_table)
         elif c.scan_layers:
             scanned = nn.scan(

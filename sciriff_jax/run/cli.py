@@ -106,7 +106,7 @@ def _data(argv: list[str]) -> int:
 
 
 def _score(argv: list[str]) -> int:
-    from sciriff_jax.eval import score
+    from sciriff_jax.scoring import score
 
     return score.main(argv)
 

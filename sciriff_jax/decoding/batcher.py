@@ -1,7 +1,7 @@
 """Continuous batching over a paged KV cache: the compiled prefill and decode programs and the host loop.
 
 `slots` rows decode together. When a row finishes (EOS, a stop sequence, or its token limit), its slot and
-pages go to the next waiting prompt (`eval/scheduler.py`), whose prompt is prefilled in chunks from a short
+pages go to the next waiting prompt (`decoding/scheduler.py`), whose prompt is prefilled in chunks from a short
 ladder of lengths. Each decode call steps up to `steps_per_call` tokens on the device and returns early when
 a row finishes while prompts wait, so finished rows do not keep computing. The programs are jitted once per
 shape at module level: later calls with the same shapes reuse them, and the shapes are bounded (one decode
@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sciriff_jax.eval import kv_memory
-from sciriff_jax.eval.scheduler import Scheduler, WorkCount
+from sciriff_jax.decoding import kv_memory
+from sciriff_jax.decoding.scheduler import Scheduler, WorkCount
 from sciriff_jax.model.llama import Llama
 
 PAGE_SIZE = 64

@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from sciriff_jax.eval.scheduler import pages_for
+from sciriff_jax.decoding.scheduler import pages_for
 
 # Share of the free memory the cache may take by default: prefill activations and XLA's scratch need the rest.
 DEFAULT_BUDGET_SHARE = 0.5

@@ -8,9 +8,9 @@ import sys
 from typing import Sequence
 
 # metrics and judge are pure Python: scoring works on a machine without TensorFlow or JAX.
-from sciriff_jax.eval import judge as judge_lib
-from sciriff_jax.eval import metrics
-from sciriff_jax.io import jsonl
+from sciriff_jax.scoring import judge as judge_lib
+from sciriff_jax.scoring import metrics
+from sciriff_jax.scoring import jsonl
 
 
 class PredictionFileError(ValueError):

@@ -14,7 +14,7 @@ import random
 import re
 import string
 
-from sciriff_jax.eval import judge as judge_lib
+from sciriff_jax.scoring import judge as judge_lib
 
 # Chat-template end markers a decoder may leave at the end of its text; removed as whole strings
 # (the release's `str.strip("</s>")` treats them as a character set and eats a final "s").

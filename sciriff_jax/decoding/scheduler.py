@@ -5,7 +5,7 @@ hold its prompt plus its new tokens (reserved up front, so a running row never n
 there and nothing is ever evicted); its prompt is then prefilled in chunks whose lengths come from a short
 ladder (multiples of `chunk_step` up to `chunk`), and it joins the decode rows. A row that finishes frees its
 slot and pages, and the next waiting prompt takes them. The same class drives the real decoder
-(`eval/batcher.py`) and the length-forced simulation below, which counts the work of a schedule on a
+(`decoding/batcher.py`) and the length-forced simulation below, which counts the work of a schedule on a
 length distribution without a model (`benchmarks/decode_work.py`).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Generation: greedy or temperature/top-p sampling, stop on EOS or token stop sequences.
 
-`generate` runs the continuous batcher (`eval/batcher.py`): `batch_size` rows decode together over a paged
+`generate` runs the continuous batcher (`decoding/batcher.py`): `batch_size` rows decode together over a paged
 KV cache, a finished row's slot takes the next waiting prompt, and prompts are prefilled in chunks, so no
 work goes to padding or to rows that have finished. Importable without TensorFlow or SeqIO.
 """
@@ -10,7 +10,7 @@ from typing import Sequence
 
 import jax
 
-from sciriff_jax.eval.batcher import ContinuousBatcher, Sampling
+from sciriff_jax.decoding.batcher import ContinuousBatcher, Sampling
 from sciriff_jax.model.config import LlamaConfig
 
 MAX_NEW_TOKENS = 1024
