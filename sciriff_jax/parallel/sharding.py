@@ -50,7 +50,7 @@ def logical_rules(layout: str) -> tuple[tuple[str, object], ...]:
     """The (logical axis name, mesh axes or None) table for a layout, in Flax's logical_axis_rules form."""
     if layout not in LAYOUTS:
         raise ValueError(f"partitioning layout {layout!r} is unknown; choose one of {LAYOUTS} "
-                         "(gin: the run's `layout` binding).")
+                         "(e.g. --gin.MESH_LAYOUT='\"fsdp\"').")
     return tuple(_table(layout).items())
 
 

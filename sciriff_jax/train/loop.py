@@ -28,7 +28,7 @@ def train_loop(*, step_fn, params, opt_state, batches: Iterator, train_steps: in
     `batches` yields global batches and has `.state() -> dict` (its position, saved in checkpoints).
     """
     if on_nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"finetune.on_nonfinite={on_nonfinite!r}; choose one of {NONFINITE_POLICIES}.")
+        raise ValueError(f"ON_NONFINITE={on_nonfinite!r}; choose one of {NONFINITE_POLICIES} (e.g. --gin.ON_NONFINITE='\"skip\"').")
     summary: dict = {"start_step": start_step, "steps": 0, "skipped_steps": [], "losses": {}}
     started = time.time()
 
@@ -58,7 +58,7 @@ def train_loop(*, step_fn, params, opt_state, batches: Iterator, train_steps: in
                    f"of the input stream ({position}); last good checkpoint: {where}.")
             if on_nonfinite == "stop":
                 raise NonFiniteLossError(msg + " The update was not applied. Lower LEARNING_RATE, check the data, or "
-                                         "set finetune.on_nonfinite='skip' to skip such batches.")
+                                         "pass --gin.ON_NONFINITE='\"skip\"' to skip such batches.")
             print(f"[sciriff-jax] WARNING: skipping {msg}", flush=True)
             summary["skipped_steps"].append(step)
         loss = float(metrics["loss"])

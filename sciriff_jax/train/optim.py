@@ -19,9 +19,9 @@ def make_schedule(learning_rate: float, train_steps: int, warmup_ratio: float = 
                   schedule: str = "linear", warmup_steps: int | None = None) -> optax.Schedule:
     """LR(step): linear warmup from 0 to `learning_rate`, then linear decay to 0, cosine to 0, or constant."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"finetune.schedule={schedule!r} is not known; choose one of {SCHEDULES}.")
+        raise ValueError(f"schedule={schedule!r} is not known; choose one of {SCHEDULES} (--gin.SCHEDULE='\"cosine\"').")
     if train_steps <= 0:
-        raise ValueError(f"finetune.train_steps={train_steps} must be positive.")
+        raise ValueError(f"train_steps={train_steps} must be positive (--gin.TRAIN_STEPS, or None for NUM_EPOCHS).")
     warm = warmup_steps_for(train_steps, warmup_ratio) if warmup_steps is None else int(warmup_steps)
     warm = min(warm, train_steps)
     decay = max(train_steps - warm, 1)

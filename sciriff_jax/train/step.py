@@ -24,8 +24,8 @@ def _split_microbatches(batch, microbatches: int):
         b = x.shape[0]
         if b % microbatches:
             raise ValueError(
-                f"finetune.microbatches={microbatches} must divide the global batch size {b} "
-                "(set BATCH_SIZE to a multiple of it).")
+                f"microbatches={microbatches} (--gin.MICROBATCHES) must divide the global batch size {b}: set "
+                "--gin.BATCH_SIZE to a multiple of it, or MICROBATCHES to a divisor of BATCH_SIZE.")
         return jnp.swapaxes(x.reshape(b // microbatches, microbatches, *x.shape[1:]), 0, 1)
     return jax.tree.map(split, batch)
 
