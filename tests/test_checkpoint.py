@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from sciriff_jax.io import checkpoint as ck
+from sciriff_jax.train.preemption import PreemptionGuard
 
 
 def _params():
@@ -105,7 +106,7 @@ def test_restore_latest_returns_none_on_a_fresh_model_dir(tmp_path):
 
 
 def test_preemption_guard_turns_sigterm_into_a_request():
-    with ck.PreemptionGuard() as guard:
+    with PreemptionGuard() as guard:
         assert not guard.requested()
         os.kill(os.getpid(), signal.SIGTERM)
         assert guard.requested()

@@ -49,13 +49,13 @@ def test_eval_gin_requires_a_checkpoint_and_binds_the_run():
     from sciriff_jax.run import main
 
     with pytest.raises(main.GinConfigError, match="CHECKPOINT_PATH"):
-        main.load_config(["gin_configs/runs/eval.gin"], [])
-    main.load_config(["gin_configs/runs/eval.gin"], ['CHECKPOINT_PATH="/ckpt/x"', "MAX_EXAMPLES=5"])
+        main.parse_gin(["gin_configs/runs/eval.gin"], [])
+    main.parse_gin(["gin_configs/runs/eval.gin"], ['CHECKPOINT_PATH="/ckpt/x"', "MAX_EXAMPLES=5"])
     assert gin.query_parameter("%CHECKPOINT_PATH") == "/ckpt/x"
     assert str(gin.query_parameter("evaluate_run.checkpoint_path")) == "%CHECKPOINT_PATH"
     assert gin.query_parameter("%MAX_EXAMPLES") == 5
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "sciriff_4096_eval"
-    main.load_config(["gin_configs/runs/infer.gin"], ['CHECKPOINT_PATH="/ckpt/y"'])
+    main.parse_gin(["gin_configs/runs/infer.gin"], ['CHECKPOINT_PATH="/ckpt/y"'])
     assert gin.query_parameter("%CHECKPOINT_PATH") == "/ckpt/y"
     assert str(gin.query_parameter("EvalConfig.mixture_or_task_name")) == "%MIXTURE_OR_TASK_NAME"
     gin.clear_config()

@@ -21,12 +21,12 @@ def load(name, extra=()):
     """Parse an experiment with its required paths set; returns the defined macros."""
     path = str(EXPERIMENTS / name)
     try:
-        main_lib.load_config([path], list(extra))
+        main_lib.parse_gin([path], list(extra))
     except main_lib.GinConfigError:
         pass  # required macros missing: set the ones this file defines, then parse again
     macros = gin_compat.defined_macros()
     bindings = [f"{k}={v}" for k, v in REQUIRED.items() if k in macros] + list(extra)
-    main_lib.load_config([path], bindings)
+    main_lib.parse_gin([path], bindings)
     return gin_compat.defined_macros()
 
 

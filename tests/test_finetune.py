@@ -30,7 +30,7 @@ def run(model_dir, *, model=None, operative_config=None, **train):
 
 
 def test_finetune_gin_defaults_are_the_scitulu_recipe():
-    main.load_config([str(REPO_ROOT / "gin_configs/models/tiny.gin"), str(REPO_ROOT / "gin_configs/runs/finetune.gin")],
+    main.parse_gin([str(REPO_ROOT / "gin_configs/models/tiny.gin"), str(REPO_ROOT / "gin_configs/runs/finetune.gin")],
                      ['MODEL_DIR="/tmp/x"', 'MIXTURE_OR_TASK_NAME="sciriff_sample"'])
     try:
         q = lambda name: gin.query_parameter(f"TrainConfig.{name}")  # noqa: E731
@@ -49,7 +49,7 @@ def test_finetune_gin_defaults_are_the_scitulu_recipe():
 
 def test_model_dir_and_mixture_are_required():
     with pytest.raises(main.GinConfigError, match="MIXTURE_OR_TASK_NAME, MODEL_DIR"):
-        main.load_config([str(REPO_ROOT / "gin_configs/models/tiny.gin"),
+        main.parse_gin([str(REPO_ROOT / "gin_configs/models/tiny.gin"),
                           str(REPO_ROOT / "gin_configs/runs/finetune.gin")], [])
     gin.clear_config()
 

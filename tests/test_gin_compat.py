@@ -1,6 +1,6 @@
 """The gin internals run/gin_compat.py relies on: pinned to the gin-config version that has them.
 
-(tests/test_main.py covers the include-search patch through load_config.)
+(tests/test_main.py covers the include-search patch through parse_gin.)
 """
 import importlib.metadata
 

@@ -20,7 +20,7 @@ def test_gin_dot_flags_become_bindings():
 
 
 def test_macro_override_is_applied(run_file):
-    main_lib.load_config([run_file], ['MODEL_DIR="/tmp/x"', "TRAIN_STEPS=5"])
+    main_lib.parse_gin([run_file], ['MODEL_DIR="/tmp/x"', "TRAIN_STEPS=5"])
     macros = gin_compat.defined_macros()
     assert macros["TRAIN_STEPS"] == 5 and macros["MODEL_DIR"] == "/tmp/x"
 
@@ -48,7 +48,7 @@ def test_missing_gin_file_is_named(tmp_path, capsys):
 
 
 def test_unknown_mode_is_rejected(run_file):
-    main_lib.load_config([run_file], ['MODEL_DIR="/x"'])
+    main_lib.parse_gin([run_file], ['MODEL_DIR="/x"'])
     with pytest.raises(main_lib.GinConfigError, match="bogus"):
         main_lib.run(modes=["bogus"])
 
@@ -57,13 +57,13 @@ def test_includes_resolve_when_the_working_directory_has_a_folder_of_the_same_na
     # A user's runs/ folder must not shadow gin_configs/runs/ (gin looked it up as a Python package and crashed).
     (tmp_path / "runs").mkdir()
     monkeypatch.chdir(tmp_path)
-    main_lib.load_config([str(main_lib.GIN_CONFIGS_DIR / "runs" / "demo.gin")], ['MODEL_DIR="/tmp/x"'])
+    main_lib.parse_gin([str(main_lib.GIN_CONFIGS_DIR / "runs" / "demo.gin")], ['MODEL_DIR="/tmp/x"'])
     assert gin_compat.defined_macros()["MIXTURE_OR_TASK_NAME"] == "sciriff_sample"
 
 
 def test_max_examples_flag_sets_the_macro_of_eval_runs():
     flags = main_lib.parse_flags(["--gin_file=runs/eval.gin", "--max_examples", "5"])
-    main_lib.load_config(flags.gin_file, ['CHECKPOINT_PATH="/tmp/x"', *flags.gin_bindings])
+    main_lib.parse_gin(flags.gin_file, ['CHECKPOINT_PATH="/tmp/x"', *flags.gin_bindings])
     assert gin_compat.defined_macros()["MAX_EXAMPLES"] == 5
 
 
@@ -99,7 +99,7 @@ def test_a_macro_value_of_the_wrong_type_or_range_is_an_error_naming_the_macro(c
 
 
 def test_a_macro_that_points_at_a_preset_is_checked_as_the_preset():
-    main_lib.load_config([str(main_lib.GIN_CONFIGS_DIR / "experiments" / "scitulu_7b.gin")],
+    main_lib.parse_gin([str(main_lib.GIN_CONFIGS_DIR / "experiments" / "scitulu_7b.gin")],
                          REQUIRED + ['INITIAL_CHECKPOINT_PATH="/x"', "MESH_SHAPE=%MESH_V4_64", "MICROBATCHES=4"])
     assert gin_compat.resolve_macro(gin_compat.defined_macros()["MESH_SHAPE"], gin_compat.defined_macros())["fsdp"] == 32
 

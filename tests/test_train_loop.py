@@ -16,6 +16,7 @@ from sciriff_jax.data import batches as data
 from sciriff_jax.train import run_log as logging_utils
 from sciriff_jax.train import optim
 from sciriff_jax.train import loop
+from sciriff_jax.train.preemption import PreemptionGuard
 from sciriff_jax.train import step as train
 
 VOCAB, LENGTH, BATCH = 32, 16, 4
@@ -100,7 +101,7 @@ class _SigtermAtStep:
 
 
 def test_sigterm_saves_a_checkpoint_then_exits(tmp_path):
-    with checkpoint.PreemptionGuard() as guard:
+    with PreemptionGuard() as guard:
         with pytest.raises(loop.Preempted) as err:
             _run(tmp_path, train_steps=10, preemption=_SigtermAtStep(guard, 2))
     assert err.value.code == 143 and err.value.step == 2

@@ -13,7 +13,6 @@ corrupt checkpoint for eval or export is an error.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 
@@ -134,7 +133,7 @@ def save_params(path, params, config) -> None:
     seal(path)
 
 
-def load_config(path):
+def read_model_config(path):
     """The LlamaConfig stored in the checkpoint at `path` (step dir or MODEL_DIR)."""
     d = resolve_checkpoint_dir(path)
     ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
@@ -303,37 +302,6 @@ class TrainCheckpointer:
             self.wait()
         finally:
             self.manager.close()
-
-
-class PreemptionGuard:
-    """Turns SIGTERM (preemption notice) into a flag the loop polls, so it can save before exiting."""
-
-    def __init__(self, signals=(signal.SIGTERM,)):
-        self.signals = signals
-        self._flag = threading.Event()
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in self.signals:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        print(f"[sciriff-jax] received signal {signum}: saving a checkpoint, then exiting", flush=True)
-        self._flag.set()
-
-    def requested(self) -> bool:
-        """True once a signal arrived on any process (agreed across hosts so all save the same step)."""
-        local = self._flag.is_set()
-        if jax.process_count() == 1:
-            return local
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(local, dtype=np.int32))))
-
-    def __exit__(self, *exc):
-        for s, prev in self._previous.items():
-            signal.signal(s, prev)
-        return False
 
 
 def checkpoint_path_for_step(model_dir, step: int) -> str:

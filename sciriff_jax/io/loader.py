@@ -40,7 +40,7 @@ def _require(path) -> None:
 def load_config(path) -> LlamaConfig:
     """The model config of a Hugging Face directory or an Orbax checkpoint, without reading the weights."""
     _require(path)
-    return hf.load_hf_config(path) if is_hf_dir(path) else checkpoint.load_config(path)
+    return hf.load_hf_config(path) if is_hf_dir(path) else checkpoint.read_model_config(path)
 
 
 def vocabulary_for(path):

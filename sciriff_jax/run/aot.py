@@ -320,7 +320,7 @@ def finetune_settings(gin_files: Sequence[str], bindings: Sequence[str] = ()) ->
     stubbed): {"train", "data", "model", "optimizer", "mesh", ...}."""
     bindings = list(bindings)
     try:
-        main_lib.load_config(gin_files, bindings)
+        main_lib.parse_gin(gin_files, bindings)
     except main_lib.GinConfigError as err:
         # MODEL_DIR, the mixture and checkpoint paths do not change the compiled program.
         given = {b.partition("=")[0].strip() for b in bindings}
@@ -328,7 +328,7 @@ def finetune_settings(gin_files: Sequence[str], bindings: Sequence[str] = ()) ->
         if not missing:
             raise AotError(str(err)) from err
         try:
-            main_lib.load_config(gin_files, bindings + [f'{m}="unused-by-aot"' for m in missing])
+            main_lib.parse_gin(gin_files, bindings + [f'{m}="unused-by-aot"' for m in missing])
         except main_lib.GinConfigError as err2:
             raise AotError(str(err2)) from err2
     settings = gin.get_bindings("finetune")

@@ -90,7 +90,7 @@ def _model_from_checkpoint_without_a_model_file() -> None:
         gin.parse_config("finetune.model = None")  # finetune says what to set when there is no checkpoint either
 
 
-def load_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parse gin files then bindings; unknown macros, unknown configurables and missing required macros fail by name."""
     gin.clear_config()
     logging.getLogger().addFilter(_QUIET_INCLUDE_SEARCH)  # adding the same filter twice is a no-op
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for `python -m sciriff_jax.main` and `sciriff-jax train|eval|infer`."""
     flags = parse_flags(sys.argv[1:] if argv is None else argv)
     try:
-        load_config(flags.gin_file, flags.gin_bindings, flags.gin_search_path)
+        parse_gin(flags.gin_file, flags.gin_bindings, flags.gin_search_path)
     except GinConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

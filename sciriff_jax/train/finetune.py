@@ -20,6 +20,7 @@ from sciriff_jax.model.llama import init_params
 from sciriff_jax.parallel import distributed
 from sciriff_jax.parallel.sharding import MeshConfig
 from sciriff_jax.train import loop, run_log, setup
+from sciriff_jax.train.preemption import PreemptionGuard
 from sciriff_jax.train.optim import OptimizerConfig
 from sciriff_jax.train.step import make_loss_fn
 
@@ -235,7 +236,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
 
     step_fn = _check_vocab(run_setup.step, config.vocab_size)
     try:
-        with checkpoint.PreemptionGuard() as guard:
+        with PreemptionGuard() as guard:
             result = loop.train_loop(
                 step_fn=step_fn, params=params, opt_state=opt_state, batches=batches, train_steps=train_steps,
                 start_step=start_step, schedule=run_setup.schedule, checkpointer=ckpt, logger=logger,
