@@ -239,8 +239,8 @@ def test_nonfinite_stop_names_the_newest_checkpoint_that_still_verifies(tmp_path
             return {"batches_consumed": self.n}
 
     with pytest.raises(loop.NonFiniteLossError, match=rf"last good checkpoint: {tmp_path}/checkpoints/2 \(checksums"):
-        loop.train_loop(step_fn=step_fn, params=p, opt_state=tx.init(p), batches=Batches(), train_steps=6,
-                        checkpointer=mgr)
+        loop.train_loop(step_fn=step_fn, params=p, opt_state=tx.init(p), batches=Batches(),
+                        settings=loop.LoopConfig(train_steps=6), checkpointer=mgr)
     mgr.close()
 
 

@@ -124,7 +124,8 @@ def test_nonfinite_loss_stops_naming_step_and_batch():
     step = train.make_train_step(model, tx, donate=False)
     batches = _Batches([_batch(i=0), _batch(i=1), _nan_batch(), _batch(i=3)])
     with pytest.raises(loop.NonFiniteLossError, match=r"at step 3 .*batch index 2.*last good checkpoint: none"):
-        loop.train_loop(step_fn=step, params=params, opt_state=tx.init(params), batches=batches, train_steps=4)
+        loop.train_loop(step_fn=step, params=params, opt_state=tx.init(params), batches=batches,
+                        settings=loop.LoopConfig(train_steps=4))
 
 
 def test_nonfinite_loss_skip_policy_leaves_params_unchanged_and_continues():
@@ -135,8 +136,8 @@ def test_nonfinite_loss_skip_policy_leaves_params_unchanged_and_continues():
     for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     batches = _Batches([_batch(i=0), _nan_batch(), _batch(i=2)])
-    out = loop.train_loop(step_fn=step, params=params, opt_state=tx.init(params), batches=batches, train_steps=3,
-                           on_nonfinite="skip")
+    out = loop.train_loop(step_fn=step, params=params, opt_state=tx.init(params), batches=batches,
+                           settings=loop.LoopConfig(train_steps=3, on_nonfinite="skip"))
     assert out["skipped_steps"] == [2] and out["steps"] == 3 and np.isfinite(out["last_loss"])
 
 

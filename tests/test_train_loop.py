@@ -48,9 +48,11 @@ def _run(tmp_path, train_steps=6, eval_fn=None, preemption=None, start=None, log
                                      tokens_per_step=BATCH * LENGTH, flops_per_token=100.0, log_every=log_every)
     try:
         return loop.train_loop(step_fn=train.make_train_step(model, tx), params=params, opt_state=opt_state,
-                                batches=batches, train_steps=train_steps, start_step=start_step, schedule=sched,
-                                checkpointer=ckpt, logger=logger, eval_fn=eval_fn, eval_every=4 if eval_fn else None,
-                                eval_at_start=eval_fn is not None, preemption=preemption)
+                                batches=batches, settings=loop.LoopConfig(
+                                    train_steps=train_steps, start_step=start_step, eval_every=4 if eval_fn else None,
+                                    eval_at_start=eval_fn is not None),
+                                schedule=sched, checkpointer=ckpt, logger=logger, eval_fn=eval_fn,
+                                preemption=preemption)
     finally:
         logger.close()
         ckpt.close()

@@ -15,7 +15,7 @@ from jax.experimental import multihost_utils
 from sciriff_jax.data.batches import DataConfig
 from sciriff_jax.eval import evaluate
 from sciriff_jax.io import checkpoint, loader, paths, run_lock
-from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.model.config import RUNTIME, LlamaConfig
 from sciriff_jax.model.llama import init_params
 from sciriff_jax.parallel import distributed
 from sciriff_jax.parallel.sharding import MeshConfig
@@ -34,27 +34,35 @@ class TrainConfig:
     """How long and how a run trains, where it writes, and what it starts from (gin: `TrainConfig.*`)."""
 
     model_dir: str
-    train_steps: int | None = None     # None: num_epochs passes over the (packed) mixture
-    num_epochs: float = 2.0
-    batch_size: int = 128              # global batch, rows of the data's `targets` length
-    microbatches: int = 1              # gradient accumulation: batch_size / microbatches rows per forward pass
-    seed: int = 0                      # data order and random init
+    # None: num_epochs passes over the (packed) mixture.
+    train_steps: int | None = dataclasses.field(default=None, metadata={"min": 1})
+    num_epochs: float = dataclasses.field(default=2.0, metadata={"min": 0, "above": True})
+    # Global batch, rows of the data's `targets` length.
+    batch_size: int = dataclasses.field(default=128, metadata={"min": 1})
+    # Gradient accumulation: batch_size / microbatches rows per forward pass.
+    microbatches: int = dataclasses.field(default=1, metadata={"min": 1})
+    seed: int = dataclasses.field(default=0, metadata={"min": 0})  # data order and random init
     initial_checkpoint_path: str | None = None
-    checkpoint_period: int = 500
-    keep_checkpoints: int | None = 3
+    checkpoint_period: int = dataclasses.field(default=500, metadata={"min": 0})
+    keep_checkpoints: int | None = dataclasses.field(default=3, metadata={"min": 1})
     async_checkpoints: bool = True
-    log_every: int = 10
+    log_every: int = dataclasses.field(default=10, metadata={"min": 1})
     tensorboard: bool = True
-    on_nonfinite: str = "stop"         # stop | skip
+    on_nonfinite: str = dataclasses.field(default="stop", metadata={"choices": loop.NONFINITE_POLICIES})
     lock_lease_s: float = run_lock.DEFAULT_LEASE_S  # MODEL_DIR's run lock: how long a silent holder keeps it
-    # Overrides of the model's RUNTIME fields (None: the model file's or checkpoint's choice).
-    attention_backend: str | None = None
-    remat_policy: str | None = None
+    # The model's RUNTIME fields this run changes, by LlamaConfig field name (finetune.gin: ATTENTION_BACKEND,
+    # REMAT_POLICY); a None value keeps the model file's or the initial checkpoint's choice.
+    model_overrides: dict = dataclasses.field(default_factory=dict, metadata={"overrides": LlamaConfig})
+
+    def __post_init__(self):
+        unknown = sorted(set(self.model_overrides) - set(LlamaConfig.fields_of_kind(RUNTIME)))
+        if unknown:
+            raise ValueError(f"TrainConfig.model_overrides names {unknown}: a run may change only the model's RUNTIME "
+                             f"fields {LlamaConfig.fields_of_kind(RUNTIME)}")
 
     def apply_overrides(self, config: LlamaConfig) -> LlamaConfig:
-        """`config` with this run's attention backend / remat policy where they are set."""
-        overrides = {k: v for k, v in (("attention_backend", self.attention_backend),
-                                       ("remat_policy", self.remat_policy)) if v}
+        """`config` with the RUNTIME fields this run sets."""
+        overrides = {k: v for k, v in self.model_overrides.items() if v is not None}
         return config.replace(**overrides) if overrides else config
 
 
@@ -66,7 +74,7 @@ class TrainEvalConfig:
     mixture scored with the SciRIFF-Eval metrics. Either is off when it names no mixture.
     """
 
-    every: int | None = None
+    every: int | None = dataclasses.field(default=None, metadata={"min": 1})
     at_start: bool = False
     loss_data: DataConfig | None = None
     loss_batches: int = 4
@@ -152,7 +160,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
     model_dir = str(paths.resolve(train.model_dir))  # a local directory or a URL such as gs://bucket/run
     config = resolve_model_config(model, train)
     batch_size, length = train.batch_size, data.length
-    tokenizer = _training_tokenizer(train, data, config, model_dir)  # before anything reads the mixture
+    chat_format, data = _chat_format(train, data, config, model_dir)  # before anything reads the mixture
 
     train_steps, epochs = train.train_steps, None
     if data.examples_per_update:
@@ -224,7 +232,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
         model_dir, total_steps=train_steps, start_step=start_step, tokens_per_step=batch_size * length,
         flops_per_token=config.flops_per_token(length), log_every=train.log_every, tensorboard=train.tensorboard)
 
-    hooks = _eval_hooks(evals, run_setup, data, train, model_dir, tokenizer)
+    hooks = _eval_hooks(evals, run_setup, train, model_dir, chat_format)
     if eval_fn is not None:
         hooks.append(eval_fn)
 
@@ -238,10 +246,11 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
     try:
         with PreemptionGuard() as guard:
             result = loop.train_loop(
-                step_fn=step_fn, params=params, opt_state=opt_state, batches=batches, train_steps=train_steps,
-                start_step=start_step, schedule=run_setup.schedule, checkpointer=ckpt, logger=logger,
-                eval_fn=run_evals if hooks else None, eval_every=evals.every, eval_at_start=evals.at_start,
-                on_nonfinite=train.on_nonfinite, preemption=guard)
+                step_fn=step_fn, params=params, opt_state=opt_state, batches=batches,
+                settings=loop.LoopConfig(train_steps, start_step, eval_every=evals.every,
+                                         eval_at_start=evals.at_start, on_nonfinite=train.on_nonfinite),
+                schedule=run_setup.schedule, checkpointer=ckpt, logger=logger,
+                eval_fn=run_evals if hooks else None, preemption=guard)
     finally:
         logger.close()
         ckpt.close()
@@ -257,72 +266,68 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
     return summary
 
 
-def _training_tokenizer(train: TrainConfig, data: DataConfig, config: LlamaConfig, model_dir: str):
-    """(vocabulary, template) the mixture tokenizes with, None for synthetic data.
+def _chat_format(train: TrainConfig, data: DataConfig, config: LlamaConfig, model_dir: str):
+    """(ChatFormat the run trains with or None for synthetic data, the data config naming the mixture tokenized
+    with it).
 
-    An initial checkpoint's own tokenizer and template (an HF directory's, or the ones its run recorded) become the
-    data layer's, unless another vocabulary was configured (then: an error naming both). The pair is recorded in
-    MODEL_DIR/tokenizer/ so eval and export of this run use it without flags.
+    An initial checkpoint's own tokenizer and template (an HF directory's, or the ones its run recorded) are the
+    run's: the mixture is read through the task set of that format (seqio_tasks.name_for), and a mixture someone
+    registered with another vocabulary stops, naming both. Without one, the mixture's own format is the run's. The
+    format is recorded in MODEL_DIR/tokenizer/ so eval and export of this run use it without flags.
     """
     if data.source != "seqio" or not data.mixture_or_task_name:
-        return None
+        return None, data
     import seqio_tasks  # the data layer (TensorFlow): real data needs it anyway
-    from seqio_tasks import vocab as vocab_lib
 
     from sciriff_jax.io import tokenizer_files
 
+    name = data.mixture_or_task_name
     own = None
     if train.initial_checkpoint_path:
         try:
-            own = loader.resolve_tokenizer(train.initial_checkpoint_path)
+            own = loader.resolve_chat_format(train.initial_checkpoint_path)
         except FileNotFoundError:
-            own = None  # a checkpoint without a tokenizer trains with the configured vocabulary
+            own = None  # a checkpoint without a tokenizer trains with the mixture's own
     if own is not None:
-        configured = vocab_lib.configured_vocabulary(seqio_tasks.SETTINGS.vocab_path)
-        if configured is None:
-            seqio_tasks.configure(vocab_path=loader.vocabulary_for(own.vocabulary_path), template=own.template)
-            _log(f"data: INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}: {own.note}")
-    vocab, template = seqio_tasks.tokenizer_of(data.mixture_or_task_name)
-    if own is not None and vocab_lib.fingerprint(vocab) != loader._fingerprint_of(own.vocabulary_path):
-        raise ValueError(
-            f"{data.mixture_or_task_name} tokenizes with {vocab_lib.describe(vocab)}, but INITIAL_CHECKPOINT_PATH="
-            f"{train.initial_checkpoint_path} was trained with {own.vocabulary_path}: its embeddings would read "
-            f"other words. Unset ${vocab_lib.VOCAB_ENV} / seqio_tasks.configure(vocab_path=...) to use the "
-            "checkpoint's tokenizer, or register the mixture with it.")
-    if vocab.vocab_size > config.vocab_size:
-        raise ValueError(f"the vocabulary {vocab_lib.describe(vocab)} has {vocab.vocab_size} tokens but the model has "
+        name = seqio_tasks.name_for(name, own)
+        _log(f"data: INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}: {own.describe()}")
+    fmt = seqio_tasks.chat_format_of(name)
+    if fmt.vocabulary.vocab_size > config.vocab_size:
+        raise ValueError(f"the vocabulary {fmt.describe()} has {fmt.vocabulary.vocab_size} tokens but the model has "
                          f"{config.vocab_size} embedding rows (vocab_size): use the model's own tokenizer or a model "
                          "gin file with a larger VOCAB_SIZE.")
     record = paths.resolve(model_dir) / tokenizer_files.SUBDIR
     if (record / tokenizer_files.RECORD).is_file():
-        if tokenizer_files.read_record(record)["fingerprint"] != vocab_lib.fingerprint(vocab):
+        if tokenizer_files.read_record(record)["fingerprint"] != fmt.fingerprint:
             raise ValueError(f"MODEL_DIR={model_dir} was trained with the tokenizer in {record}, not "
-                             f"{vocab_lib.describe(vocab)}: use a new MODEL_DIR, or the vocabulary that run used.")
+                             f"{fmt.describe()}: use a new MODEL_DIR, or the vocabulary that run used.")
     elif jax.process_index() == 0:
-        tokenizer_files.write_vocabulary(record, vocab, template)
-    return vocab, template
+        tokenizer_files.write_format(record, fmt)
+    return fmt, dataclasses.replace(data, mixture_or_task_name=name)
 
 
-def _eval_hooks(evals: TrainEvalConfig, run_setup: setup.TrainSetup, data: DataConfig, train: TrainConfig,
-                model_dir: str, tokenizer=None) -> list:
-    """The configured evaluations as `hook(params, step) -> metrics` callables."""
+def _eval_hooks(evals: TrainEvalConfig, run_setup: setup.TrainSetup, train: TrainConfig, model_dir: str,
+                chat_format=None) -> list:
+    """The configured evaluations as `hook(params, step) -> metrics` callables, in the run's ChatFormat."""
     hooks = []
     loss_data = evals.loss_data
     if loss_data is not None and loss_data.mixture_or_task_name:
+        if chat_format is not None:
+            import seqio_tasks  # the data layer (TensorFlow): a SeqIO eval mixture needs it anyway
+
+            loss_data = dataclasses.replace(
+                loss_data, mixture_or_task_name=seqio_tasks.name_for(loss_data.mixture_or_task_name, chat_format))
+
         def eval_stream():
             return loss_data.batches(sharding=run_setup.sharding.batch, global_batch_size=train.batch_size,
                                      seed=train.seed, vocab_size=run_setup.config.vocab_size)
         hooks.append(_teacher_forced_eval(run_setup, eval_stream, evals.loss_batches))
     if evals.decode is not None and evals.decode.mixture_or_task_name:
-        if tokenizer is None:
+        if chat_format is None:
             raise ValueError("the decoding eval (DECODE_EVAL_MIXTURE_OR_TASK_NAME) needs the run's tokenizer, but "
                              "the training data is synthetic; train on a SeqIO mixture or unset it.")
-        vocab, template = tokenizer
-        decode_config = evals.decode
-        if decode_config.template in (None, "", loader.DEFAULT_TEMPLATE):
-            decode_config = dataclasses.replace(decode_config, template=template)  # prompts as training renders
-        hooks.append(evaluate.make_eval_hook(
-            decode_config, config=run_setup.config, vocabulary=vocab,
+        hooks.append(evaluate.make_eval_hook(  # template "auto": prompts as training renders them
+            evals.decode, config=run_setup.config, chat_format=chat_format,
             sharding=run_setup.sharding, output_dir=paths.resolve(model_dir) / "eval"))
     return hooks
 

@@ -1,6 +1,7 @@
 """The training loop: steps, NaN policy, logging, evaluation hooks, periodic and preemption checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Iterator
 
@@ -19,14 +20,26 @@ class Preempted(SystemExit):
         self.step = step
 
 
-def train_loop(*, step_fn, params, opt_state, batches: Iterator, train_steps: int, start_step: int = 0,
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Which updates run (start_step+1..train_steps), when evaluations run, and what a NaN/Inf step does."""
+
+    train_steps: int
+    start_step: int = 0
+    eval_every: int | None = None   # evaluate every this many steps (None: only with eval_at_start)
+    eval_at_start: bool = False     # also evaluate the starting params (a run from step 0 only)
+    on_nonfinite: str = "stop"      # stop | skip (gin: ON_NONFINITE)
+
+
+def train_loop(*, step_fn, params, opt_state, batches: Iterator, settings: LoopConfig,
                schedule: Callable | None = None, checkpointer=None, logger=None, eval_fn=None,
-               eval_every: int | None = None, eval_at_start: bool = False, on_nonfinite: str = "stop",
                preemption=None) -> dict:
-    """Run steps start_step+1..train_steps; log, evaluate, checkpoint; returns a summary dict.
+    """Run steps settings.start_step+1..settings.train_steps; log, evaluate, checkpoint; returns a summary dict.
 
     `batches` yields global batches and has `.state() -> dict` (its position, saved in checkpoints).
     """
+    train_steps, start_step, on_nonfinite = settings.train_steps, settings.start_step, settings.on_nonfinite
+    eval_every, eval_at_start = settings.eval_every, settings.eval_at_start
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"ON_NONFINITE={on_nonfinite!r}; choose one of {NONFINITE_POLICIES} (e.g. --gin.ON_NONFINITE='\"skip\"').")
     summary: dict = {"start_step": start_step, "steps": 0, "skipped_steps": [], "losses": {}}
