@@ -3,7 +3,7 @@ import hashlib
 import json
 import pathlib
 
-from sciriff_jax.scoring.metrics import SAMPLE_SCORERS
+from sciriff_jax.scoring import metrics
 from seqio_tasks.sample_generator import generate
 
 SAMPLE_DIR = pathlib.Path(__file__).resolve().parent / "data" / "sample"
@@ -11,18 +11,25 @@ SPLITS = ("train", "validation")
 # Instances per task and split; 5 tasks x (360 + 30) = 1,800 train / 150 validation, under 2 MB on disk.
 SIZES = {"train": 360, "validation": 30}
 
-# name -> metadata; "scorer" (from metrics.SAMPLE_SCORERS) is what the eval scores the task with.
+# name -> metadata; "scorer" is the SciRIFF-Eval scorer (scoring.metrics.SCORERS) the eval scores the task with.
 SAMPLE_TASKS = {
-    "sample_ner": dict(family="ie.named_entity_recognition", output_context="json", domains=("artificial_intelligence",)),
-    "sample_list_qa": dict(family="qa.abstractive", output_context="json", domains=("biomedicine",)),
+    "sample_ner": dict(family="ie.named_entity_recognition", output_context="json",
+                       domains=("artificial_intelligence",), scorer="scierc_ner"),
+    "sample_list_qa": dict(family="qa.abstractive", output_context="json", domains=("biomedicine",),
+                           scorer="bioasq_list_qa"),
     "sample_classification": dict(family="classification", output_context="label",
-                                  domains=("artificial_intelligence",)),
-    "sample_entailment": dict(family="entailment", output_context="json", domains=("biomedicine", "clinical_medicine")),
+                                  domains=("artificial_intelligence",), scorer="label_f1"),
+    "sample_entailment": dict(family="entailment", output_context="json", domains=("biomedicine", "clinical_medicine"),
+                              scorer="scifact_entailment"),
     "sample_summarization": dict(family="summarization", output_context="sentence",
-                                 domains=("artificial_intelligence",)),
+                                 domains=("artificial_intelligence",), scorer="token_f1"),
 }
-for _name, _info in SAMPLE_TASKS.items():
-    _info["scorer"] = SAMPLE_SCORERS[_name]
+SAMPLE_SCORERS = {name: meta["scorer"] for name, meta in SAMPLE_TASKS.items()}
+
+
+def resolve_scorer(task_name: str) -> str:
+    """The scorer of a task: metrics.resolve_scorer, knowing the sample's tasks (sciriff_sample_ner -> scierc_ner)."""
+    return metrics.resolve_scorer(task_name, SAMPLE_SCORERS)
 
 
 def sample_path(split: str) -> pathlib.Path:

@@ -3,16 +3,7 @@ import json
 
 import pytest
 
-from sciriff_jax.eval import evaluate
-from sciriff_jax.scoring import metrics, prompts
-
-
-def test_sample_tasks_use_their_declared_scorer_and_eval_tasks_their_own():
-    assert metrics.resolve_scorer("sciriff_sample_ner") == "scierc_ner"
-    assert metrics.resolve_scorer("sciriff_sample_classification") == "label_f1"
-    assert metrics.resolve_scorer("sciriff_4096_evidence_inference") == "evidence_inference"
-    with pytest.raises(ValueError, match="no SciRIFF-Eval scorer for 'sciriff_4096_acl_arc_intent_classification'"):
-        metrics.resolve_scorer("sciriff_4096_acl_arc_intent_classification")
+from sciriff_jax.eval import evaluate, prompts
 
 
 def records_from(shared_sciriff, task, n, predict):

@@ -64,6 +64,14 @@ def test_sample_tasks_name_a_known_scorer():
     assert {m["scorer"] for m in sample.SAMPLE_TASKS.values()} <= ALLOWED_SCORERS
 
 
+def test_sample_tasks_use_their_declared_scorer_and_eval_tasks_their_own():
+    assert sample.resolve_scorer("sciriff_sample_ner") == "scierc_ner"
+    assert sample.resolve_scorer("sciriff_sample_classification") == "label_f1"
+    assert sample.resolve_scorer("sciriff_4096_evidence_inference") == "evidence_inference"
+    with pytest.raises(ValueError, match="no SciRIFF-Eval scorer for 'sciriff_4096_acl_arc_intent_classification'"):
+        sample.resolve_scorer("sciriff_4096_acl_arc_intent_classification")
+
+
 def test_regenerating_the_sample_reproduces_the_committed_files(tmp_path):
     paths = sample.write_sample(tmp_path, seed=0)
     for split, path in paths.items():

@@ -23,7 +23,7 @@ REFERENCES = {  # one valid reference answer per task, as the release writes the
     "discomat_te": "| a | b |\n| 1 | 2 |",
     "mup_single_document_summarization": "The paper proposes a method.",
 }
-assert set(REFERENCES) == set(metrics.EVAL_TASKS)
+assert set(REFERENCES) == set(metrics.EVAL_SCORERS)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -74,7 +74,7 @@ def no_judge():
         yield
 
 
-@pytest.mark.parametrize("task", metrics.EVAL_TASKS)
+@pytest.mark.parametrize("task", metrics.EVAL_SCORERS)
 # Bounded: 25 files per task (about a second each task on 2 cores), no example database written to the checkout.
 @settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())

@@ -13,6 +13,7 @@ import math
 import random
 import re
 import string
+from typing import Mapping
 
 from sciriff_jax.scoring import judge as judge_lib
 
@@ -413,7 +414,7 @@ _NER_SCIERC = {"Task": [], "Method": [], "Metric": [], "Material": [], "OtherSci
 JUDGE = object()  # marks a headline metric computed by the LM judge
 
 # scorer -> (default answer or None for free text, metric fn, {headline name: key in the metric dict})
-TASKS = {
+SCORERS = {
     "bioasq_list_qa": ([], list_f1, {"f1": "f1"}),
     "multicite_intent_classification": ([], list_f1, {"f1": "f1"}),
     "biored_ner": (_NER_BIORED, ner_f1, {"f1": "typed_f1"}),
@@ -428,34 +429,30 @@ TASKS = {
     "label_f1": (None, label_f1, {"f1": "f1"}),
     "token_f1": (None, mean_token_f1, {"f1": "f1"}),
 }
-EVAL_TASKS = tuple(list(TASKS)[:9])
+EVAL_SCORERS = tuple(list(SCORERS)[:9])  # the nine SciRIFF-Eval tasks' own scorers, in paper order; then generic ones
 
 
-# The built-in sample's tasks (seqio_tasks.sample) and the scorers their answers are scored with.
-SAMPLE_SCORERS = {"sample_ner": "scierc_ner", "sample_list_qa": "bioasq_list_qa",
-                  "sample_classification": "label_f1", "sample_entailment": "scifact_entailment",
-                  "sample_summarization": "token_f1"}
-
-
-def resolve_scorer(name: str) -> str:
-    """The one scorer lookup: a scorer name; a sample task (sample_ner, sciriff_sample_ner); or a registered
-    task name containing an eval task's name (sciriff_4096_scifact_entailment -> scifact_entailment)."""
-    if name in TASKS:
+def resolve_scorer(name: str, declared: Mapping[str, str] | None = None) -> str:
+    """The one scorer lookup: a scorer name; a task whose scorer the data layer declares in `declared` ({task:
+    scorer}, e.g. seqio_tasks.sample.SAMPLE_SCORERS), also under a registered prefix (sample_ner, sciriff_sample_ner);
+    or a registered task name containing an eval task's name (sciriff_4096_scifact_entailment -> scifact_entailment)."""
+    if name in SCORERS:
         return name
-    for key, scorer in SAMPLE_SCORERS.items():
+    for key, scorer in (declared or {}).items():
         if name == key or name.endswith("_" + key):
             return scorer
-    matches = [key for key in EVAL_TASKS if key in name]
+    matches = [key for key in EVAL_SCORERS if key in name]
     if matches:
         return max(matches, key=len)
     raise ValueError(f"no SciRIFF-Eval scorer for {name!r}: evaluate the eval mixture's tasks (names containing one "
-                     f"of {', '.join(EVAL_TASKS)}) or a sciriff_sample_* task; known scorers: {', '.join(TASKS)}")
+                     f"of {', '.join(EVAL_SCORERS)}) or a sciriff_sample_* task (its predictions carry their 'scorer'); "
+                     f"known scorers: {', '.join(SCORERS)}")
 
 
 def score(task_or_scorer: str, examples: list[dict], *, judge=None) -> dict:
     """Score examples ({output, prediction, _instance_id?, input?}) with a task's SciRIFF-Eval metrics."""
     name = resolve_scorer(task_or_scorer)
-    default, metric_fn, headline_keys = TASKS[name]
+    default, metric_fn, headline_keys = SCORERS[name]
     for i, ex in enumerate(examples):
         missing = [k for k in ("output", "prediction") if k not in ex]
         if missing:

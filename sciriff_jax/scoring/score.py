@@ -7,6 +7,8 @@ import pathlib
 import sys
 from typing import Sequence
 
+import pyarrow.parquet as pq  # a core dependency, and light: no TensorFlow, no JAX
+
 # metrics and judge are pure Python: scoring works on a machine without TensorFlow or JAX.
 from sciriff_jax.scoring import judge as judge_lib
 from sciriff_jax.scoring import metrics
@@ -61,7 +63,7 @@ def _belongs(instance_task: str, task: str) -> bool:
 
 def check_ids(task: str, rows: list[dict], references: dict | None = None) -> None:
     """Every id names `task` (or, for a generic scorer, one same task), none repeats, and each is in `references`."""
-    generic = task in metrics.TASKS and task not in metrics.EVAL_TASKS  # label_f1 / token_f1: any one task
+    generic = task in metrics.SCORERS and task not in metrics.EVAL_SCORERS  # label_f1 / token_f1: any one task
     first: dict[str, str] = {}
     for row in rows:
         iid, where = row["_instance_id"], row["_source"]
@@ -97,8 +99,6 @@ def read_references(path) -> dict:
         raise PredictionFileError(f"{path}: no such references file")
     refs: dict = {_SOURCE: str(path)}
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # a core dependency; no TensorFlow
-
         try:
             table = pq.read_table(path, columns=["_instance_id", "output"])
         except Exception as err:  # pyarrow raises several types for a file it cannot read
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="sciriff-jax score",
         description="Score predictions with the SciRIFF-Eval metrics. Each JSONL line has _instance_id, output "
         "(the reference answer) and prediction (the model's raw text); 'input' is used by the LM judge.")
-    parser.add_argument("--task", help=f"task or scorer ({', '.join(metrics.TASKS)}); omit when lines carry a 'task' field")
+    parser.add_argument("--task", help=f"task or scorer ({', '.join(metrics.SCORERS)}); omit when lines carry a 'task' field")
     parser.add_argument("--predictions", required=True, help="JSONL file of predictions")
     parser.add_argument("--judge_url", help="OpenAI-compatible server for LM-judge metrics (env SCIRIFF_JUDGE_URL)")
     parser.add_argument("--judge_model", help="judge model name (env SCIRIFF_JUDGE_MODEL)")
