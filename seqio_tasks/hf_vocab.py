@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 import seqio
 import tensorflow as tf
+from tokenizers import Tokenizer
 
 # The files a Hugging Face tokenizer is made of (copied beside checkpoints and exported models).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
@@ -40,8 +41,6 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     """seqio.Vocabulary over `tokenizer.json` (a file, or a directory holding it and its config files)."""
 
     def __init__(self, path):
-        from tokenizers import Tokenizer
-
         path = pathlib.Path(path)
         self.directory = path if path.is_dir() else path.parent
         self.tokenizer_file = path / "tokenizer.json" if path.is_dir() else path

@@ -10,14 +10,17 @@ import json
 import os
 import random
 import re
+import urllib.request
 
 import numpy as np
+import pyarrow.parquet as pq
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from seqio_tasks import catalog, sample
 from sciriff_jax.scoring import jsonl
+from seqio_tasks import catalog, sample
+from seqio_tasks.vocab import cache_dir
 
 DATA_DIR_ENV = "SCIRIFF_JAX_DATA_DIR"
 # HF_ENDPOINT is the Hugging Face hub's own variable for mirrors; tests point it at a local server.
@@ -50,8 +53,6 @@ def read_jsonl(path, required=RELEASE_FIELDS) -> list[dict]:
 
 def read_parquet(path, required=RELEASE_FIELDS) -> list[dict]:
     """Rows of a parquet file as dicts; a missing column fails naming the file."""
-    import pyarrow.parquet as pq
-
     table = pq.read_table(path)
     missing = [f for f in required if f not in table.column_names]
     if missing:
@@ -179,8 +180,6 @@ class Sciriff(tfds.core.GeneratorBasedBuilder):
 
 def hub_files(repo: str, folder: str, split: str) -> list[str]:
     """URLs of a split's shard files in a hub dataset folder (lists the folder through the hub API)."""
-    import urllib.request
-
     url = f"{hub_endpoint()}/api/datasets/{repo}/tree/main/{folder}"
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
@@ -199,10 +198,6 @@ LOCAL_RELEASE = {"dir": None}  # set by seqio_tasks.configure(source_dir=...)
 
 def download_to_cache(url: str, name: str) -> str:
     """Download `url` once into the cache (atomically) and return the local path."""
-    import urllib.request
-
-    from seqio_tasks.vocab import cache_dir
-
     path = cache_dir() / "downloads" / name / os.path.basename(url)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,8 +218,6 @@ def release_source_dir(source_dir=None):
 
 
 def _tfds_data_dir(source_dir) -> str:
-    from seqio_tasks.vocab import cache_dir
-
     if source_dir is None:
         return str(cache_dir() / "tfds" / "hub")
     # Prepared data is keyed by the source folder and its files' sizes/mtimes, so edits re-prepare.

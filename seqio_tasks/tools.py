@@ -8,6 +8,7 @@ import time
 import numpy as np
 import seqio
 
+import seqio_tasks  # the package (its __init__ registers the tasks): configure, name_for
 from seqio_tasks import render, sources
 from seqio_tasks.datasets import get_dataset, get_provider, raw_examples, resolve_task_name
 from seqio_tasks.tasks import SETTINGS
@@ -128,8 +129,6 @@ def data_show(task: str, n: int = 3, split: str = "train", template: str | None 
 
 def main(argv: list[str]) -> int:
     """`sciriff-jax data stats MIXTURE | show TASK`: the command-line face of data_stats / data_show."""
-    import seqio_tasks  # the package's __init__ registers the tasks; this module is part of it
-
     parser = argparse.ArgumentParser(prog="sciriff-jax data", description="Inspect SciRIFF SeqIO tasks and mixtures.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     stats = sub.add_parser("stats", help="per task: instances, tokens, truncated/dropped, packed fill rate")

@@ -228,7 +228,7 @@ def seqio_batches(*, mixture_or_task_name: str, task_feature_lengths, global_bat
 def steps_per_epoch(*, mixture_or_task_name: str, task_feature_lengths, global_batch_size: int,
                     split: str = "train", pack: bool = True, use_cached_tasks: bool = False) -> int:
     """Full global batches in one pass over the mixture (counted by reading it once, so packing is exact)."""
-    import seqio_tasks
+    import seqio_tasks  # lazy: TensorFlow is only needed when a SeqIO stream is actually read
 
     print(f"[sciriff-jax] counting the batches of one epoch of {mixture_or_task_name}:{split} ...", flush=True)
     ds = seqio_tasks.get_dataset(mixture_or_task_name, split=split, feature_lengths=task_feature_lengths,

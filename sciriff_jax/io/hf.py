@@ -19,6 +19,7 @@ from safetensors.flax import save_file
 
 from sciriff_jax.io import paths
 from sciriff_jax.model.config import ARCHITECTURES, LlamaConfig
+from sciriff_jax.model.llama import param_shapes
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 # HF name inside a layer -> (our path inside a layer, how to reshape: see _to_ours). Llama's layer; layer_map adds
@@ -149,8 +150,6 @@ def _hf_shape(kind, ours: tuple, config: LlamaConfig) -> tuple:
 
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """The torch-layout shape of every tensor a Hugging Face model with `config` has."""
-    from sciriff_jax.model.llama import param_shapes
-
     ours = param_shapes(config.replace(scan_layers=False))
     h = config.hidden_size
     shapes = {"model.embed_tokens.weight": (config.vocab_size, h), "model.norm.weight": (h,)}

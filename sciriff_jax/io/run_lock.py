@@ -107,7 +107,7 @@ class _ObjectStore:
     """Lease files under a URL, through fsspec (an object write is atomic; "xb" creates only if absent)."""
 
     def __init__(self, url: str):
-        import fsspec
+        import fsspec  # not a core dependency: it comes with gcsfs / s3fs, which only a lock on a URL needs
 
         try:
             self.fs, self.folder = fsspec.core.url_to_fs(url)

@@ -5,6 +5,11 @@ import argparse
 import sys
 from typing import Sequence
 
+from sciriff_jax.io import checksums, paths
+from sciriff_jax.scoring import score
+
+# Each subcommand imports its own stack when it runs (inside its function), so `sciriff-jax score` and `--help` start
+# without JAX, and only `data` loads TensorFlow.
 RUN_FILES = {"train": "runs/finetune.gin", "eval": "runs/eval.gin", "infer": "runs/infer.gin", "demo": "runs/demo.gin"}
 
 USAGE = """usage: sciriff-jax <subcommand> [args]
@@ -25,7 +30,7 @@ tools:
 
 
 def _run_mode(mode: str, argv: list[str]) -> int:
-    from sciriff_jax.run import main as main_lib
+    from sciriff_jax.run import main as main_lib  # lazy: JAX, and TensorFlow for a SeqIO mixture
 
     if not any(a.startswith("--gin_file") for a in argv):
         argv = [f"--gin_file={RUN_FILES[mode]}", *argv]
@@ -40,7 +45,7 @@ def _convert(argv: list[str]) -> int:
     parser.add_argument("out_dir")
     parser.add_argument("--dtype", default="float32", help="parameter dtype of the Orbax checkpoint")
     args = parser.parse_args(argv)
-    from sciriff_jax.io import convert
+    from sciriff_jax.io import convert  # lazy: JAX
 
     try:
         convert.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype)
@@ -56,7 +61,7 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("ckpt_dir")
     parser.add_argument("hf_dir")
     args = parser.parse_args(argv)
-    from sciriff_jax.io import convert
+    from sciriff_jax.io import convert  # lazy: JAX
 
     try:
         convert.export_hf(args.ckpt_dir, args.hf_dir)
@@ -74,7 +79,7 @@ def _verify(argv: list[str]) -> int:
     parser.add_argument("--seal", action="store_true", help="record checksums for a step directory that has none "
                         "(one saved before sciriff-jax recorded them, that you trust)")
     args = parser.parse_args(argv)
-    from sciriff_jax.io import checkpoint, checksums, paths
+    from sciriff_jax.io import checkpoint  # lazy: JAX and Orbax
 
     root = paths.resolve(args.path)
     if args.seal:
@@ -100,19 +105,17 @@ def _verify(argv: list[str]) -> int:
 
 
 def _data(argv: list[str]) -> int:
-    from seqio_tasks import tools
+    from seqio_tasks import tools  # lazy: TensorFlow and SeqIO
 
     return tools.main(argv)
 
 
 def _score(argv: list[str]) -> int:
-    from sciriff_jax.scoring import score
-
     return score.main(argv)
 
 
 def _aot(argv: list[str]) -> int:
-    from sciriff_jax.run import aot
+    from sciriff_jax.run import aot  # lazy: JAX (and the TPU compiler)
 
     return aot.main(argv)
 

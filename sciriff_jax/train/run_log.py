@@ -62,7 +62,7 @@ class RunLogger:
                 print(f"[sciriff-jax] TensorBoard events are written for a local MODEL_DIR only: skipped for "
                       f"{self.model_dir}; metrics go to {self._metrics_path}", flush=True)
             elif tensorboard:
-                from tensorboardX import SummaryWriter
+                from tensorboardX import SummaryWriter  # lazy: it imports torch where torch is installed (~1 s)
 
                 self._writer = SummaryWriter(str(self.model_dir / "tensorboard"))
 
