@@ -12,6 +12,10 @@ import functools
 import json
 import pathlib
 
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 TEMPLATE_FILE = "chat_template.jinja"
 
 
@@ -38,10 +42,6 @@ class TemplateError(ValueError):
 
 @functools.lru_cache(maxsize=16)
 def _compile(source: str):
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     def raise_exception(message):
         raise TemplateError(f"the chat template refused the conversation: {message}")
 
