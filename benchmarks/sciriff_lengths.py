@@ -16,10 +16,11 @@ import math
 import pathlib
 import random
 
-from sciriff_jax.eval.protocol import Protocol
+from sciriff_jax.chat.format import ChatFormat
+from sciriff_jax.eval.protocol import PAPER_FEWSHOT, Protocol
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "sciriff"
-FEWSHOT = {"evidence_inference": 1}  # eval.prompts.PAPER_FEWSHOT
+FEWSHOT = PAPER_FEWSHOT
 RELEASE = Protocol("release")         # the prompts `sciriff-jax eval` builds by default (pure Python)
 
 
@@ -47,7 +48,7 @@ def eval_lengths(shared: pathlib.Path = SHARED, *, max_length: int = 4096, max_n
             rows = [json.loads(line) for line in path.open()]
             per_char_in = float(st["mean_toks_input"]) / (sum(len(r["input"]) for r in rows) / len(rows))
             per_char_out = float(st["mean_toks_output"]) / max(1e-9, sum(len(r["output"]) for r in rows) / len(rows))
-            prompt = [len(p) * per_char_in for p in RELEASE.prompts(rows, "tulu", FEWSHOT.get(task, 0), task)]
+            prompt = [len(p) * per_char_in for p in RELEASE.prompts(rows, ChatFormat(None, "tulu"), FEWSHOT.get(task, 0), task)]
             answer = [len(r["output"]) * per_char_out for r in rows]
             source = "instances"
         else:

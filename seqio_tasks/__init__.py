@@ -1,52 +1,85 @@
 """SciRIFF as SeqIO tasks and mixtures: `import seqio_tasks` registers everything.
 
-The default task set is named `sciriff_*`; `register(prefix=..., vocabulary=..., template=...)` adds another
-for a vocabulary and template of your choosing, next to it. Importing changes no process-wide state (our
-own input pipeline, `get_dataset`, hides the GPUs from TensorFlow when it starts).
+The default task set is named `sciriff_*` and tokenizes with the vocabulary of $SCIRIFF_JAX_VOCAB (read once, at
+import) and the tulu template; `register(prefix=..., vocabulary=..., template=...)` (or `chat_format=...`) adds
+another set next to it, and `name_for(name, chat_format)` gives the name of the same task or mixture tokenized with
+a ChatFormat (registering its set on first use; only the unconfigured default set is re-tokenized). No registration rewrites another set, and no module-level setting
+decides tokens. Importing changes no process-wide state (our own input pipeline, `get_dataset`, hides the GPUs
+from TensorFlow when it starts).
 """
+import hashlib
+
+from sciriff_jax.chat import render
+from sciriff_jax.chat.format import ChatFormat, resolve_template
+from sciriff_jax.chat.render import render_prompt, split_chat, tokenize_messages
 from seqio_tasks import mixtures, tasks
 from seqio_tasks.catalog import EVAL_TASKS, FAMILIES, TASKS, TaskInfo, get_task_info
 from seqio_tasks.converter import OVERLONG_COUNTS, ChatFeatureConverter
 from seqio_tasks.datasets import get_dataset, get_provider, raw_examples, task_names
 from seqio_tasks.hf_vocab import HFTokenizerVocabulary
-from seqio_tasks.render import render_prompt, split_chat, tokenize_messages
 from seqio_tasks.sample import SAMPLE_TASKS, sample_path
-from seqio_tasks.tasks import SETTINGS, TASK_SETS, TaskSet, tokenizer_of
-from seqio_tasks.vocab import get_vocabulary
+from seqio_tasks.tasks import SETTINGS, TASK_SETS, TaskSet, chat_format_of, task_set_of
+from seqio_tasks.vocab import MissingVocabulary, describe, get_vocabulary
 
 
-def register(prefix: str, vocabulary, template: str | None = None) -> TaskSet:
+def register(prefix: str, vocabulary=None, template: str | None = None, *,
+             chat_format: ChatFormat | None = None) -> TaskSet:
     """Register every task and mixture again under `prefix` (e.g. `mymodel_4096_scierc_ner`, `mymodel_sample`)
-    with `vocabulary` (a seqio.Vocabulary, a SentencePiece .model, a Hugging Face tokenizer.json or a directory
-    holding one) and `template` (render.TEMPLATES, "model" for the vocabulary's own chat template, or a .jinja
-    path; None: SETTINGS.template). The default `sciriff_*` set is left as it is."""
-    from seqio_tasks import render
-
+    tokenized with `chat_format`, or with `vocabulary` (a seqio.Vocabulary, a SentencePiece .model, a Hugging Face
+    tokenizer.json or a directory holding one) and `template` (render.TEMPLATES, "model" for the vocabulary's own
+    chat template, "auto" for its own where it has one, or a .jinja path; None: tulu). Other sets are left as they
+    are."""
     if not prefix or not prefix.replace("_", "").isalnum():
         raise ValueError(f"register(prefix={prefix!r}): use letters, digits and underscores")
-    vocab = get_vocabulary(vocabulary) if vocabulary is not None else None
-    if vocab is None:
-        raise ValueError(f"register(prefix={prefix!r}) needs a vocabulary (a seqio.Vocabulary, a .model or "
-                         "tokenizer.json path, or a tokenizer directory)")
-    if template is not None:
-        render.check_template(render.resolve(template, vocab), vocab)  # fails early: a typo, no assistant turns
-    task_set = TaskSet(prefix, vocab, vocab, template)
+    if chat_format is None:
+        if vocabulary is None:
+            raise ValueError(f"register(prefix={prefix!r}) needs a vocabulary (a seqio.Vocabulary, a .model or "
+                             "tokenizer.json path, or a tokenizer directory) or a chat_format")
+        vocab = get_vocabulary(vocabulary)
+        chat_format = ChatFormat(vocab, resolve_template(template or "tulu", bool(getattr(vocab, "chat_template", None))),
+                                 f"registered as {prefix}_*")
+    chat_format.check()  # fails early: a typo, no assistant turns
+    task_set = TaskSet(prefix, chat_format, chat_format)
     _register(task_set)
     return task_set
 
 
-def configure(*, template=None, overlong=None, tulu_path=None, train_mix_path=None, source_dir=None,
-              vocab_path=None, scitulu_per_task=None, train_rate_cap=None, chat_ratio=None) -> None:
-    """Change data settings of the default `sciriff_*` set. A new vocabulary (a path or a seqio.Vocabulary)
-    re-registers its tasks, saying so; SciTulu / rate changes re-register tasks or mixtures with the same
-    vocabulary."""
-    from seqio_tasks import render, sources
-    from seqio_tasks import vocab as vocab_lib
+def name_for(mixture_or_task_name: str, chat_format: ChatFormat) -> str:
+    """The name of `mixture_or_task_name` tokenized with `chat_format`: the name itself when it already is, else
+    the same task or mixture of a task set registered for that format (`sciriff_4096_scitulu` ->
+    `sciriff_f<hash>_4096_scitulu`, registered on first use). A task or mixture outside the task sets that
+    tokenizes otherwise cannot be re-tokenized: that stops, naming both."""
+    if chat_format_of(mixture_or_task_name) == chat_format:
+        return mixture_or_task_name
+    task_set = task_set_of(mixture_or_task_name)
+    # Only a set without a vocabulary of its own (the default set when $SCIRIFF_JAX_VOCAB is unset), or one whose
+    # vocabulary is this format's (another template), is re-tokenized: a vocabulary someone chose is never replaced.
+    have = None if task_set is None else task_set.chat_format
+    if have is None or not (isinstance(have.vocabulary, MissingVocabulary) or have.fingerprint == chat_format.fingerprint):
+        have = chat_format_of(mixture_or_task_name)
+        raise ValueError(
+            f"{mixture_or_task_name} tokenizes with {have.describe()}, but this run needs {chat_format.describe()} "
+            "(the checkpoint's own): its embeddings would read other words. Unset $SCIRIFF_JAX_VOCAB to use the "
+            "checkpoint's tokenizer, or register the mixture with it (seqio_tasks.register(prefix=..., "
+            "chat_format=...)).")
+    key = hashlib.sha256(f"{chat_format.fingerprint}:{chat_format.template}".encode()).hexdigest()[:8]
+    prefix = f"{tasks.DEFAULT_PREFIX}_f{key}"
+    if prefix not in TASK_SETS:
+        _register(TaskSet(prefix, chat_format, chat_format))
+    name = prefix + mixture_or_task_name[len(task_set.prefix):]
+    print(f"seqio_tasks: {mixture_or_task_name} is read as {name}: the vocabulary {describe(chat_format.vocabulary)}, "
+          f"template {chat_format.template!r}", flush=True)
+    return name
+
+
+def configure(*, overlong=None, tulu_path=None, train_mix_path=None, source_dir=None, scitulu_per_task=None,
+              train_rate_cap=None, chat_ratio=None) -> None:
+    """Change where the data comes from and which rows are kept (tokens are the task sets' ChatFormats: register
+    a set for another vocabulary or template). SciTulu / rate changes re-register every set's tasks or mixtures
+    with their own formats."""
+    from seqio_tasks import sources
     from seqio_tasks.converter import OVERLONG_POLICIES
 
-    if template is not None:
-        render.check_template_name(template)  # fails early on a typo
-        SETTINGS.template = template
     if overlong is not None:
         if overlong not in OVERLONG_POLICIES:
             raise ValueError(f"overlong={overlong!r}; expected one of {OVERLONG_POLICIES}")
@@ -57,22 +90,17 @@ def configure(*, template=None, overlong=None, tulu_path=None, train_mix_path=No
         SETTINGS.train_mix_path = str(train_mix_path)
     if source_dir is not None:
         sources.LOCAL_RELEASE["dir"] = str(source_dir)
-    current = TASK_SETS[tasks.DEFAULT_PREFIX]
-    if vocab_path is not None:
-        SETTINGS.vocab_path = vocab_path
-        current = tasks.default_task_set()
-        print(f"seqio_tasks: sciriff_* tasks now use the vocabulary {vocab_lib.describe(current.vocabulary)}",
-              flush=True)
     if scitulu_per_task is not None:
         SETTINGS.scitulu_per_task = scitulu_per_task
     if train_rate_cap is not None:
         SETTINGS.train_rate_cap = train_rate_cap
     if chat_ratio is not None:
         SETTINGS.chat_ratio = chat_ratio
-    if any(v is not None for v in (vocab_path, scitulu_per_task, chat_ratio)):
-        _register(current)
-    elif train_rate_cap is not None:
-        _register_mixtures(current.prefix)
+    for task_set in list(TASK_SETS.values()):
+        if any(v is not None for v in (scitulu_per_task, chat_ratio)):
+            _register(task_set)
+        elif train_rate_cap is not None:
+            _register_mixtures(task_set.prefix)
 
 
 def _register(task_set: TaskSet) -> None:

@@ -15,6 +15,8 @@ import seqio
 import tensorflow as tf
 from tokenizers import Tokenizer
 
+from sciriff_jax.chat.jinja import read_template
+
 # The files a Hugging Face tokenizer is made of (copied beside checkpoints and exported models).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "chat_template.jinja", "chat_template.json")
@@ -128,9 +130,7 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     @property
     def chat_template(self) -> str | None:
         """The model's own chat template (chat_template.jinja or tokenizer_config.json's), or None."""
-        from seqio_tasks import chat_template
-
-        return chat_template.read_template(self.directory)
+        return read_template(self.directory)
 
     # --- encode / decode --------------------------------------------------------------------------------
 

@@ -13,7 +13,9 @@ import tensorflow as tf
 
 from sciriff_jax.scoring import judge as judge_lib
 from sciriff_jax.scoring import metrics
-from seqio_tasks import catalog, render, sample, sources
+from sciriff_jax.chat import render
+from sciriff_jax.chat.format import ChatFormat
+from seqio_tasks import catalog, sample, sources
 from seqio_tasks.converter import INPUTS_LOSS_MASK
 from seqio_tasks.vocab import MissingVocabulary, SampleVocabulary
 
@@ -25,13 +27,12 @@ DEFAULT_PREFIX = "sciriff"
 
 @dataclasses.dataclass
 class DataSettings:
-    """How instances become tokens; read when a dataset is built, so `configure` applies to registered tasks."""
+    """Where data comes from and which rows are kept; read when a dataset is built, so `configure` applies to
+    registered tasks. Tokens are not decided here: each TaskSet carries its ChatFormat."""
 
-    template: str = "tulu"        # chat template of the default task set: render.TEMPLATES, "model" or a .jinja path
     overlong: str = "truncate"    # our converter: "truncate" (keep the start) or "drop" rows longer than the length
     tulu_path: str | None = None  # general chat data for the SciTulu mixtures (else $SCIRIFF_JAX_TULU_PATH)
     train_mix_path: str | None = None  # allenai/SciRIFF-train-mix parquet (else $SCIRIFF_JAX_TRAIN_MIX_PATH, else hub)
-    vocab_path: object = None     # the default set's vocabulary: .model / tokenizer.json / directory / seqio.Vocabulary (else $SCIRIFF_JAX_VOCAB)
     scitulu_per_task: int = SCITULU_PER_TASK  # SciTulu: 1,000 = the release's instances (train-mix ids); else the first N
     chat_ratio: float = 1.0  # SciTulu: general chat rows per science instance
     train_rate_cap: int | None = 5000  # <prefix>_<ctx>_train: examples-proportional rate, capped
@@ -42,12 +43,16 @@ SETTINGS = DataSettings()
 
 @dataclasses.dataclass(frozen=True)
 class TaskSet:
-    """A registered family of tasks and mixtures: name prefix, vocabulary, template (None: SETTINGS.template)."""
+    """A registered family of tasks and mixtures: its name prefix and the ChatFormat of its tasks (the built-in
+    sample's tasks have their own, `sample_format`, where the set has no vocabulary configured)."""
 
     prefix: str
-    vocabulary: seqio.Vocabulary
-    sample_vocabulary: seqio.Vocabulary
-    template: str | None = None
+    chat_format: ChatFormat
+    sample_format: ChatFormat
+
+    @property
+    def vocabulary(self) -> seqio.Vocabulary:
+        return self.chat_format.vocabulary
 
 
 TASK_SETS: dict[str, TaskSet] = {}
@@ -88,18 +93,17 @@ def release_to_chat(ds: tf.data.Dataset) -> tf.data.Dataset:
                   num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def make_tokenize(template_of):
-    """The tokenizing preprocessor: `messages_*` rendered with `template_of()` -> the task's features."""
+def make_tokenize(chat_format: ChatFormat):
+    """The tokenizing preprocessor: `messages_*` rendered with `chat_format` -> the task's features."""
     def tokenize_chat(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
-        vocab = output_features["targets"].vocabulary
+        vocab = chat_format.vocabulary
         if isinstance(vocab, MissingVocabulary):
             vocab.check()  # fails here, with how to configure one, not inside a traced tf.data function
-        template = render.resolve(template_of(), vocab)
-        render.check_template(template, vocab)  # fails at build time, naming the template
+        chat_format.check()  # fails at build time, naming the template
 
         def fn(x):
             inputs, targets, in_mask, in_text, tg_text = render.split_chat_tf(
-                x["messages_role"], x["messages_content"], vocab, template)
+                x["messages_role"], x["messages_content"], vocab, chat_format.renderer)
             keep = {k: v for k, v in x.items() if not k.startswith("messages_")}
             return {**keep, "inputs": inputs, "targets": targets, INPUTS_LOSS_MASK: in_mask + 1,  # 1/2
                     "inputs_pretokenized": in_text, "targets_pretokenized": tg_text}
@@ -155,12 +159,12 @@ def output_features(vocab) -> dict:
             "targets": seqio.Feature(vocab, add_eos=False, dtype=tf.int32)}
 
 
-def _add(name, source, features, template_of, pre=(), metadata=None, scorer=None):
+def _add(name, source, chat_format: ChatFormat, pre=(), metadata=None, scorer=None):
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     extra = dict(postprocess_fn=postprocess, metric_fns=[make_metric_fn(scorer)]) if scorer else {}
-    task = seqio.TaskRegistry.add(name, source=source, output_features=features,
-                                  preprocessors=[*pre, make_tokenize(template_of), seqio.CacheDatasetPlaceholder()],
+    task = seqio.TaskRegistry.add(name, source=source, output_features=output_features(chat_format.vocabulary),
+                                  preprocessors=[*pre, make_tokenize(chat_format), seqio.CacheDatasetPlaceholder()],
                                   shuffle_buffer_size=512,  # sources shuffle fully; this mixes epochs
                                   **extra)
     task.sciriff_metadata = metadata or {}
@@ -208,12 +212,13 @@ def _train_mix_path() -> str:
 
 
 def default_task_set() -> TaskSet:
-    """The `sciriff` set: the configured vocabulary (SETTINGS.vocab_path or $SCIRIFF_JAX_VOCAB) for every task;
-    without one the real tasks stop at first use (MissingVocabulary) and the sample uses its own vocabulary."""
+    """The `sciriff` set: the vocabulary of $SCIRIFF_JAX_VOCAB (read once, at import) with the tulu template for
+    every task; without one the real tasks stop at first use (MissingVocabulary) and the sample uses its own."""
     from seqio_tasks.vocab import configured_vocabulary
 
-    vocab = configured_vocabulary(SETTINGS.vocab_path)
-    return TaskSet(DEFAULT_PREFIX, vocab or MissingVocabulary(), vocab or SampleVocabulary())
+    vocab = configured_vocabulary()
+    return TaskSet(DEFAULT_PREFIX, ChatFormat(vocab or MissingVocabulary(), "tulu"),
+                   ChatFormat(vocab or SampleVocabulary(), "tulu"))
 
 
 def register_tasks(task_set: TaskSet, scitulu_per_task: int = SCITULU_PER_TASK, chat_rows: int | None = None) -> None:
@@ -223,40 +228,42 @@ def register_tasks(task_set: TaskSet, scitulu_per_task: int = SCITULU_PER_TASK, 
     shuffled with seed 76; default: as many as the SciTulu science part, the recipe's 1:1 ratio).
     """
     chat_rows = scitulu_science_rows(scitulu_per_task) if chat_rows is None else chat_rows
-    prefix = task_set.prefix
-    template_of = (lambda: task_set.template) if task_set.template else (lambda: SETTINGS.template)
-    features, sample_features = output_features(task_set.vocabulary), output_features(task_set.sample_vocabulary)
+    prefix, fmt = task_set.prefix, task_set.chat_format
     for name, meta in sample.SAMPLE_TASKS.items():
-        _add(sample_task_name(name, prefix), sources.sample_source(name), sample_features, template_of,
+        _add(sample_task_name(name, prefix), sources.sample_source(name), task_set.sample_format,
              [release_to_chat], dict(meta, task=name, config="sample"), scorer=meta["scorer"])
     for config in catalog.CONTEXT_CONFIGS:
         for info in catalog.TASKS.values():
             src = sources.SciriffTaskSource(config, info.name)
             meta = dict(dataclasses.asdict(info), task=info.name, config=config)
             scorer = metrics.resolve_scorer(info.name) if info.eval_task else None
-            _add(sciriff_task_name(config, info.name, prefix), src, features, template_of, [release_to_chat], meta,
+            _add(sciriff_task_name(config, info.name, prefix), src, fmt, [release_to_chat], meta,
                  scorer=scorer)
             if not info.eval_task:
                 # The recipe's 1,000: the very instances the release picked; another N: the first N (our choice).
                 selection = (sources.ReleaseSelection(src, _release_science_ids) if scitulu_per_task == SCITULU_PER_TASK
                              else _FirstN(src, scitulu_per_task))
                 _add(scitulu_task_name(config, info.name, scitulu_per_task, prefix), selection,
-                     features, template_of, [release_to_chat], meta)
+                     fmt, [release_to_chat], meta)
     _add(chat_task_name(prefix), sources.chat_source(lambda: SETTINGS.tulu_path or os.environ.get(TULU_PATH_ENV),
                                                      lambda rows: sources.release_tulu_sample(rows, chat_rows)),
-         features, template_of,
-         metadata={"task": "tulu_v2_chat", "config": "chat", "rows": chat_rows})
-    _add(train_mix_task_name(prefix), sources.chat_source(_train_mix_path), features, template_of,
-         metadata={"task": "train_mix", "config": "chat"})
+         fmt, metadata={"task": "tulu_v2_chat", "config": "chat", "rows": chat_rows})
+    _add(train_mix_task_name(prefix), sources.chat_source(_train_mix_path), fmt, metadata={"task": "train_mix", "config": "chat"})
     TASK_SETS[prefix] = task_set
 
 
-def tokenizer_of(mixture_or_task_name: str):
-    """(vocabulary, template) a registered task or mixture tokenizes with: what a checkpoint trained on it records."""
-    name = mixture_or_task_name
-    provider = seqio.get_mixture_or_task(name)
+def task_set_of(mixture_or_task_name: str) -> TaskSet | None:
+    """The registered TaskSet a task or mixture belongs to (by its first task's name prefix), or None."""
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
     first = provider.tasks[0].name if hasattr(provider, "tasks") else provider.name
-    task_set = next((s for p, s in sorted(TASK_SETS.items(), key=lambda kv: -len(kv[0])) if first.startswith(p + "_")),
-                    None)
-    template = (task_set.template if task_set is not None else None) or SETTINGS.template
-    return provider.output_features["targets"].vocabulary, template
+    return next((s for p, s in sorted(TASK_SETS.items(), key=lambda kv: -len(kv[0])) if first.startswith(p + "_")),
+                None)
+
+
+def chat_format_of(mixture_or_task_name: str) -> ChatFormat:
+    """The ChatFormat a registered task or mixture tokenizes with: what a checkpoint trained on it records."""
+    task_set = task_set_of(mixture_or_task_name)
+    vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
+    if task_set is None:  # a task registered outside seqio_tasks.register: its vocabulary, the tulu template
+        return ChatFormat(vocab, "tulu", f"{mixture_or_task_name}: its vocabulary, template 'tulu'")
+    return task_set.sample_format if vocab is task_set.sample_format.vocabulary else task_set.chat_format

@@ -9,9 +9,11 @@ import numpy as np
 import seqio
 
 import seqio_tasks  # the package (its __init__ registers the tasks): configure, name_for
-from seqio_tasks import render, sources
+from sciriff_jax.chat import render
+from sciriff_jax.chat.format import ChatFormat
+from seqio_tasks import sources
 from seqio_tasks.datasets import get_dataset, get_provider, raw_examples, resolve_task_name
-from seqio_tasks.tasks import SETTINGS
+from seqio_tasks.tasks import SETTINGS, chat_format_of
 
 
 def _tasks_of(name: str) -> list:
@@ -59,7 +61,8 @@ def data_stats(mixture: str, split: str = "train", length: int = 4096, max_examp
     rows = []
     header = (f"{'task':<52} {'instances':>9} {'tokens':>11} {'mean':>7} {'max':>7} {'trunc':>6} {'drop':>6} "
               f"{'fill':>6} {'empty':>6}")
-    print(f"{mixture} [{split}], length {length}, template {SETTINGS.template}, overlong={SETTINGS.overlong}",
+    print(f"{mixture} [{split}], length {length}, template {chat_format_of(mixture).template}, "
+          f"overlong={SETTINGS.overlong}",
           file=out)
     print(header, file=out)
     start = time.time()
@@ -117,10 +120,13 @@ def format_masked(ids: list[int], mask: list[int], vocab) -> str:
 def data_show(task: str, n: int = 3, split: str = "train", template: str | None = None, out=sys.stdout) -> None:
     """Print n rendered instances of a task, the loss-masked (trained) text inside [[...]]."""
     name = resolve_task_name(task)
-    vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
-    template = template or SETTINGS.template
+    fmt = chat_format_of(name)
+    if template:
+        fmt = ChatFormat(fmt.vocabulary, template)
+    vocab = fmt.vocabulary
     for ex in raw_examples(name, split, max_examples=n):
-        ids, mask = render.tokenize_messages(render.single_turn(ex["input"], ex["output"]), vocab, template)
+        encoded = fmt.encode_chat(render.single_turn(ex["input"], ex["output"]))
+        ids, mask = encoded.ids, encoded.mask
         print(f"=== {ex['_instance_id']}  ({len(ids)} tokens, {sum(mask)} trained; "
               f"metadata {json.loads(ex['metadata']).get('task_family', '?')})", file=out)
         print(format_masked(ids, mask, vocab), file=out)
@@ -146,13 +152,17 @@ def main(argv: list[str]) -> int:
         p.add_argument("--overlong", default=None, choices=("truncate", "drop"))
         p.add_argument("--data_dir", default=None, help="local SciRIFF release folder (else $SCIRIFF_JAX_DATA_DIR)")
     args = parser.parse_args(argv)
-    seqio_tasks.configure(template=args.template, overlong=args.overlong, source_dir=args.data_dir)
+    seqio_tasks.configure(overlong=args.overlong, source_dir=args.data_dir)
     if args.cmd == "stats":
         failures = []
-        data_stats(args.mixture, args.split, args.length, args.max_examples, args.pack_rows, failures=failures)
+        mixture = args.mixture
+        if args.template:  # the same mixture tokenized with another template (a task set of its own)
+            fmt = chat_format_of(mixture)
+            mixture = seqio_tasks.name_for(mixture, ChatFormat(fmt.vocabulary, args.template))
+        data_stats(mixture, args.split, args.length, args.max_examples, args.pack_rows, failures=failures)
         for name, err in failures:
             print(f"error: {name}: {err}", file=sys.stderr)
         return 1 if failures else 0
     else:
-        data_show(args.task, args.n, args.split)
+        data_show(args.task, args.n, args.split, template=args.template)
     return 0

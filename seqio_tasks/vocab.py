@@ -81,7 +81,7 @@ class SentencePieceFileVocabulary(seqio.SentencePieceVocabulary):
     @property
     def chat_template(self) -> "str | None":
         """A chat template kept beside the .model file (a recorded checkpoint tokenizer), or None."""
-        from seqio_tasks.chat_template import read_template
+        from sciriff_jax.chat.jinja import read_template
 
         return read_template(pathlib.Path(self._sentencepiece_model_file).parent)
 
@@ -112,9 +112,9 @@ class MissingVocabulary(seqio.Vocabulary):
     def _fail(self, *_args, **_kwargs):
         raise ValueError(
             f"no vocabulary is configured for the {self._tasks} tasks: set ${VOCAB_ENV} to the model's tokenizer "
-            "(e.g. Llama-2's tokenizer.model) before `import seqio_tasks`, call "
-            "seqio_tasks.configure(vocab_path=...), or register a task set for your own vocabulary with "
-            "seqio_tasks.register(prefix=..., vocabulary=...). (Only the built-in sample, sciriff_sample_*, has a "
+            "(e.g. Llama-2's tokenizer.model) before `import seqio_tasks`, or register a task set for your own "
+            "vocabulary with seqio_tasks.register(prefix=..., vocabulary=...), or train from a checkpoint that has "
+            "its own tokenizer (INITIAL_CHECKPOINT_PATH). (Only the built-in sample, sciriff_sample_*, has a "
             "vocabulary of its own.)")
 
     _encode = _decode = _encode_tf = _decode_tf = check = _fail

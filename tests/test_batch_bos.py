@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import seqio_tasks
-from seqio_tasks import render
+from sciriff_jax.chat import render
 from seqio_tasks.hf_vocab import HFTokenizerVocabulary
 from tests import hf_dirs
 

@@ -4,9 +4,11 @@ import random
 
 import pytest
 
+from sciriff_jax.chat.format import ChatFormat, resolve_template
 from sciriff_jax.eval.protocol import Protocol
 
 RELEASE = Protocol("release")
+TULU = ChatFormat(None, "tulu")  # the release's fixed tulu prompt text: no vocabulary needed
 NINE = ["bioasq_list_qa", "biored_ner", "discomat_te", "evidence_inference", "multicite_intent_classification",
         "mup_single_document_summarization", "qasper_abstractive_qa", "scierc_ner", "scifact_entailment"]
 
@@ -18,13 +20,13 @@ def _built(task, n=2):
 
 @pytest.mark.parametrize("task", [t for t in NINE if t != "evidence_inference"])
 def test_zero_shot_tasks_prompt_the_input_between_the_tulu_markers_with_no_trailing_newline(task):
-    (prompt, _) = RELEASE.prompts(_built(task), "tulu", 0, task)
+    (prompt, _) = RELEASE.prompts(_built(task), TULU, 0, task)
     assert prompt == f"<|user|>\n{task} instruction.\n\nText 0: cells  \n\n<|assistant|>"
 
 
 def test_evidence_inference_is_one_shot_with_the_other_instance_and_its_own_delimiter():
     ex = _built("evidence_inference")
-    first, second = RELEASE.prompts(ex, "tulu", 1, "evidence_inference")
+    first, second = RELEASE.prompts(ex, TULU, 1, "evidence_inference")
     assert first == ("<|user|>\nevidence_inference instruction.\n\nText 1: cells  \n\n<|assistant|>\n"
                      '{"answer": 1}\n\n\n'
                      "<|user|>\nevidence_inference instruction.\n\nText 0: cells  \n\n<|assistant|>")
@@ -59,26 +61,27 @@ def test_real_instances_get_exactly_lm_evals_context(shared_sciriff, task):
     rnd = random.Random(1234)
     delimiter = "\n\n\n" if task == "evidence_inference" else "\n\n--------------------\n\n"
     want = [_lm_eval_context(docs, d, shots, rnd, delimiter) for d in docs]
-    assert RELEASE.prompts(docs, "tulu", shots, task) == want
+    assert RELEASE.prompts(docs, TULU, shots, task) == want
     assert all(not p.endswith("\n") for p in want)
 
 
 def test_the_release_protocol_has_the_release_templates_only():
     with pytest.raises(ValueError, match="plain. has none"):
-        RELEASE.prompts(_built("scierc_ner"), "plain", 0, "scierc_ner")
+        RELEASE.prompts(_built("scierc_ner"), ChatFormat(None, "plain"), 0, "scierc_ner")
     with pytest.raises(ValueError, match="protocol"):
         Protocol("paper")
 
 
 def test_a_model_with_its_own_chat_template_is_prompted_in_that_format_as_the_releases_llama3_qwen_ones(tmp_path):
-    from seqio_tasks import render
+    from sciriff_jax.chat import render
     from seqio_tasks.hf_vocab import HFTokenizerVocabulary
     from tests import hf_dirs
 
     vocab = HFTokenizerVocabulary(hf_dirs.byte_bpe_tokenizer(tmp_path, bos=False))  # a ChatML template
     ex = _built("evidence_inference")
     for template in ("auto", "model"):
-        first, _ = RELEASE.prompts(ex, template, 1, "evidence_inference", vocab)
+        fmt = ChatFormat(vocab, resolve_template(template, bool(vocab.chat_template)))
+        first, _ = RELEASE.prompts(ex, fmt, 1, "evidence_inference")
         shot, question = render.render_prompt(ex[1]["input"], "model", vocab), render.render_prompt(
             ex[0]["input"], "model", vocab)
         assert question.startswith("<|im_start|>") and first == shot + "\n" + ex[1]["output"] + "\n\n\n" + question
@@ -89,7 +92,9 @@ def test_the_releases_fixed_prompts_need_neither_tensorflow_nor_the_task_registr
     import sys
 
     code = ("import sys; from sciriff_jax.eval.protocol import Protocol\n"
-            "Protocol('release').prompts([{'input': 'a', 'output': 'b'}, {'input': 'c', 'output': 'd'}], 'tulu', 1, "
+            "from sciriff_jax.chat.format import ChatFormat\n"
+            "Protocol('release').prompts([{'input': 'a', 'output': 'b'}, {'input': 'c', 'output': 'd'}], "
+            "ChatFormat(None, 'tulu'), 1, "
             "'evidence_inference')\n"
             "heavy = [m for m in ('tensorflow', 'seqio', 'seqio_tasks') if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from sciriff_jax.eval import evaluate, prompts
+from sciriff_jax.chat.format import ChatFormat
+from sciriff_jax.eval import evaluate
+from sciriff_jax.eval.protocol import TRAIN_FEWSHOT_DELIMITER, Protocol
 
 
 def records_from(shared_sciriff, task, n, predict):
@@ -58,18 +60,18 @@ def test_missing_checkpoint_path_is_reported_by_name(tmp_path):
 
 
 def test_one_shot_prompt_puts_another_solved_example_before_the_question():
-    from seqio_tasks import render
+    from sciriff_jax.chat import render
 
     examples = [{"input": f"question {i}", "output": f"answer {i}"} for i in range(5)]
-    zero = prompts.build_prompts(examples, "tulu", 0)
+    zero = Protocol("train").prompts(examples, ChatFormat(None, "tulu"), 0, "scierc_ner")
     assert zero == [render.render_prompt(e["input"], "tulu") for e in examples]
-    one = prompts.build_prompts(examples, "tulu", 1)
+    one = Protocol("train").prompts(examples, ChatFormat(None, "tulu"), 1, "scierc_ner")
     for i, prompt in enumerate(one):
-        shot, _, rest = prompt.partition(prompts.FEWSHOT_DELIMITER)
+        shot, _, rest = prompt.partition(TRAIN_FEWSHOT_DELIMITER)
         assert rest == zero[i] and f"question {i}\n" not in shot
         j = int(shot.split("question ")[1][0])
         assert shot == zero[j] + f"answer {j}"
-    assert one == prompts.build_prompts(examples, "tulu", 1)  # seeded: the same shots every run
+    assert one == Protocol("train").prompts(examples, ChatFormat(None, "tulu"), 1, "scierc_ner")  # seeded: the same shots every run
 
 
 def test_real_eval_tasks_load_and_score_through_the_data_layer(shared_sciriff, monkeypatch):

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from sciriff_jax.chat.format import ChatFormat
 from sciriff_jax.eval import evaluate
 from sciriff_jax.parallel.sharding import MeshConfig
 
@@ -24,24 +25,24 @@ def tiny_model():
 def test_continuous_batching_keeps_each_answer_with_its_prompt(tiny_model, capsys):
     config, params, vocabulary = tiny_model
     prompts = ["short", "a longer prompt of words", "mid length", "x y z w", "tiny one"]
-    together = evaluate.decode_texts(config, params, prompts, vocabulary, max_new_tokens=4, batch_size=2)
+    together = evaluate.decode_texts(config, params, prompts, ChatFormat(vocabulary, "tulu"), max_new_tokens=4, batch_size=2)
     assert "5/5 instances" in capsys.readouterr().out
-    alone = [evaluate.decode_texts(config, params, [p], vocabulary, max_new_tokens=4, batch_size=1)[0] for p in prompts]
+    alone = [evaluate.decode_texts(config, params, [p], ChatFormat(vocabulary, "tulu"), max_new_tokens=4, batch_size=1)[0] for p in prompts]
     assert together == alone
 
 
 def test_overlong_prompt_keeps_its_last_tokens_like_lm_eval(tiny_model, capsys):
     import dataclasses
 
-    from sciriff_jax.decoding.generate import generate
+    from sciriff_jax.decoding.generate import GenerationConfig, generate
 
     config, params, vocabulary = tiny_model
     short_context = dataclasses.replace(config, max_position=16)
     text = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
     tokens = vocabulary.encode(text)
     assert len(tokens) > 12
-    got = evaluate.decode_texts(short_context, params, [text], vocabulary, max_new_tokens=4, batch_size=1)
-    want = generate(short_context, params, [tokens[-12:]], max_new_tokens=4, eos_id=vocabulary.eos_id, batch_size=1)
+    got = evaluate.decode_texts(short_context, params, [text], ChatFormat(vocabulary, "tulu"), max_new_tokens=4, batch_size=1)
+    want = generate(short_context, params, [tokens[-12:]], GenerationConfig(4, vocabulary.eos_id), batch_size=1)
     assert got == [vocabulary.decode(want[0])]
     assert "1 prompt(s) longer than 12 tokens" in capsys.readouterr().out
 
@@ -49,7 +50,7 @@ def test_overlong_prompt_keeps_its_last_tokens_like_lm_eval(tiny_model, capsys):
 def test_eval_hook_returns_flat_metrics_with_parse_rates(tiny_model, tmp_path):
     config, params, vocabulary = tiny_model
     hook = evaluate.make_eval_hook(evaluate.EvalConfig("sciriff_sample_ner", max_examples=2, max_new_tokens=4, batch_size=2),
-                                   config=config, vocabulary=vocabulary, output_dir=tmp_path)
+                                   config=config, chat_format=ChatFormat(vocabulary, "tulu"), output_dir=tmp_path)
     flat = hook(params, 7)
     assert set(flat) == {"mean", "json_parse_rate", "sciriff_sample_ner/json_parse_rate", "sciriff_sample_ner/f1"}
     assert all(isinstance(v, float) for v in flat.values())
@@ -64,7 +65,7 @@ def test_evaluate_run_from_orbax_from_hugging_face_and_sharded_gives_the_same_pr
 
     config, params, vocabulary = tiny_model
     checkpoint.save_params(tmp_path / "ckpt", params, config)
-    tokenizer_files.write_vocabulary(tmp_path / "ckpt" / "tokenizer", vocabulary, "tulu")  # as a run records it
+    tokenizer_files.write_format(tmp_path / "ckpt" / "tokenizer", ChatFormat(vocabulary, "tulu"))  # as a run records it
     hf.write_hf(params, config, tmp_path / "hf")
     (tmp_path / "hf" / "tokenizer.model").write_bytes(open(vocabulary.sentencepiece_model_file, "rb").read())
     runs = {}
@@ -91,17 +92,17 @@ def test_prompts_start_with_bos_where_the_tokenizer_adds_it_and_the_template_doe
 
     hf_dirs.byte_bpe_tokenizer(tmp_path / "bos", bos=True)
     hf_dirs.byte_bpe_tokenizer(tmp_path / "nobos", bos=False)
-    with_bos = loader.Loaded(None, None, "", "hf", str(tmp_path / "bos"), "tulu")
+    with_bos = ChatFormat(loader.vocabulary_for(str(tmp_path / "bos")), "tulu")
     assert with_bos.bos_id == with_bos.vocabulary.bos_id is not None
-    assert loader.Loaded(None, None, "", "hf", str(tmp_path / "nobos"), "tulu").bos_id is None
-    assert loader.Loaded(None, None, "", "hf", str(tmp_path / "bos"), "llama2").bos_id is None  # writes <s> itself
+    assert ChatFormat(loader.vocabulary_for(str(tmp_path / "nobos")), "tulu").bos_id is None
+    assert ChatFormat(loader.vocabulary_for(str(tmp_path / "bos")), "llama2").bos_id is None  # writes <s> itself
 
 
 def test_a_rerun_keeps_the_predictions_written_and_decodes_only_the_rest(tiny_model, tmp_path, capsys):
     config, params, vocabulary = tiny_model
     eval_config = evaluate.EvalConfig("sciriff_sample_ner", max_examples=3, max_new_tokens=4, batch_size=2)
     loaded = evaluate.load_examples(["sciriff_sample_ner"], "validation", 3)
-    fresh = evaluate.predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, output_dir=tmp_path)
+    fresh = evaluate.predict_tasks(config, params, loaded, ChatFormat(vocabulary, "tulu"), eval_config=eval_config, output_dir=tmp_path)
     final = tmp_path / "predictions" / "sciriff_sample_ner.jsonl"
     lines = final.read_text().splitlines()
     # A run stopped after two predictions: a partial file (its last line cut mid-write), no final file.
@@ -110,7 +111,7 @@ def test_a_rerun_keeps_the_predictions_written_and_decodes_only_the_rest(tiny_mo
     marked = dict(json.loads(lines[2]), prediction="kept from the first run")
     partial.write_text(json.dumps(marked) + "\n" + lines[0] + "\n" + lines[1][:20])
     capsys.readouterr()
-    again = evaluate.predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, output_dir=tmp_path)
+    again = evaluate.predict_tasks(config, params, loaded, ChatFormat(vocabulary, "tulu"), eval_config=eval_config, output_dir=tmp_path)
     out = capsys.readouterr().out
     assert "resuming: 2 prediction(s)" in out and "3/3 instances (2 resumed)" in out
     assert again["sciriff_sample_ner"][2]["prediction"] == "kept from the first run"
@@ -124,10 +125,10 @@ def test_a_rerun_with_other_weights_is_refused_rather_than_mixed_in(tiny_model, 
     config, params, vocabulary = tiny_model
     eval_config = evaluate.EvalConfig("sciriff_sample_ner", max_examples=1, max_new_tokens=2, batch_size=1)
     loaded = evaluate.load_examples(["sciriff_sample_ner"], "validation", 1)
-    evaluate.predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, output_dir=tmp_path)
+    evaluate.predict_tasks(config, params, loaded, ChatFormat(vocabulary, "tulu"), eval_config=eval_config, output_dir=tmp_path)
     other = jax.tree.map(lambda x: x * 2, params)
     with pytest.raises(ValueError, match="other settings \\(params.*another OUTPUT_DIR"):
-        evaluate.predict_tasks(config, other, loaded, vocabulary, eval_config=eval_config, output_dir=tmp_path)
+        evaluate.predict_tasks(config, other, loaded, ChatFormat(vocabulary, "tulu"), eval_config=eval_config, output_dir=tmp_path)
 
 
 def test_progress_reports_instances_per_second_and_eta_from_the_first_finished_instance():

@@ -77,8 +77,8 @@ def test_import_records_the_tokenizer_and_template_and_export_writes_them_back(t
     params, loaded_config = load_params(tmp_path / "ckpt")  # checksums cover the recorded tokenizer too
     assert loaded_config == config
     assert_close_to_scale(our_logits(params, config), torch_logits(model))
-    tok = loader.resolve_tokenizer(tmp_path / "ckpt")  # eval of the converted checkpoint: its own tokenizer
-    assert tok.template == "model" and str(tok.vocabulary_path).endswith("ckpt/tokenizer")
+    fmt = loader.resolve_chat_format(tmp_path / "ckpt")  # eval of the converted checkpoint: its own tokenizer
+    assert fmt.template == "model" and str(fmt.vocabulary.directory).endswith("ckpt/tokenizer")
     export_hf(tmp_path / "ckpt", tmp_path / "back")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
     original = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -103,10 +103,9 @@ def test_a_directory_without_a_tokenizer_or_with_another_vocabulary_stops_naming
     hf_dirs.byte_bpe_tokenizer(hf)
     other = hf_dirs.sentencepiece_tokenizer(tmp_path / "other")
     with pytest.raises(ValueError, match="is not the vocabulary the Hugging Face directory .* was trained with"):
-        loader.resolve_tokenizer(hf, vocabulary_path=str(other))
-    loaded = loader.load(hf)  # 101 embedding rows, a 400-token tokenizer
+        loader.resolve_chat_format(hf, vocabulary_path=str(other))
     with pytest.raises(ValueError, match=r"has \d+ tokens but the model .* has 101 embedding rows"):
-        loaded.vocabulary
+        loader.load(hf)  # 101 embedding rows, a 400-token tokenizer
 
 
 def test_missing_tensors_are_reported_by_name(tmp_path):

@@ -101,12 +101,14 @@ def test_eval_predictions_and_summaries_are_written_to_a_url(bucket):
 
     from sciriff_jax.model import llama
     from sciriff_jax.model.config import LlamaConfig
+    from sciriff_jax.chat.format import ChatFormat
     from seqio_tasks import vocab as vocab_lib
 
     config = LlamaConfig(vocab_size=1536, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
                          num_kv_heads=1, max_position=1024, dtype="float32", param_dtype="float32")
     hook = evaluate.make_eval_hook(evaluate.EvalConfig("sciriff_sample_ner", max_examples=1, max_new_tokens=2, batch_size=1),
-                                   config=config, vocabulary=vocab_lib.get_vocabulary(), output_dir=bucket + "/eval")
+                                   config=config, chat_format=ChatFormat(vocab_lib.get_vocabulary(), "tulu"),
+                                   output_dir=bucket + "/eval")
     hook(llama.init_params(config, jax.random.PRNGKey(0)), 5)
     out = epath.Path(bucket, "eval", "step_5")
     rows = (out / "predictions" / "sciriff_sample_ner.jsonl").read_text().splitlines()

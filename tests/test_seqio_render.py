@@ -6,8 +6,8 @@ documented behaviour), the model's own templates against transformers' apply_cha
 import pytest
 import tensorflow as tf
 
-from seqio_tasks import render
-from seqio_tasks.chat_template import TemplateError
+from sciriff_jax.chat import render
+from sciriff_jax.chat.jinja import TemplateError
 from seqio_tasks.hf_vocab import HFTokenizerVocabulary
 from seqio_tasks.vocab import get_vocabulary
 from tests import hf_dirs

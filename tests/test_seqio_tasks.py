@@ -6,7 +6,8 @@ import pytest
 import seqio
 
 import seqio_tasks
-from seqio_tasks import catalog, render
+from seqio_tasks import catalog
+from sciriff_jax.chat import render
 
 LENGTHS = {"targets": 256}
 # Chat data is real data: its tasks need a vocabulary of their own, so the tests register a set with the sample's.

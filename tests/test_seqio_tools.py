@@ -2,7 +2,8 @@
 import io
 
 import seqio_tasks
-from seqio_tasks import render, tools
+from sciriff_jax.chat import render
+from seqio_tasks import tools
 
 
 def test_data_show_marks_exactly_the_answer_and_eos_as_trained():

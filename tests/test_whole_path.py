@@ -29,10 +29,9 @@ def hf_dir(tmp_path_factory):
 
 
 def test_hf_directory_trains_evaluates_and_exports_with_its_own_tokenizer_and_template(hf_dir, tmp_path):
-    from sciriff_jax.decoding.generate import generate
+    from sciriff_jax.decoding.generate import GenerationConfig, generate
     from sciriff_jax.eval import evaluate
     from sciriff_jax.io import convert, loader
-    from seqio_tasks import render
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "sciriff_jax.main", "--gin_file=gin_configs/runs/finetune.gin",
@@ -41,7 +40,7 @@ def test_hf_directory_trains_evaluates_and_exports_with_its_own_tokenizer_and_te
            '--gin.TASK_FEATURE_LENGTHS={"targets": 256}', "--gin.CHECKPOINT_PERIOD=2"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    assert f"sciriff_* tasks now use the vocabulary {hf_dir / 'tokenizer.json'}" in out.stdout
+    assert f"is read as sciriff_f" in out.stdout and f"the vocabulary {hf_dir / 'tokenizer.json'}" in out.stdout
     record = json.loads((run / "tokenizer" / "sciriff_tokenizer.json").read_text())
     assert record["template"] == "model"
 
@@ -58,10 +57,9 @@ def test_hf_directory_trains_evaluates_and_exports_with_its_own_tokenizer_and_te
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float32).eval()
     ours = loader.load(str(run), dtype="float32")
     chat = [{"role": "user", "content": "List the genes in: BRCA1 and TP53 are genes."}]
-    prompt = render.prompt_ids(chat[0]["content"], ours.vocabulary, ours.template)
+    prompt = ours.chat_format.prompt_ids(chat[0]["content"])
     assert prompt == tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
-    mine = generate(ours.config, ours.params, [prompt], max_new_tokens=12, eos_id=ours.vocabulary.eos_id,
-                           batch_size=1)[0]
+    mine = generate(ours.config, ours.params, [prompt], GenerationConfig(12, ours.chat_format.eos_id), batch_size=1)[0]
     with torch.no_grad():
         theirs = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

@@ -16,11 +16,11 @@ import re
 
 import numpy as np
 
-from seqio_tasks.chat_template import JinjaTemplate, TemplateError, read_template
+from sciriff_jax.chat.jinja import JinjaTemplate, TemplateError, read_template
 
 ROLES = ("system", "user", "assistant")
 MODEL_TEMPLATE = "model"  # the chat template shipped with the vocabulary (tokenizer_config.json / .jinja)
-AUTO_TEMPLATE = "auto"    # the vocabulary's own chat template where it ships one, else tulu
+AUTO_TEMPLATE = "auto"    # resolved by sciriff_jax.chat.format.resolve_template, never here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +82,12 @@ def get_template(name: str) -> Template:
 
 
 def check_template_name(template) -> None:
-    """Fail early on a template that names nothing (a typo, a missing file)."""
-    if isinstance(template, (Template, JinjaTemplate)) or template in TEMPLATES or template in (MODEL_TEMPLATE,
-                                                                                                AUTO_TEMPLATE):
+    """Fail early on a template that names nothing (a typo, a missing file, or "auto" left unresolved)."""
+    if isinstance(template, (Template, JinjaTemplate)) or template in TEMPLATES or template == MODEL_TEMPLATE:
         return
+    if template == AUTO_TEMPLATE:
+        raise ValueError('template "auto" must be resolved first (sciriff_jax.chat.format.resolve_template: '
+                         "the checkpoint's recorded template, else the vocabulary's own, else tulu)")
     if isinstance(template, (str, os.PathLike)) and os.path.exists(template):
         return
     get_template(str(template))
@@ -158,9 +160,9 @@ def end_of_turn_texts(vocab, template) -> list[str]:
 
 
 def resolve(template, vocab):
-    """A renderable template for `vocab`: a built-in name, "model" (the vocabulary's own), "auto" (its own where
-    it ships one, else tulu), a .jinja /
-    tokenizer_config.json file or a tokenizer directory, or a Template / JinjaTemplate."""
+    """A renderable template for `vocab`: a built-in name, "model" (the vocabulary's own), a .jinja /
+    tokenizer_config.json file or a tokenizer directory, or a Template / JinjaTemplate. ("auto" is resolved
+    before, by sciriff_jax.chat.format.resolve_template.)"""
     if isinstance(template, JinjaTemplate):
         return template
     if isinstance(template, Template):
@@ -169,7 +171,7 @@ def resolve(template, vocab):
     if template in TEMPLATES:
         return resolve(TEMPLATES[template], vocab)
     if template == AUTO_TEMPLATE:
-        return resolve(MODEL_TEMPLATE if getattr(vocab, "chat_template", None) else "tulu", vocab)
+        check_template_name(template)  # raises: "auto" is resolved by format.resolve_template only
     specials = {f"{k}_token": token_text(vocab, i) for k, i in
                 (("bos", vocab.bos_id), ("eos", vocab.eos_id), ("unk", vocab.unk_id), ("pad", vocab.pad_id))}
     if template == MODEL_TEMPLATE:
@@ -178,7 +180,7 @@ def resolve(template, vocab):
             raise TemplateError(
                 f"template {MODEL_TEMPLATE!r} means the vocabulary's own chat template, but {vocab!r} ships none "
                 "(no chat_template in tokenizer_config.json, no chat_template.jinja). Set the template "
-                f"(TEMPLATE / configure(template=...)) to one of {sorted(TEMPLATES)} or a .jinja file.")
+                f"(TEMPLATE, or the template of seqio_tasks.register) to one of {sorted(TEMPLATES)} or a .jinja file.")
         return JinjaTemplate(source, specials, MODEL_TEMPLATE)
     path = os.fspath(template)
     if os.path.isfile(path) and not path.endswith(".json"):

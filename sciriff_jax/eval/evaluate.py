@@ -1,6 +1,7 @@
 """SciRIFF-Eval runs: decode a task or mixture's validation split with the model and score it.
 
-Raw examples come from `seqio_tasks.raw_examples`, prompts from `eval.prompts`, tokens from `decoding.generate`,
+Raw examples come from `seqio_tasks.raw_examples`, prompts from `eval.protocol` around the model's `ChatFormat`,
+tokens from `decoding.generate`,
 scores from `scoring.metrics`, the model from `io.loader`. Every task of a mixture goes through one continuous
 batcher, so progress and ETA cover the whole mixture and no batch drains at a task's end. Outputs: one
 predictions JSONL per task (scorable later with `sciriff-jax score`; kept as they finish and resumed by a
@@ -15,10 +16,11 @@ import json
 import time
 from typing import Callable
 
-from sciriff_jax.decoding.generate import generate
+from sciriff_jax.decoding.generate import GenerationConfig, generate
 from sciriff_jax.scoring import metrics
 from sciriff_jax.scoring import judge as judge_lib
-from sciriff_jax.eval.protocol import Protocol
+from sciriff_jax.chat.format import AUTO, ChatFormat
+from sciriff_jax.eval.protocol import PAPER_FEWSHOT, PROTOCOLS, Protocol
 from sciriff_jax.eval.predictions import PredictionStore
 from sciriff_jax.eval.progress import Progress
 from sciriff_jax.io import loader, paths
@@ -27,20 +29,34 @@ from sciriff_jax.parallel.sharding import MeshConfig, Sharding
 JUDGE_SCORERS = ("qasper_abstractive_qa", "mup_single_document_summarization")
 
 
+def fewshot_problem(fewshot) -> str | None:
+    """None for a usable EvalConfig.fewshot, else what it must be (the gin macro check reads it from the field)."""
+    if fewshot is not None and (not isinstance(fewshot, dict) or not all(
+            isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool) and n >= 0
+            for k, n in fewshot.items())):
+        return 'None or a dict of task name -> number of examples, e.g. {"evidence_inference": 1}'
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """What to decode and how: the eval runs' settings, and the decoding eval during training (gin scope
     `infer_eval/EvalConfig` in runs/finetune.gin; no mixture: no such eval)."""
 
-    mixture_or_task_name: str | None = "sciriff_4096_eval"
-    split: str = "validation"
-    max_examples: int | None = None      # per task; None = all
-    max_new_tokens: int = 1024
-    batch_size: int = 32                 # rows decoding at once (continuous batching slots)
+    # None: no decoding eval, which only the one during training may be.
+    mixture_or_task_name: str | None = dataclasses.field(default="sciriff_4096_eval",
+                                                         metadata={"optional_in": ("infer_eval",)})
+    split: str = dataclasses.field(default="validation", metadata={"choices": ("train", "validation", "test")})
+    max_examples: int | None = dataclasses.field(default=None, metadata={"min": 1})  # per task; None = all
+    max_new_tokens: int = dataclasses.field(default=1024, metadata={"min": 1})
+    # Rows decoding at once (continuous batching slots).
+    batch_size: int = dataclasses.field(default=32, metadata={"min": 1})
     kv_cache_bytes: int | None = None    # KV-cache budget per device; None: half of the free device memory
-    template: str = loader.DEFAULT_TEMPLATE  # "auto": the checkpoint's own; tulu | llama2 | plain | model | a .jinja
-    fewshot: dict | None = None          # None: the paper's ({"evidence_inference": 1})
-    protocol: str = "release"            # release: prompts, BOS and stops as the paper's eval; train: as training
+    template: str = AUTO                 # "auto": the checkpoint's own; tulu | llama2 | plain | model | a .jinja
+    # None: the paper's ({"evidence_inference": 1}).
+    fewshot: dict | None = dataclasses.field(default=None, metadata={"check": fewshot_problem})
+    # release: prompts, BOS and stops as the paper's eval; train: as training.
+    protocol: str = dataclasses.field(default="release", metadata={"choices": PROTOCOLS})
 
 
 def task_names_of(mixture_or_task_name: str) -> list[str]:
@@ -54,53 +70,52 @@ def load_examples(task_names: list[str], split: str = "validation", max_examples
     """{task: (raw examples, scorer name)} from the data layer; fails early for a task without a scorer."""
     import seqio_tasks  # the data layer (TensorFlow)
 
-    scorers = {name: metrics.resolve_scorer(name) for name in task_names}
+    from seqio_tasks.sample import resolve_scorer  # knows the sample's tasks; the data layer (TensorFlow)
+
+    scorers = {name: resolve_scorer(name) for name in task_names}
     return {name: (seqio_tasks.raw_examples(name, split, max_examples=max_examples), scorers[name])
             for name in task_names}
 
 
-def decode_texts(config, params, prompt_texts: list[str], vocabulary, *, max_new_tokens: int = 1024,
-                 batch_size: int = 32, sharding: Sharding | None = None, bos_id: int | None = None,
+def decode_texts(config, params, prompt_texts: list[str], chat_format: ChatFormat, *, max_new_tokens: int = 1024,
+                 batch_size: int = 32, sharding: Sharding | None = None, add_bos: bool = False,
                  label: str = "", kv_cache_bytes: int | None = None) -> list[str]:
     """Greedy-decode each rendered prompt; returns the answer texts in input order, printing progress."""
-    from sciriff_jax.eval import prompts as prompts_lib
-
-    prompts = prompts_lib.encode_prompts(prompt_texts, vocabulary, max_position=getattr(config, "max_position", 0),
-                                         max_new_tokens=max_new_tokens, bos_id=bos_id, label=label)
+    prompts = chat_format.encode_prompts(prompt_texts, add_bos=add_bos, max_position=getattr(config, "max_position", 0),
+                                         max_new_tokens=max_new_tokens, label=label)
     progress = Progress(len(prompts), label)
-    generated = generate(config, params, prompts, max_new_tokens=max_new_tokens, eos_id=vocabulary.eos_id,
-                                batch_size=batch_size, sharding=sharding, kv_cache_bytes=kv_cache_bytes,
-                                on_finish=lambda i, tokens: progress.update(len(tokens)))
-    return [vocabulary.decode(tokens) for tokens in generated]
+    generated = generate(config, params, prompts, GenerationConfig(max_new_tokens, chat_format.eos_id),
+                         batch_size=batch_size, sharding=sharding, kv_cache_bytes=kv_cache_bytes,
+                         on_finish=lambda i, tokens: progress.update(len(tokens)))
+    return [chat_format.decode(tokens) for tokens in generated]
 
 
-def predict_tasks(config, params, loaded: dict, vocabulary, *, eval_config: EvalConfig = EvalConfig(),
-                  sharding: Sharding | None = None, bos_id=None, output_dir=None, settings: dict | None = None,
+def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval_config: EvalConfig = EvalConfig(),
+                  sharding: Sharding | None = None, output_dir=None, settings: dict | None = None,
                   label: str = "") -> dict:
     """{task: prediction records} for loaded examples, all tasks through one batcher; with output_dir, writes
     predictions/<task>.jsonl (as each task completes) and resumes from what a stopped run left there.
 
-    `settings`: what identifies these predictions (checkpoint, decoding settings), kept beside them so a
-    rerun with other settings is refused rather than mixed in.
+    `chat_format`: the model's (resolved once: io.loader.load, or the training run's); prompts, BOS, tokens and
+    EOS are its. `settings`: what identifies these predictions (checkpoint, decoding settings), kept beside them so
+    a rerun with other settings is refused rather than mixed in.
     """
-    from sciriff_jax.eval import prompts as prompts_lib
-
-    fewshot = prompts_lib.PAPER_FEWSHOT if eval_config.fewshot is None else eval_config.fewshot
+    fewshot = PAPER_FEWSHOT if eval_config.fewshot is None else eval_config.fewshot
     protocol = Protocol(eval_config.protocol)
-    bos_id = bos_id if protocol.adds_bos else None  # the release's vLLM runs added no BOS
     store = None
     if output_dir is not None:
         store = PredictionStore(output_dir, {**(settings or {}), "params": params_digest(params),
                                              "split": eval_config.split,
                                              "max_new_tokens": eval_config.max_new_tokens,
-                                             "template": eval_config.template, "fewshot": fewshot,
+                                             "template": chat_format.template, "fewshot": fewshot,
                                              "protocol": protocol.name})
     records: dict[str, list] = {}
     jobs = []  # (task, index, record without prediction, prompt tokens)
     for name, (examples, scorer) in loaded.items():
-        texts = protocol.prompts(examples, eval_config.template, fewshot.get(scorer, 0), scorer, vocabulary)
-        tokens = prompts_lib.encode_prompts(texts, vocabulary, max_position=getattr(config, "max_position", 0),
-                                            max_new_tokens=eval_config.max_new_tokens, bos_id=bos_id, label=name)
+        texts = protocol.prompts(examples, chat_format, fewshot.get(scorer, 0), scorer)
+        tokens = chat_format.encode_prompts(texts, add_bos=protocol.adds_bos,
+                                            max_position=getattr(config, "max_position", 0),
+                                            max_new_tokens=eval_config.max_new_tokens, label=name)
         done = store.finished(name) if store is not None else {}
         records[name] = [None] * len(examples)
         for i, ex in enumerate(examples):
@@ -127,7 +142,7 @@ def predict_tasks(config, params, loaded: dict, vocabulary, *, eval_config: Eval
 
     def on_finish(j, tokens):
         name, i, base, _ = jobs[j]
-        records[name][i] = {**base, "prediction": protocol.cut(vocabulary.decode(tokens), base["scorer"])}
+        records[name][i] = {**base, "prediction": protocol.cut(chat_format.decode(tokens), base["scorer"])}
         if store is not None:
             store.add(name, records[name][i])
         left[name] -= 1
@@ -135,9 +150,9 @@ def predict_tasks(config, params, loaded: dict, vocabulary, *, eval_config: Eval
             complete(name)
         progress.update(len(tokens), tasks_done=sum(n == 0 for n in left.values()))
 
-    generate(config, params, [job[3] for job in jobs], max_new_tokens=eval_config.max_new_tokens,
-                    eos_id=vocabulary.eos_id, batch_size=eval_config.batch_size, sharding=sharding,
-                    kv_cache_bytes=eval_config.kv_cache_bytes, on_finish=on_finish)
+    generate(config, params, [job[3] for job in jobs], GenerationConfig(eval_config.max_new_tokens, chat_format.eos_id),
+             batch_size=eval_config.batch_size, sharding=sharding, kv_cache_bytes=eval_config.kv_cache_bytes,
+             on_finish=on_finish)
     return records
 
 
@@ -164,14 +179,13 @@ def score_records(records: dict, scorers: dict, *, judge=None) -> dict:
     return {"tasks": results, "table": row, "mean": metrics.table_mean(row), "json_parse_rate": rate}
 
 
-def evaluate_tasks(config, params, task_names: list[str], vocabulary, *, eval_config: EvalConfig = EvalConfig(),
-                   judge=None, output_dir=None, sharding: Sharding | None = None, bos_id=None,
-                   settings: dict | None = None) -> dict:
+def evaluate_tasks(config, params, task_names: list[str], chat_format: ChatFormat, *,
+                   eval_config: EvalConfig = EvalConfig(), judge=None, output_dir=None,
+                   sharding: Sharding | None = None, settings: dict | None = None) -> dict:
     """Decode and score tasks: per-task metrics + parse counts + the table mean; writes outputs to output_dir."""
     loaded = load_examples(task_names, eval_config.split, eval_config.max_examples)
-    records = predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, sharding=sharding,
-                            bos_id=bos_id, output_dir=output_dir, settings=settings,
-                            label=eval_config.mixture_or_task_name or "")
+    records = predict_tasks(config, params, loaded, chat_format, eval_config=eval_config, sharding=sharding,
+                            output_dir=output_dir, settings=settings, label=eval_config.mixture_or_task_name or "")
     summary = score_records(records, {name: scorer for name, (_, scorer) in loaded.items()}, judge=judge)
     summary["protocol"] = Protocol(eval_config.protocol).describe()
     if settings:
@@ -218,19 +232,20 @@ def flat_metrics(summary: dict) -> dict:
     return {k: v for k, v in flat.items() if v is not None}
 
 
-def make_eval_hook(eval_config: EvalConfig, *, config, vocabulary, sharding: Sharding | None = None,
-                   output_dir=None, bos_id=None) -> Callable[[object, int], dict]:
-    """An eval callback for the training loop: `hook(params, step) -> flat metrics` (examples loaded once)."""
+def make_eval_hook(eval_config: EvalConfig, *, config, chat_format: ChatFormat, sharding: Sharding | None = None,
+                   output_dir=None) -> Callable[[object, int], dict]:
+    """An eval callback for the training loop: `hook(params, step) -> flat metrics` (examples loaded once).
+    `chat_format`: the run's; EvalConfig.template, when not "auto", prompts with another template."""
+    if eval_config.template not in (None, "", AUTO):
+        chat_format = ChatFormat(chat_format.vocabulary, eval_config.template, f"template {eval_config.template!r}")
     names = task_names_of(eval_config.mixture_or_task_name)
     loaded = load_examples(names, eval_config.split, eval_config.max_examples)
     scorers = {name: scorer for name, (_, scorer) in loaded.items()}
-    if bos_id is None:
-        bos_id = loader.training_bos_id(vocabulary, eval_config.template)
 
     def hook(params, step: int) -> dict:
         step_dir = None if output_dir is None else paths.resolve(output_dir) / f"step_{step}"
-        records = predict_tasks(config, params, loaded, vocabulary, eval_config=eval_config, sharding=sharding,
-                                bos_id=bos_id, output_dir=step_dir, settings={"step": step},
+        records = predict_tasks(config, params, loaded, chat_format, eval_config=eval_config, sharding=sharding,
+                                output_dir=step_dir, settings={"step": step},
                                 label=f"{eval_config.mixture_or_task_name} step {step}")
         summary = score_records(records, scorers)
         if step_dir is not None:
@@ -256,7 +271,7 @@ def load_checkpoint(checkpoint_path: str, vocabulary_path: str | None, dtype: st
                         shardings=sharding.params if sharding is not None else None)
     if sharding is not None:
         print(f"[eval] params sharded over mesh {dict(sharding.mesh.shape)} ({mesh.layout})", flush=True)
-    print(f"[eval] tokenizer: {model.tokenizer_note}", flush=True)
+    print(f"[eval] tokenizer: {model.chat_format.describe()}", flush=True)
     return model, sharding
 
 
@@ -279,12 +294,12 @@ def evaluate_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig()
     print(f"[eval] {name}: {len(names)} task(s), split {eval_config.split}, max_examples={eval_config.max_examples}, "
           f"judge={'none (judge metrics skipped)' if judge is None else judge}; writing to {out}", flush=True)
     model, sharding = load_checkpoint(checkpoint_path, vocabulary_path, dtype, eval_config, mesh)
-    eval_config = dataclasses.replace(eval_config, template=model.template)  # "auto" -> the checkpoint's
+    fmt = model.chat_format  # "auto" resolved by the loader: the checkpoint's own
     with sharding.context() if sharding is not None else contextlib.nullcontext():
-        summary = evaluate_tasks(model.config, model.params, names, model.vocabulary, eval_config=eval_config,
-                                 judge=judge, output_dir=out, bos_id=model.bos_id, sharding=sharding,
+        summary = evaluate_tasks(model.config, model.params, names, fmt, eval_config=eval_config,
+                                 judge=judge, output_dir=out, sharding=sharding,
                                  settings={"checkpoint": str(checkpoint_path), "dtype": dtype,
-                                           "tokenizer": model.tokenizer_note})
+                                           "tokenizer": fmt.describe()})
     print(summary_markdown(summary), flush=True)
     return summary
 
@@ -296,10 +311,9 @@ def infer_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), o
     out = paths.resolve(output_dir) if output_dir else default_output_dir(checkpoint_path, name)
     names = task_names_of(name)
     model, sharding = load_checkpoint(checkpoint_path, vocabulary_path, dtype, eval_config, mesh)
-    eval_config = dataclasses.replace(eval_config, template=model.template)  # "auto" -> the checkpoint's
     loaded = load_examples(names, eval_config.split, eval_config.max_examples)
     with sharding.context() if sharding is not None else contextlib.nullcontext():
-        records = predict_tasks(model.config, model.params, loaded, model.vocabulary, eval_config=eval_config,
-                                bos_id=model.bos_id, output_dir=out, sharding=sharding,
+        records = predict_tasks(model.config, model.params, loaded, model.chat_format, eval_config=eval_config,
+                                output_dir=out, sharding=sharding,
                                 settings={"checkpoint": str(checkpoint_path), "dtype": dtype}, label=name)
     return {"output_dir": str(out), "predictions": {name: len(rows) for name, rows in records.items()}}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from sciriff_jax.chat.format import resolve_template
+from sciriff_jax.chat.jinja import read_template
 from sciriff_jax.io import checkpoint, hf, loader, paths, tokenizer_files
 from sciriff_jax.model.config import LlamaConfig
 
@@ -21,22 +23,19 @@ def import_hf(hf_dir, out_dir, dtype: str = "float32", progress: bool = True) ->
     tokenizer and chat template in out_dir/tokenizer/; returns its config."""
     src = hf.local_hf_dir(hf_dir)
     hf.check_tensors(src, hf.load_hf_config(src))  # headers only: shapes first, then the tokenizer, then weights
-    tok = loader.resolve_tokenizer(src)
+    if tokenizer_files.tokenizer_file(src) is None:
+        loader.resolve_chat_format(src)  # raises, saying what to copy into the directory
+    template = resolve_template(None, tokenizer_files.has_chat_template(src))  # no vocabulary read: no TensorFlow
     params, config = hf.load_hf_params(src, dtype=dtype, progress=progress)
     out = paths.resolve(out_dir)
     checkpoint.save_params(out, params, config)
-    tokenizer_files.write(out / tokenizer_files.SUBDIR, source_dir=src, template=tok.template,
-                          template_source=_own_template(src) if tok.template == "model" else None)
+    tokenizer_files.write(out / tokenizer_files.SUBDIR, source_dir=src, template=template,
+                          template_source=read_template(src) if template == "model" else None)
     checkpoint.seal(out)  # again: the checksums cover the tokenizer too
     if progress:
-        print(f"hf import: wrote {config.num_params() / 1e6:.1f}M parameters to {out_dir} ({tok.note})", flush=True)
+        print(f"hf import: wrote {config.num_params() / 1e6:.1f}M parameters to {out_dir} (its own tokenizer "
+              f"({src}); template {template!r})", flush=True)
     return config
-
-
-def _own_template(directory) -> str:
-    from seqio_tasks.chat_template import read_template  # plain Python, but the data layer's
-
-    return read_template(directory)
 
 
 def export_hf(ckpt_dir, hf_dir, dtype: str | None = None, max_shard_bytes: int = 5 * 2 ** 30) -> None:
@@ -55,10 +54,10 @@ def export_hf(ckpt_dir, hf_dir, dtype: str | None = None, max_shard_bytes: int =
     for name in tokenizer_files.HF_FILES + ("tokenizer.model",):
         if (local / name).is_file():
             (hf_dir / name).write_bytes((local / name).read_bytes())
-    template = tokenizer_files.read_record(local)["template"]
-    if template in _BUILTIN_JINJA and not (hf_dir / "chat_template.jinja").exists():
-        (hf_dir / "chat_template.jinja").write_text(_BUILTIN_JINJA[template], encoding="utf-8")
-    vocab = loader.vocabulary_for(str(local))
+    fmt = loader.resolve_chat_format(ckpt_dir)  # the recorded tokenizer and template, as eval reads them
+    if fmt.template in _BUILTIN_JINJA and not (hf_dir / "chat_template.jinja").exists():
+        (hf_dir / "chat_template.jinja").write_text(_BUILTIN_JINJA[fmt.template], encoding="utf-8")
+    vocab = fmt.vocabulary
     if vocab.vocab_size > loaded.config.vocab_size:
         raise ValueError(f"{recorded}: the tokenizer has {vocab.vocab_size} tokens, the model {loaded.config.vocab_size}")
     generation = {"bos_token_id": vocab.bos_id, "eos_token_id": vocab.eos_id,

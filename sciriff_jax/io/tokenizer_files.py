@@ -107,11 +107,10 @@ def local_copy(directory) -> pathlib.Path:
     return dst
 
 
-def write_vocabulary(dst, vocabulary, template: str) -> None:
-    """Record a seqio vocabulary (Hugging Face tokenizer.json or SentencePiece .model) and template into `dst`."""
-    from seqio_tasks import render  # the data layer: only runs that have a vocabulary get here
-
-    source = None if template in BUILTIN_TEMPLATES else render.resolve(template, vocabulary).source
+def write_format(dst, chat_format) -> None:
+    """Record a ChatFormat (its Hugging Face tokenizer.json or SentencePiece .model, and its template) into `dst`."""
+    vocabulary, template = chat_format.vocabulary, chat_format.template
+    source = None if template in BUILTIN_TEMPLATES else chat_format.renderer.source
     if hasattr(vocabulary, "tokenizer_file"):
         write(dst, source_dir=vocabulary.directory, template=template, template_source=source)
     elif hasattr(vocabulary, "sentencepiece_model_file"):
