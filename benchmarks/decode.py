@@ -44,11 +44,11 @@ def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[l
 def bench_jax(config, params, prompts, new_tokens: int, *, warmup: int, iters: int,
               split: bool = True, profile_dir: str | None = None) -> tuple[dict, list]:
     """Time `sciriff_jax.decoding.generate.generate` for `new_tokens` and for 1 token; returns (row, generated tokens)."""
-    from sciriff_jax.decoding.generate import generate
+    from sciriff_jax.decoding.generate import GenerationConfig, generate
 
     def run(n):
         # eos_id -1 never matches a token, so every row generates exactly n tokens.
-        return generate(config, params, prompts, max_new_tokens=n, eos_id=-1, batch_size=len(prompts))
+        return generate(config, params, prompts, GenerationConfig(n, -1), batch_size=len(prompts))
 
     full = common.time_calls(lambda: run(new_tokens), warmup=warmup, iters=iters, sync=lambda x: x,
                              label="sciriff-jax generate")
@@ -191,7 +191,7 @@ def sciriff_case(args) -> dict:
 
     import jax
 
-    from sciriff_jax.decoding.generate import generate
+    from sciriff_jax.decoding.generate import GenerationConfig, generate
     from sciriff_jax.model.llama import init_params
 
     shape = common.TINY if args.tiny else SMOLLM_135M
@@ -234,8 +234,7 @@ def sciriff_case(args) -> dict:
         gc.collect()
     if "jax" in systems:
         def run():
-            return generate(config, params, prompts, max_new_tokens=answer_lens, eos_id=-1, batch_size=args.batch,
-                            log=None)
+            return generate(config, params, prompts, GenerationConfig(answer_lens, -1), batch_size=args.batch, log=None)
 
         t0 = time.perf_counter()
         first = run()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sciriff_jax.decoding import batcher, kv_memory
-from sciriff_jax.decoding.generate import generate
+from sciriff_jax.decoding.generate import GenerationConfig, generate
 from sciriff_jax.model import Llama, LlamaConfig, init_params
 
 CONFIG = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -37,7 +37,7 @@ def greedy_by_recomputation(config, params, prompt, steps):
 
 def test_greedy_paged_decoding_equals_full_recomputation(params):
     # 3 slots for 4 prompts: a finished row's slot takes the last prompt.
-    got = generate(CONFIG, params, PROMPTS, max_new_tokens=6, eos_id=-1, batch_size=3)
+    got = generate(CONFIG, params, PROMPTS, GenerationConfig(6, -1), batch_size=3)
     assert got == [greedy_by_recomputation(CONFIG, params, p, 6) for p in PROMPTS]
 
 
@@ -54,8 +54,8 @@ def test_generation_on_an_8_device_mesh_matches_one_device(params):
 
     sharding = Sharding.create(CONFIG, MeshConfig("fsdp_tp"))
     sharded = jax.device_put(params, sharding.params)
-    want = generate(CONFIG, params, PROMPTS, max_new_tokens=4, eos_id=-1)
-    assert generate(CONFIG, sharded, PROMPTS, max_new_tokens=4, eos_id=-1, sharding=sharding) == want
+    want = generate(CONFIG, params, PROMPTS, GenerationConfig(4, -1))
+    assert generate(CONFIG, sharded, PROMPTS, GenerationConfig(4, -1), sharding=sharding) == want
 
 
 @pytest.fixture(scope="module")
@@ -103,29 +103,29 @@ def test_real_sciriff_prompts_on_an_8_device_mesh_decode_like_full_recomputation
 
     sharding = Sharding.create(REAL, MeshConfig("fsdp_tp"))
     sharded = jax.device_put(real_params, sharding.params)
-    got = generate(REAL, sharded, sciriff_prompts, max_new_tokens=5, eos_id=-1, batch_size=2, sharding=sharding)
+    got = generate(REAL, sharded, sciriff_prompts, GenerationConfig(5, -1), batch_size=2, sharding=sharding)
     assert got == real_reference
 
 
 def test_generation_stops_at_eos_and_leaves_it_out(params):
-    free = generate(CONFIG, params, PROMPTS[:1], max_new_tokens=6, eos_id=-1)[0]
+    free = generate(CONFIG, params, PROMPTS[:1], GenerationConfig(6, -1))[0]
     eos = free[2]
     first = free.index(eos)
-    got = generate(CONFIG, params, PROMPTS[:1], max_new_tokens=6, eos_id=eos)[0]
+    got = generate(CONFIG, params, PROMPTS[:1], GenerationConfig(6, eos))[0]
     assert got == free[:first]
 
 
 def test_generation_stops_at_a_stop_sequence_and_leaves_it_out(params):
-    free = generate(CONFIG, params, PROMPTS[:2], max_new_tokens=6, eos_id=-1)
+    free = generate(CONFIG, params, PROMPTS[:2], GenerationConfig(6, -1))
     stop = free[0][2:4]
-    got = generate(CONFIG, params, PROMPTS[:2], max_new_tokens=6, eos_id=-1, stop_sequences=[stop])
+    got = generate(CONFIG, params, PROMPTS[:2], GenerationConfig(6, -1, stop_sequences=[stop]))
     cut = min(j for j in range(len(free[0]) - 1) if free[0][j:j + 2] == stop)
     assert got[0] == free[0][:cut]
     assert stop not in [got[1][j:j + 2] for j in range(len(got[1]) - 1)]
 
 
 def test_a_stop_sequence_split_across_decode_calls_is_found(params):
-    free = generate(CONFIG, params, PROMPTS[:1], max_new_tokens=8, eos_id=-1)[0]
+    free = generate(CONFIG, params, PROMPTS[:1], GenerationConfig(8, -1))[0]
     stop = free[3:6]
     b = batcher.ContinuousBatcher(CONFIG, params, eos_id=-1, slots=1, stop_sequences=[stop],
                                   layout=batcher.Layout(steps_per_call=2), log=None)
@@ -133,12 +133,12 @@ def test_a_stop_sequence_split_across_decode_calls_is_found(params):
 
 
 def test_tiny_top_p_sampling_is_greedy_and_sampling_follows_the_rng(params):
-    greedy = generate(CONFIG, params, PROMPTS, max_new_tokens=4, eos_id=-1)
-    nucleus = generate(CONFIG, params, PROMPTS, max_new_tokens=4, eos_id=-1, temperature=1.0, top_p=1e-6,
+    greedy = generate(CONFIG, params, PROMPTS, GenerationConfig(4, -1))
+    nucleus = generate(CONFIG, params, PROMPTS, GenerationConfig(4, -1, sampling=batcher.Sampling(1.0, 1e-6)),
                        rng=jax.random.PRNGKey(3))
     assert nucleus == greedy
-    a = generate(CONFIG, params, PROMPTS, max_new_tokens=4, eos_id=-1, temperature=1.5, rng=jax.random.PRNGKey(1))
-    b = generate(CONFIG, params, PROMPTS, max_new_tokens=4, eos_id=-1, temperature=1.5, rng=jax.random.PRNGKey(1))
+    a = generate(CONFIG, params, PROMPTS, GenerationConfig(4, -1, sampling=batcher.Sampling(1.5)), rng=jax.random.PRNGKey(1))
+    b = generate(CONFIG, params, PROMPTS, GenerationConfig(4, -1, sampling=batcher.Sampling(1.5)), rng=jax.random.PRNGKey(1))
     assert a == b
 
 
@@ -166,9 +166,9 @@ def test_the_schedule_simulation_counts_the_same_work_as_the_decoder(params):
 
 def test_compiled_programs_are_reused_and_their_shapes_bounded(params):
     prompts = [[5] * n for n in (3, 40, 70, 100, 130, 9)]
-    generate(CONFIG, params, prompts, max_new_tokens=3, eos_id=-1, batch_size=2)
+    generate(CONFIG, params, prompts, GenerationConfig(3, -1), batch_size=2)
     decode_programs, prefill_programs = batcher._decode._cache_size(), batcher._prefill._cache_size()
-    generate(CONFIG, params, [[7] * n for n in (5, 66, 129, 12)], max_new_tokens=3, eos_id=-1, batch_size=2)
+    generate(CONFIG, params, [[7] * n for n in (5, 66, 129, 12)], GenerationConfig(3, -1), batch_size=2)
     assert batcher._decode._cache_size() == decode_programs
     # Prefill chunk lengths come from the ladder (64..512 by 64): at most 8 programs per pool and row count.
     assert batcher._prefill._cache_size() - prefill_programs <= len(range(batcher.CHUNK_STEP, batcher.CHUNK + 1,
@@ -218,9 +218,9 @@ def _equations(jaxpr):
 
 
 def test_kv_cache_is_reported_and_a_budget_for_one_sequence_splits_the_batch(params, capsys):
-    want = generate(CONFIG, params, PROMPTS, max_new_tokens=6, eos_id=-1, batch_size=4)
+    want = generate(CONFIG, params, PROMPTS, GenerationConfig(6, -1), batch_size=4)
     per_page = batcher.PAGE_SIZE * kv_memory.bytes_per_token(CONFIG, np.float32)
-    got = generate(CONFIG, params, PROMPTS, max_new_tokens=6, eos_id=-1, batch_size=4, kv_cache_bytes=2 * per_page)
+    got = generate(CONFIG, params, PROMPTS, GenerationConfig(6, -1), batch_size=4, kv_cache_bytes=2 * per_page)
     assert got == want
     report = capsys.readouterr().out
     assert "KV cache: 2 pages x 64 tokens" in report and "rows wait for pages" in report
@@ -229,13 +229,13 @@ def test_kv_cache_is_reported_and_a_budget_for_one_sequence_splits_the_batch(par
 def test_a_sequence_that_cannot_fit_the_kv_budget_is_refused_before_decoding(params):
     per_page = batcher.PAGE_SIZE * kv_memory.bytes_per_token(CONFIG, np.float32)
     with pytest.raises(ValueError, match=r"longest sequence \(70 positions.*Lower max_new_tokens"):
-        generate(CONFIG, params, [[3] * 64], max_new_tokens=6, eos_id=-1, kv_cache_bytes=2 * per_page)
+        generate(CONFIG, params, [[3] * 64], GenerationConfig(6, -1), kv_cache_bytes=2 * per_page)
 
 
 def test_bad_arguments_are_refused(params):
     with pytest.raises(ValueError, match="max_new_tokens"):
-        generate(CONFIG, params, PROMPTS, max_new_tokens=2000, eos_id=1)
+        generate(CONFIG, params, PROMPTS, GenerationConfig(2000, 1))
     with pytest.raises(ValueError, match="empty prompt"):
-        generate(CONFIG, params, [[]], max_new_tokens=2, eos_id=1)
+        generate(CONFIG, params, [[]], GenerationConfig(2, 1))
     with pytest.raises(ValueError, match="2 max_new_tokens values for 4 prompts"):
-        generate(CONFIG, params, PROMPTS, max_new_tokens=[2, 3], eos_id=1)
+        generate(CONFIG, params, PROMPTS, GenerationConfig([2, 3], 1))

@@ -6,6 +6,7 @@ work goes to padding or to rows that have finished. Importable without TensorFlo
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -41,23 +42,31 @@ def check_arguments(prompts: list[list[int]], max_new_tokens: int | Sequence[int
     return limits
 
 
-def generate(config: LlamaConfig, params, prompts: list[list[int]], *, max_new_tokens: int | Sequence[int],
-             eos_id: int, temperature: float = 0.0, top_p: float = 1.0, stop_sequences: list[list[int]] | None = None,
-             rng=None, batch_size: int = 32, pad_id: int = 0, sharding=None, kv_cache_bytes: int | None = None,
-             on_finish=None, log=print) -> list[list[int]]:
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """What each prompt generates: its new-token limit (one, or one per prompt), where it ends (EOS id, token stop
+    sequences) and how tokens are drawn (greedy by default)."""
+
+    max_new_tokens: int | Sequence[int]
+    eos_id: int
+    stop_sequences: Sequence[Sequence[int]] = ()
+    sampling: Sampling = Sampling()
+
+
+def generate(config: LlamaConfig, params, prompts: list[list[int]], generation: GenerationConfig, *, rng=None,
+             batch_size: int = 32, sharding=None, kv_cache_bytes: int | None = None, on_finish=None,
+             log=print) -> list[list[int]]:
     """New tokens for each prompt (input order), without EOS and without a trailing stop sequence.
 
-    `max_new_tokens`: one limit, or one per prompt. `batch_size`: rows decoding at once (slots).
-    `sharding`: a `parallel.sharding.Sharding` to run under (params may already be placed by it): rows split over
-    data+fsdp, heads over tensor; a context axis only replicates (no ring attention for decoding).
-    `kv_cache_bytes`: the KV cache's memory budget per device (None: half of what the device has free).
-    `on_finish(index, tokens)` is called as each prompt completes. `pad_id` is unused (pages hold no padding);
-    it stays for callers of the fixed-batch decoder.
+    `batch_size`: rows decoding at once (slots). `sharding`: a `parallel.sharding.Sharding` to run under (params
+    may already be placed by it): rows split over data+fsdp, heads over tensor; a context axis only replicates (no
+    ring attention for decoding). `kv_cache_bytes`: the KV cache's memory budget per device (None: half of what the
+    device has free). `on_finish(index, tokens)` is called as each prompt completes.
     """
-    del pad_id
-    limits = check_arguments(prompts, max_new_tokens)
-    batcher = ContinuousBatcher(config, params, eos_id=eos_id, slots=batch_size, sampling=Sampling(temperature, top_p),
-                                stop_sequences=stop_sequences, sharding=sharding, kv_cache_bytes=kv_cache_bytes, log=log)
+    limits = check_arguments(prompts, generation.max_new_tokens)
+    batcher = ContinuousBatcher(config, params, eos_id=generation.eos_id, slots=batch_size,
+                                sampling=generation.sampling, stop_sequences=generation.stop_sequences,
+                                sharding=sharding, kv_cache_bytes=kv_cache_bytes, log=log)
     stops = batcher.stops
     done = None if on_finish is None else (lambda i, toks: on_finish(i, strip_stop(toks, stops)))
     out = batcher.run(prompts, limits, rng=jax.random.PRNGKey(0) if rng is None else rng, on_finish=done)
