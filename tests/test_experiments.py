@@ -1,13 +1,13 @@
 """gin_configs/experiments/*.gin: each parses with the real registrations, names registered mixtures,
 and each recommended mesh fits the hardware it is named for."""
 import pathlib
-import re
 
 import gin
 import pytest
 
 from sciriff_jax.run import aot
 from sciriff_jax.run import gin_compat
+from sciriff_jax.run import macros as macro_checks
 from sciriff_jax.run import main as main_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -31,13 +31,8 @@ def load(name, extra=()):
 
 
 def recommended_meshes(name):
-    """(macro name, hardware, microbatches from its comment) for each MESH_* line of an experiment file."""
-    out = []
-    for line in (EXPERIMENTS / name).read_text().splitlines():
-        m = re.match(r"^(MESH_([A-Z0-9_]+)) = \{.*MICROBATCHES = (\d+)", line)
-        if m:
-            out.append((m.group(1), m.group(2), int(m.group(3))))
-    return out
+    """(macro name, hardware, microbatches) for each mesh preset of an experiment file, as the macro check reads them."""
+    return [(p.macro, p.name, p.microbatches) for p in macro_checks.presets(load(name))]
 
 
 def test_the_four_experiments_exist():
@@ -69,7 +64,7 @@ def test_eval_experiment_parses_into_sciriff_eval():
 def test_16k_experiment_splits_the_sequence_over_the_context_axis_with_ring_attention():
     load("scitulu_7b_16k.gin")
     s = gin.get_bindings("finetune")
-    assert s["mesh"].layout == "fsdp_tp_cp" and s["train"].attention_backend == "ring"
+    assert s["mesh"].layout == "fsdp_tp_cp" and s["train"].model_overrides["attention_backend"] == "ring"
     assert s["mesh"].shape["context"] > 1
     assert s["model"].max_position >= 16384
 

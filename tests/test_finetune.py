@@ -91,5 +91,5 @@ def test_model_config_that_does_not_match_the_checkpoint_is_an_error(tmp_path):
         ft.resolve_model_config(CFG.replace(hidden_size=32, intermediate_size=32),
                                 ft.TrainConfig("unused", initial_checkpoint_path=str(tmp_path / "init")))
     cfg = ft.resolve_model_config(CFG.replace(dtype="bfloat16"), ft.TrainConfig(
-        "unused", initial_checkpoint_path=str(tmp_path / "init"), remat_policy="full"))
+        "unused", initial_checkpoint_path=str(tmp_path / "init"), model_overrides={"remat_policy": "full"}))
     assert cfg.dtype == "bfloat16" and cfg.remat_policy == "full" and cfg.hidden_size == 16

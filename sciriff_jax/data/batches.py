@@ -20,6 +20,15 @@ BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_wei
 
 
 SOURCES = ("seqio", "synthetic")
+SPLITS = ("train", "validation", "test")
+
+
+def feature_lengths_problem(lengths) -> str | None:
+    """None for usable task_feature_lengths, else what they must be (the gin macro check reads it from the field)."""
+    if not isinstance(lengths, dict) or "targets" not in lengths or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths.values()):
+        return 'a dict of positive integer lengths with "targets", e.g. {"targets": 4096}'
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,16 +39,19 @@ class DataConfig:
     teacher-forced eval stream (no mixture: no such eval).
     """
 
-    mixture_or_task_name: str | None = None
-    task_feature_lengths: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"targets": 4096})
-    split: str = "train"
+    # None: no such stream, which only an eval stream may be.
+    mixture_or_task_name: str | None = dataclasses.field(default=None, metadata={"optional_in": ("train_eval",)})
+    task_feature_lengths: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"targets": 4096},
+                                                                metadata={"check": feature_lengths_problem})
+    split: str = dataclasses.field(default="train", metadata={"choices": SPLITS})
     pack: bool = True
     shuffle: bool = True
     use_cached_tasks: bool = False
-    source: str = "seqio"     # "seqio", or "synthetic" rows (tests, benchmarks: no TensorFlow needed)
+    # "seqio", or "synthetic" rows (tests, benchmarks: no TensorFlow needed).
+    source: str = dataclasses.field(default="seqio", metadata={"choices": SOURCES})
     # Packed, with a fixed number of examples per update (the recipe's 128) laid into the update's rows; None:
     # SeqIO's packer fills the rows from the stream (the examples per update vary).
-    examples_per_update: int | None = None
+    examples_per_update: int | None = dataclasses.field(default=None, metadata={"min": 1})
 
     def __post_init__(self):
         if self.examples_per_update is not None and (not self.pack or self.examples_per_update < 1):

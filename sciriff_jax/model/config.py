@@ -17,6 +17,8 @@ ATTENTION_BACKENDS = ("auto", "reference", "blockwise", "cudnn", "splash", "ring
 # Field markers. SHAPE fields fix the parameter shapes: a run on top of a checkpoint must match them.
 # RUNTIME fields are numerics, memory and context length: a run may change them over a checkpoint
 # (e.g. the 16K experiment scales RoPE), and the run's own values then win.
+# A field's metadata may also say what it accepts ("min", "choices": sciriff_jax/run/macros.py checks the gin
+# macros bound to it against that).
 SHAPE = {"kind": "shape"}
 RUNTIME = {"kind": "runtime"}
 
@@ -25,7 +27,7 @@ RUNTIME = {"kind": "runtime"}
 class LlamaConfig:
     """Shape and numerics of a decoder-only Llama-family model (Llama 2/3, Mistral, Qwen2/2.5/3, OLMo 2)."""
 
-    vocab_size: int = dataclasses.field(metadata=SHAPE)
+    vocab_size: int = dataclasses.field(metadata={**SHAPE, "min": 1})
     hidden_size: int = dataclasses.field(metadata=SHAPE)
     intermediate_size: int = dataclasses.field(metadata=SHAPE)
     num_layers: int = dataclasses.field(metadata=SHAPE)
@@ -46,8 +48,8 @@ class LlamaConfig:
     dtype: str = dataclasses.field(default="bfloat16", metadata=RUNTIME)
     param_dtype: str = "float32"
     scan_layers: bool = True
-    remat_policy: str = dataclasses.field(default="none", metadata=RUNTIME)
-    attention_backend: str = dataclasses.field(default="auto", metadata=RUNTIME)
+    remat_policy: str = dataclasses.field(default="none", metadata={**RUNTIME, "choices": REMAT_POLICIES})
+    attention_backend: str = dataclasses.field(default="auto", metadata={**RUNTIME, "choices": ATTENTION_BACKENDS})
 
     @classmethod
     def fields_of_kind(cls, kind: dict) -> tuple[str, ...]:

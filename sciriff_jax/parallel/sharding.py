@@ -111,12 +111,23 @@ def batch_spec(layout: str) -> P:
     return P(BATCH_AXES, "context" if layout == "fsdp_tp_cp" else None)
 
 
+def mesh_shape_problem(shape) -> str | None:
+    """None for a usable MeshConfig.shape, else what it must be (the gin macro check reads it from the field)."""
+    sizes_ok = isinstance(shape, dict) and all(isinstance(n, int) and not isinstance(n, bool) and (n >= 1 or n == -1)
+                                               for n in shape.values())
+    if shape is not None and (not sizes_ok or set(shape) - set(MESH_AXES) or list(shape.values()).count(-1) > 1):
+        return (f"None or a dict over the axes {MESH_AXES} of sizes >= 1 (one may be -1: the remaining devices), "
+                'e.g. {"data": 1, "fsdp": -1}')
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     """Which layout and mesh a run uses (gin binds it at the edges as `MESH_LAYOUT` / `MESH_SHAPE`)."""
 
-    layout: str = "data"
-    shape: dict | None = None  # sizes per mesh axis; None: the layout's default for the devices present
+    layout: str | None = dataclasses.field(default="data", metadata={"choices": LAYOUTS})  # None: one device (eval)
+    # Sizes per mesh axis; None: the layout's default for the devices present.
+    shape: dict | None = dataclasses.field(default=None, metadata={"check": mesh_shape_problem})
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, mesh=None):

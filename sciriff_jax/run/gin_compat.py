@@ -38,6 +38,23 @@ def macro_references() -> dict[str, set[str]]:
     return out
 
 
+def macro_bindings() -> list[tuple[str, object, str, str | None, str]]:
+    """Each parameter a macro is bound to: (scope, configurable class or function, parameter, dict key, macro).
+
+    The key is None for `TrainConfig.batch_size = %BATCH_SIZE`, "remat_policy" for
+    `TrainConfig.model_overrides = {"remat_policy": %REMAT_POLICY}`."""
+    out = []
+    for (scope, selector), params in gin_config._CONFIG.items():
+        match = None if selector == "gin.macro" else gin_config._REGISTRY.get_match(selector)
+        if match is None:
+            continue
+        for param, value in params.items():
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            out.extend((scope, match.wrapped, param, key, v.scoped_selector.rsplit("/", 1)[0]) for key, v in items
+                       if isinstance(v, gin_config.ConfigurableReference) and v.selector == "gin.macro")
+    return out
+
+
 def resolve_macro(value: object, macros: dict[str, object]) -> object:
     """A macro's value with `%OTHER` references followed (MESH_SHAPE = %MESH_V5P_128 -> the dict)."""
     seen = set()
@@ -77,6 +94,6 @@ def tolerate_plain_directories_in_include_search() -> None:
     readers[:] = [(read, exists if check is resource_reader.system_path_file_exists else check) for read, check in readers]
 
 
-__all__ = ["gin", "PINNED_GIN_VERSION", "defined_macros", "macro_references", "resolve_macro", "is_reference",
+__all__ = ["gin", "PINNED_GIN_VERSION", "defined_macros", "macro_references", "macro_bindings", "resolve_macro", "is_reference",
            "is_required",
            "tolerate_plain_directories_in_include_search"]

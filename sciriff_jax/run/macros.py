@@ -1,21 +1,38 @@
-"""Every gin macro the run files define, checked by name at start: type, range, choices, and the divisibility
-between macros (MICROBATCHES into BATCH_SIZE; the mesh's share is checked by `finetune` once devices are known).
+"""Every gin macro a run binds is checked at start against what the parameter it sets accepts, and the macros that
+must fit one another (MICROBATCHES into BATCH_SIZE, an experiment's mesh presets; the mesh's share of the batch is
+checked by `finetune` once devices are known).
 
-A wrong value would otherwise surface minutes later as a traceback deep in JAX or TensorFlow that does not name the
-setting. Macros a user's own gin file adds are not known here and pass through to the configurables they feed.
+What a parameter accepts comes from the config dataclasses themselves: the field's type (`int | None`: an integer
+or None) and its `dataclasses.field(metadata=...)`:
+  "min"            the lowest value ("above": True for strictly above it), "below": an upper bound it stays under;
+  "choices"        the values it may take;
+  "check"          fn(value) -> None, or what the value must be (dict-valued settings: lengths, mesh shapes);
+  "optional_in"    the gin scopes where a `str | None` field may be None (elsewhere it must be set);
+  "overrides"      a config class: the field is a dict of that class's fields by name, each checked as that field.
+So `TrainConfig.batch_size = %BATCH_SIZE` checks BATCH_SIZE as TrainConfig.batch_size. A wrong value would otherwise
+surface minutes later as a traceback deep in JAX or TensorFlow that does not name the setting. Macros no binding
+sets directly (a user's own, `%OTHER` chains) are checked through the macros that point at them.
+
+Mesh presets: an experiment offers recommended meshes as pairs of macros, `MESH_<NAME>` (a MeshConfig.shape) and
+`MICROBATCHES_<NAME>` (the MICROBATCHES that fits it), picked with --gin.MESH_SHAPE=%MESH_<NAME>
+--gin.MICROBATCHES=%MICROBATCHES_<NAME>. Presets count as used, and each is checked like the settings it feeds
+(that each fits its hardware and the batch is tests/test_experiments.py's to check: a run that changes BATCH_SIZE
+and picks one preset must not fail on the others).
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from typing import Callable
 
-from sciriff_jax.model.config import ATTENTION_BACKENDS, REMAT_POLICIES
-from sciriff_jax.parallel.sharding import LAYOUTS, MESH_AXES
-from sciriff_jax.train.loop import NONFINITE_POLICIES
-from sciriff_jax.eval.protocol import PROTOCOLS
-from sciriff_jax.train.optim import SCHEDULES
+from sciriff_jax.parallel.sharding import MeshConfig
+from sciriff_jax.train.finetune import TrainConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
-SPLITS = ("train", "validation", "test")
+# Run-function parameters (evaluate_run, infer_run) that their annotation alone does not describe.
+ARGUMENT_CHECKS: dict[str, Callable] = {}
+PRESET_SHAPE, PRESET_MICROBATCHES = "MESH_", "MICROBATCHES_"
 
 
 class MacroError(ValueError):
@@ -26,18 +43,20 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _int(minimum: int) -> Callable:
+def _int(minimum: int | None) -> Callable:
     def check(v):
-        if not _is_int(v) or v < minimum:
-            return f"an integer >= {minimum}"
+        if not _is_int(v) or (minimum is not None and v < minimum):
+            return "an integer" + (f" >= {minimum}" if minimum is not None else "")
     return check
 
 
-def _number(minimum: float, *, above: bool = False, below: float | None = None) -> Callable:
+def _number(minimum: float | None, *, above: bool = False, below: float | None = None) -> Callable:
     def check(v):
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (v > minimum if above else v >= minimum)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        ok = ok and (minimum is None or (v > minimum if above else v >= minimum))
         if not ok or (below is not None and v >= below):
-            return f"a number {'>' if above else '>='} {minimum}" + (f" and < {below}" if below is not None else "")
+            return ("a number" + (f" {'>' if above else '>='} {minimum}" if minimum is not None else "")
+                    + (f" and < {below}" if below is not None else ""))
     return check
 
 
@@ -65,66 +84,110 @@ def _optional(check: Callable) -> Callable:
     return optional
 
 
-def _lengths(v):
-    if not isinstance(v, dict) or "targets" not in v or not all(_is_int(n) and n > 0 for n in v.values()):
-        return 'a dict of positive integer lengths with "targets", e.g. {"targets": 4096}'
+ARGUMENT_CHECKS["dtype"] = _optional(_choice(DTYPES))
 
 
-def _mesh_shape(v):
-    if v is None:
+def _type_parts(annotation) -> tuple[str, bool]:
+    """(base type name, whether None is allowed) of an annotation such as "int | None"."""
+    if isinstance(annotation, str):
+        parts = [p.strip() for p in annotation.split("|")]
+    else:
+        parts = [getattr(a, "__name__", str(a)) for a in (typing.get_args(annotation) or (annotation,))]
+    parts = ["None" if p == "NoneType" else p for p in parts]
+    base = [p for p in parts if p != "None"]
+    return (base[0] if len(base) == 1 else ""), "None" in parts
+
+
+def accepts(annotation, metadata, scope: str = "") -> Callable | None:
+    """The check of one parameter: its type and metadata (see the module docstring); None when nothing is known."""
+    if "check" in metadata:
+        return metadata["check"]
+    base, optional = _type_parts(annotation)
+    if "optional_in" in metadata:
+        optional = scope in metadata["optional_in"]
+    minimum = metadata.get("min")
+    if "choices" in metadata:
+        check = _choice(metadata["choices"])
+    elif base == "int":
+        check = _int(minimum)
+    elif base == "float":
+        check = _number(minimum, above=metadata.get("above", False), below=metadata.get("below"))
+    elif base == "str":
+        check = _string
+    elif base == "bool":
+        check = _bool
+    else:
         return None
-    if (not isinstance(v, dict) or set(v) - set(MESH_AXES) or not all(_is_int(n) and (n >= 1 or n == -1)
-                                                                       for n in v.values())
-            or list(v.values()).count(-1) > 1):
-        return (f"None or a dict over the axes {MESH_AXES} of sizes >= 1 (one may be -1: the remaining devices), "
-                'e.g. {"data": 1, "fsdp": -1}')
+    return _optional(check) if optional else check
 
 
-def _fewshot(v):
-    if v is not None and (not isinstance(v, dict) or not all(isinstance(k, str) and _is_int(n) and n >= 0
-                                                             for k, n in v.items())):
-        return 'None or a dict of task name -> number of examples, e.g. {"evidence_inference": 1}'
+def field_check(cls, name: str, scope: str = "", key: str | None = None) -> Callable | None:
+    """The check of `cls.name` bound in gin scope `scope` (of its entry `key` for an "overrides" field)."""
+    field = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+    if field is None:
+        return None
+    if key is not None:
+        target = field.metadata.get("overrides")
+        check = target and field_check(target, key)
+        return check and _optional(check)  # None keeps the value the run would have without the override
+    return accepts(field.type, field.metadata, scope)
 
 
-SPEC: dict[str, Callable] = {
-    "MODEL_DIR": _string, "CHECKPOINT_PATH": _string, "MIXTURE_OR_TASK_NAME": _string,
-    "INITIAL_CHECKPOINT_PATH": _optional(_string), "OUTPUT_DIR": _optional(_string),
-    "VOCABULARY_PATH": _optional(_string), "JUDGE_URL": _optional(_string), "JUDGE_MODEL": _optional(_string),
-    "EVAL_MIXTURE_OR_TASK_NAME": _optional(_string), "DECODE_EVAL_MIXTURE_OR_TASK_NAME": _optional(_string),
-    "TASK_FEATURE_LENGTHS": _lengths,
-    "TRAIN_STEPS": _optional(_int(1)), "NUM_EPOCHS": _number(0, above=True), "BATCH_SIZE": _int(1), "EXAMPLES_PER_UPDATE": _optional(_int(1)),
-    "MICROBATCHES": _int(1), "SEED": _int(0), "CHECKPOINT_PERIOD": _int(0), "KEEP_CHECKPOINTS": _optional(_int(1)),
-    "LOG_EVERY": _int(1), "EVAL_EVERY": _optional(_int(1)), "VOCAB_SIZE": _int(1),
-    "MAX_EXAMPLES": _optional(_int(1)), "MAX_NEW_TOKENS": _int(1),
-    "LEARNING_RATE": _number(0, above=True), "WARMUP_RATIO": _number(0, below=1.0), "WEIGHT_DECAY": _number(0),
-    "GRAD_CLIP": _optional(_number(0)),
-    "SCHEDULE": _choice(SCHEDULES), "ON_NONFINITE": _choice(NONFINITE_POLICIES),
-    "MESH_LAYOUT": _optional(_choice(LAYOUTS)), "MESH_SHAPE": _mesh_shape,
-    "ATTENTION_BACKEND": _optional(_choice(ATTENTION_BACKENDS)), "REMAT_POLICY": _optional(_choice(REMAT_POLICIES)),
-    "TEMPLATE": _string, "PROTOCOL": _choice(PROTOCOLS), "DTYPE": _optional(_choice(DTYPES)), "SPLIT": _choice(SPLITS),
-    "FEWSHOT": _fewshot, "USE_CACHED_TASKS": _bool, "PACK": _bool, "EVAL_AT_START": _bool,
-}
-# Named alternatives an experiment offers for --gin.MESH_SHAPE=%MESH_V4_64 (listed in its PRESETS macro).
-PRESETS = "PRESETS"
+def binding_check(scope: str, target, param: str, key: str | None) -> Callable | None:
+    """The check of a macro bound to `param` of `target` (a config dataclass or a run function)."""
+    if dataclasses.is_dataclass(target):
+        return field_check(target, param, scope, key)
+    if key is None and param in ARGUMENT_CHECKS:
+        return ARGUMENT_CHECKS[param]
+    parameter = inspect.signature(target).parameters.get(param)
+    return None if parameter is None or key is not None else accepts(parameter.annotation, {}, scope)
 
 
-def _check(name: str) -> Callable | None:
-    if name in SPEC:
-        return SPEC[name]
-    return _mesh_shape if name.startswith("MESH_") else None
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A recommended mesh an experiment offers: --gin.MESH_SHAPE=%MESH_<name> --gin.MICROBATCHES=<microbatches>."""
+
+    name: str              # the hardware it is for, e.g. "V5P_128", "8XH100"
+    shape: dict
+    microbatches: int
+
+    @property
+    def macro(self) -> str:
+        return PRESET_SHAPE + self.name
 
 
-def validate(macros: dict, *, skip=lambda v: False) -> None:
-    """Check every known macro's value and the macros that must divide one another; MacroError names the macro.
+def presets(macros: dict) -> list[Preset]:
+    """The mesh presets among `macros` (values with `%OTHER` followed): each MESH_<NAME> with its MICROBATCHES_<NAME>."""
+    out = []
+    for name, microbatches in sorted(macros.items()):
+        hardware = name[len(PRESET_MICROBATCHES):]
+        if name.startswith(PRESET_MICROBATCHES) and PRESET_SHAPE + hardware in macros:
+            out.append(Preset(hardware, macros[PRESET_SHAPE + hardware], microbatches))
+    return out
 
-    `macros` holds literal values (references to other macros already followed); values `skip` says are computed
-    by gin later (`%gin.REQUIRED`, `@fn()`) are not checked here.
+
+def _preset_checks(macros: dict) -> dict[str, list[Callable]]:
+    shape, micro = field_check(MeshConfig, "shape"), field_check(TrainConfig, "microbatches")
+    names = {p.name for p in presets(macros)}
+    return {**{PRESET_SHAPE + n: [shape] for n in names}, **{PRESET_MICROBATCHES + n: [micro] for n in names}}
+
+
+def validate(macros: dict, bindings=(), *, skip=lambda v: False) -> None:
+    """Check every bound macro's value and the macros that must fit one another; MacroError names the macro.
+
+    `macros` holds literal values (references to other macros already followed); `bindings` lists
+    (scope, configurable, parameter, dict key, macro) as gin_compat.macro_bindings gives them. Values `skip` says are
+    computed by gin later (`%gin.REQUIRED`, `@fn()`) are not checked here.
     """
+    checks = _preset_checks(macros)
+    for scope, target, param, key, macro in bindings:
+        check = binding_check(scope, target, param, key)
+        if check is not None:
+            checks.setdefault(macro, []).append(check)
     for name, value in sorted(macros.items()):
-        check = _check(name)
-        if check is None or skip(value):
+        if name not in checks or skip(value):
             continue
-        why = check(value)
+        why = next((why for check in checks[name] if (why := check(value))), None)
         if why:
             raise MacroError(f"gin macro {name}={value!r}: expected {why} (set it in the gin file or with "
                              f"--gin.{name}=...)")
@@ -142,11 +205,11 @@ def _divisor_near(n: int, k: int) -> int:
 def unused(macros: dict, referenced: dict[str, set[str]]) -> list[str]:
     """Macros no binding reaches: `referenced` maps each binding (macros by name) to the macros it names."""
     roots = set().union(*(refs for key, refs in referenced.items() if key not in macros), set())
-    roots |= referenced.get(PRESETS, set())  # presets are used by being offered
+    roots |= {name for p in presets(macros) for name in (p.macro, PRESET_MICROBATCHES + p.name)}  # used by being offered
     used, todo = set(), list(roots)
     while todo:
         name = todo.pop()
         if name not in used:
             used.add(name)
             todo.extend(referenced.get(name, ()))
-    return sorted(name for name in macros if name not in used and name != PRESETS)
+    return sorted(name for name in macros if name not in used)

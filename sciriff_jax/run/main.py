@@ -126,10 +126,10 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
         raise GinConfigError(
             f"gin macro(s) set but never used by any binding: {named}, in {', '.join(gin_files)} or their includes. "
             "gin ignores such a macro silently (a misspelt name would change nothing): fix or remove it; an "
-            "experiment's alternatives for --gin.NAME=%ALTERNATIVE belong in PRESETS = [...].")
+            "experiment's mesh presets are pairs MESH_<NAME> = {...} and MICROBATCHES_<NAME> = N.")
     try:
         macro_checks.validate({n: gin_compat.resolve_macro(v, macros) for n, v in macros.items()},
-                              skip=gin_compat.is_reference)
+                              gin_compat.macro_bindings(), skip=gin_compat.is_reference)
     except macro_checks.MacroError as err:
         raise GinConfigError(str(err)) from None
 

@@ -61,11 +61,11 @@ def make_optimizer(learning_rate: float, train_steps: int, *, warmup_ratio: floa
 class OptimizerConfig:
     """The optimizer of a run (defaults: the SciTulu recipe, AdamW lr 2e-5, linear decay, 3% warmup, no decay)."""
 
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.03
-    schedule: str = "linear"
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
+    learning_rate: float = dataclasses.field(default=2e-5, metadata={"min": 0, "above": True})
+    warmup_ratio: float = dataclasses.field(default=0.03, metadata={"min": 0, "below": 1.0})
+    schedule: str = dataclasses.field(default="linear", metadata={"choices": SCHEDULES})
+    weight_decay: float = dataclasses.field(default=0.0, metadata={"min": 0})
+    grad_clip: float | None = dataclasses.field(default=1.0, metadata={"min": 0})
 
     def make(self, train_steps: int):
         """`(optax.GradientTransformation, schedule)` for a run of `train_steps` updates."""
