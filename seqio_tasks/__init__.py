@@ -12,9 +12,9 @@ import hashlib
 from sciriff_jax.chat import render
 from sciriff_jax.chat.format import ChatFormat, resolve_template
 from sciriff_jax.chat.render import render_prompt, split_chat, tokenize_messages
-from seqio_tasks import mixtures, tasks
+from seqio_tasks import mixtures, sources, tasks
 from seqio_tasks.catalog import EVAL_TASKS, FAMILIES, TASKS, TaskInfo, get_task_info
-from seqio_tasks.converter import OVERLONG_COUNTS, ChatFeatureConverter
+from seqio_tasks.converter import OVERLONG_COUNTS, OVERLONG_POLICIES, ChatFeatureConverter
 from seqio_tasks.datasets import get_dataset, get_provider, raw_examples, task_names
 from seqio_tasks.hf_vocab import HFTokenizerVocabulary
 from seqio_tasks.sample import SAMPLE_TASKS, sample_path
@@ -77,9 +77,6 @@ def configure(*, overlong=None, tulu_path=None, train_mix_path=None, source_dir=
     """Change where the data comes from and which rows are kept (tokens are the task sets' ChatFormats: register
     a set for another vocabulary or template). SciTulu / rate changes re-register every set's tasks or mixtures
     with their own formats."""
-    from seqio_tasks import sources
-    from seqio_tasks.converter import OVERLONG_POLICIES
-
     if overlong is not None:
         if overlong not in OVERLONG_POLICIES:
             raise ValueError(f"overlong={overlong!r}; expected one of {OVERLONG_POLICIES}")

@@ -8,6 +8,8 @@ BOS where the vocabulary has one), `targets` (the answer + EOS), their `*_pretok
 import dataclasses
 import os
 
+import numpy as np
+
 import seqio
 import tensorflow as tf
 
@@ -17,7 +19,7 @@ from sciriff_jax.chat import render
 from sciriff_jax.chat.format import ChatFormat
 from seqio_tasks import catalog, sample, sources
 from seqio_tasks.converter import INPUTS_LOSS_MASK
-from seqio_tasks.vocab import MissingVocabulary, SampleVocabulary
+from seqio_tasks.vocab import MissingVocabulary, SampleVocabulary, configured_vocabulary
 
 TULU_PATH_ENV = "SCIRIFF_JAX_TULU_PATH"
 TRAIN_MIX_PATH_ENV = "SCIRIFF_JAX_TRAIN_MIX_PATH"
@@ -102,7 +104,7 @@ def make_tokenize(chat_format: ChatFormat):
         chat_format.check()  # fails at build time, naming the template
 
         def fn(x):
-            inputs, targets, in_mask, in_text, tg_text = render.split_chat_tf(
+            inputs, targets, in_mask, in_text, tg_text = split_chat_tf(
                 x["messages_role"], x["messages_content"], vocab, chat_format.renderer)
             keep = {k: v for k, v in x.items() if not k.startswith("messages_")}
             return {**keep, "inputs": inputs, "targets": targets, INPUTS_LOSS_MASK: in_mask + 1,  # 1/2
@@ -111,6 +113,26 @@ def make_tokenize(chat_format: ChatFormat):
         return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
     return tokenize_chat
+
+
+def split_chat_tf(roles, contents, vocab, template):
+    """tf.data version of render.split_chat for 1-D role/content strings: (inputs, targets, inputs loss mask int32 [n],
+    inputs text, targets text). Runs split_chat itself, so the pipeline and Python can never disagree."""
+    t = render.resolve(template, vocab)
+
+    def run(r, c):
+        messages = [{"role": a.decode("utf-8"), "content": b.decode("utf-8")} for a, b in zip(r, c)]
+        inputs, targets, mask, in_text, tg_text = render.split_chat(messages, vocab, t)
+        return (np.asarray(inputs, np.int32), np.asarray(targets, np.int32), np.asarray(mask, np.int32),
+                np.asarray(in_text.encode("utf-8"), object), np.asarray(tg_text.encode("utf-8"), object))
+
+    out = tf.numpy_function(run, [roles, contents], (tf.int32, tf.int32, tf.int32, tf.string, tf.string),
+                            stateful=False)
+    for x in out[:3]:
+        x.set_shape([None])
+    for x in out[3:]:
+        x.set_shape([])
+    return out
 
 
 # --- metrics inside the eval tasks ----------------------------------------------------------------------
@@ -214,8 +236,6 @@ def _train_mix_path() -> str:
 def default_task_set() -> TaskSet:
     """The `sciriff` set: the vocabulary of $SCIRIFF_JAX_VOCAB (read once, at import) with the tulu template for
     every task; without one the real tasks stop at first use (MissingVocabulary) and the sample uses its own."""
-    from seqio_tasks.vocab import configured_vocabulary
-
     vocab = configured_vocabulary()
     return TaskSet(DEFAULT_PREFIX, ChatFormat(vocab or MissingVocabulary(), "tulu"),
                    ChatFormat(vocab or SampleVocabulary(), "tulu"))

@@ -7,8 +7,11 @@ import pathlib
 import tempfile
 
 import seqio
+import sentencepiece as spm
 
+from sciriff_jax.chat.jinja import read_template
 from seqio_tasks import sample
+from seqio_tasks.hf_vocab import HFTokenizerVocabulary
 
 VOCAB_ENV = "SCIRIFF_JAX_VOCAB"
 CACHE_ENV = "SCIRIFF_JAX_CACHE"
@@ -41,8 +44,6 @@ def _sample_sentences():
 
 def train_sample_vocab(path: pathlib.Path) -> pathlib.Path:
     """Train the sample vocabulary with SentencePiece and write it atomically to `path`."""
-    import sentencepiece as spm
-
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"sciriff-jax: training a {TRAINER_SETTINGS['vocab_size']}-piece SentencePiece vocabulary "
           f"from the built-in sample -> {path} (once; reused afterwards)", flush=True)
@@ -81,8 +82,6 @@ class SentencePieceFileVocabulary(seqio.SentencePieceVocabulary):
     @property
     def chat_template(self) -> "str | None":
         """A chat template kept beside the .model file (a recorded checkpoint tokenizer), or None."""
-        from sciriff_jax.chat.jinja import read_template
-
         return read_template(pathlib.Path(self._sentencepiece_model_file).parent)
 
 
@@ -166,8 +165,6 @@ def get_vocabulary(path: "str | seqio.Vocabulary | None" = None) -> seqio.Vocabu
             raise FileNotFoundError(f"{path} (from {where}) has no tokenizer: expected tokenizer.json or "
                                     "tokenizer.model in it. Copy the model's tokenizer files there, or name the file.")
     if path.endswith(".json"):
-        from seqio_tasks.hf_vocab import HFTokenizerVocabulary
-
         return HFTokenizerVocabulary(path)
     vocab = SentencePieceFileVocabulary(path)
     vocab.load_model()  # fail here, naming the path, rather than deep inside a tf.data pipeline

@@ -181,3 +181,15 @@ def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path, capsys, encoding,
     assert score.main(["--task", "bioasq_list_qa", "--predictions", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:{2 if encoding == 'latin-1' else 1}: not UTF-8 text" in err and hint in err
+
+
+def test_the_cli_scores_a_sample_task_by_its_name_with_the_scorer_the_data_layer_declares(tmp_path, capsys):
+    from sciriff_jax.run import cli
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"_instance_id": "sample_ner:validation:0", "output": '{"Method": ["x"]}',
+                                "prediction": '{"Method": ["x"]}'}) + "\n")
+    assert cli.main(["score", "--task", "sciriff_sample_ner", "--predictions", str(path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["task"], result["scorer"], result["headline"]) == ("sciriff_sample_ner", "scierc_ner", {"f1": 1.0})
+    assert score.main(["--task", "sciriff_sample_ner", "--predictions", str(path)]) == 2  # the leaf alone: no table

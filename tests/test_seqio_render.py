@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from sciriff_jax.chat import render
+from seqio_tasks import tasks
 from sciriff_jax.chat.jinja import TemplateError
 from seqio_tasks.hf_vocab import HFTokenizerVocabulary
 from seqio_tasks.vocab import get_vocabulary
@@ -163,7 +164,7 @@ def test_model_template_writing_bos_gets_it_once(llama3_like):
 
 @pytest.mark.parametrize("template", sorted(render.TEMPLATES) + ["model"])
 def test_tensorflow_pipeline_equals_python(chatml, template):
-    got = render.split_chat_tf(tf.constant([m["role"] for m in CHAT]), tf.constant([m["content"] for m in CHAT]),
+    got = tasks.split_chat_tf(tf.constant([m["role"] for m in CHAT]), tf.constant([m["content"] for m in CHAT]),
                                chatml, template)
     want = render.split_chat(CHAT, chatml, template)
     assert [x.numpy().tolist() for x in got[:3]] == [list(x) for x in want[:3]]

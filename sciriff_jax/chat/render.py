@@ -6,15 +6,14 @@ its own, so no answer starts with a piece (SentencePiece's `▁`) that the one-p
 covers each assistant turn's content and its end-of-turn token: the turn starts where
 `render(messages[:i], add_generation_prompt=True)` ends and stops after the last special token of
 `render(messages[:i + 1])`; both must be prefixes of the whole text at token boundaries, else the template is
-refused (TemplateError). The TensorFlow pipeline runs this same code through `tf.numpy_function`.
+refused (TemplateError). The TensorFlow pipeline (seqio_tasks.tasks.split_chat_tf) runs this same code through
+`tf.numpy_function`.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
-
-import numpy as np
 
 from sciriff_jax.chat.jinja import JinjaTemplate, TemplateError, read_template
 
@@ -320,28 +319,3 @@ def check_template(template, vocab) -> None:
     """Render and split a probe conversation: a template that cannot train stops here, before any data is read."""
     split_chat([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."},
                 {"role": "user", "content": "Q2?"}, {"role": "assistant", "content": "A2."}], vocab, template)
-
-
-# --- TensorFlow: the same code inside tf.data ----------------------------------------------------------
-
-
-def split_chat_tf(roles, contents, vocab, template):
-    """tf.data version of split_chat for 1-D role/content strings: (inputs, targets, inputs loss mask int32 [n],
-    inputs text, targets text). Runs split_chat itself, so the pipeline and Python can never disagree."""
-    import tensorflow as tf
-
-    t = resolve(template, vocab)
-
-    def run(r, c):
-        messages = [{"role": a.decode("utf-8"), "content": b.decode("utf-8")} for a, b in zip(r, c)]
-        inputs, targets, mask, in_text, tg_text = split_chat(messages, vocab, t)
-        return (np.asarray(inputs, np.int32), np.asarray(targets, np.int32), np.asarray(mask, np.int32),
-                np.asarray(in_text.encode("utf-8"), object), np.asarray(tg_text.encode("utf-8"), object))
-
-    out = tf.numpy_function(run, [roles, contents], (tf.int32, tf.int32, tf.int32, tf.string, tf.string),
-                            stateful=False)
-    for x in out[:3]:
-        x.set_shape([None])
-    for x in out[3:]:
-        x.set_shape([])
-    return out

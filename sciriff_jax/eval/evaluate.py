@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import time
 from typing import Callable
+
+import jax
+import numpy as np
 
 from sciriff_jax.decoding.generate import GenerationConfig, generate
 from sciriff_jax.scoring import metrics
@@ -69,7 +73,6 @@ def task_names_of(mixture_or_task_name: str) -> list[str]:
 def load_examples(task_names: list[str], split: str = "validation", max_examples: int | None = None) -> dict:
     """{task: (raw examples, scorer name)} from the data layer; fails early for a task without a scorer."""
     import seqio_tasks  # the data layer (TensorFlow)
-
     from seqio_tasks.sample import resolve_scorer  # knows the sample's tasks; the data layer (TensorFlow)
 
     scorers = {name: resolve_scorer(name) for name in task_names}
@@ -158,11 +161,6 @@ def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval
 
 def params_digest(params) -> str:
     """A short fingerprint of the weights (a slice of every leaf), so resumed predictions come from the same model."""
-    import hashlib
-
-    import jax
-    import numpy as np
-
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(params):
         h.update(np.asarray(jax.device_get(leaf.reshape(-1)[:64]), np.float32).tobytes())

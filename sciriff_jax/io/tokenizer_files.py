@@ -14,7 +14,7 @@ import os
 import pathlib
 import tempfile
 
-from sciriff_jax.io import paths
+from sciriff_jax.io import checkpoint, paths
 
 SUBDIR = "tokenizer"
 RECORD = "sciriff_tokenizer.json"
@@ -52,8 +52,6 @@ def has_chat_template(directory) -> bool:
 
 def recorded_dir(checkpoint_path):
     """Where the tokenizer of an Orbax checkpoint is recorded (step dir or MODEL_DIR), or None."""
-    from sciriff_jax.io import checkpoint
-
     p = paths.resolve(checkpoint_path)
     candidates = [p / SUBDIR]
     try:

@@ -111,7 +111,14 @@ def _data(argv: list[str]) -> int:
 
 
 def _score(argv: list[str]) -> int:
-    return score.main(argv)
+    return score.main(argv, declared=_sample_scorers)
+
+
+def _sample_scorers() -> dict:
+    """The built-in sample's {task: scorer}: only for a task name the metrics do not know (sciriff_sample_ner)."""
+    from seqio_tasks.sample import SAMPLE_SCORERS  # the data layer (TensorFlow): only when a sample task is scored
+
+    return SAMPLE_SCORERS
 
 
 def _aot(argv: list[str]) -> int:

@@ -117,8 +117,11 @@ def read_references(path) -> dict:
     return refs
 
 
-def score_file(path, task: str | None = None, judge=None, references=None) -> dict:
+def score_file(path, task: str | None = None, judge=None, references=None, declared=None) -> dict:
     """Score one predictions file: a single task's metrics, or (no task) per-task metrics + table + mean.
+
+    `declared`: the data layer's {task: scorer} table (e.g. seqio_tasks.sample.SAMPLE_SCORERS), or a function
+    returning it, read only for a task name the metrics do not know by themselves (sciriff_sample_ner).
 
     Instance ids must belong to the task and appear once; with `references` (a release split file) each must be one
     of its instances with the same reference answer, and the count of reference instances without a prediction is
@@ -139,9 +142,11 @@ def score_file(path, task: str | None = None, judge=None, references=None) -> di
     for name, group in by_task.items():
         # Eval runs write each line's scorer; else the task name picks it (metrics.resolve_scorer).
         scorer = name if task is not None else (group[0].get("scorer") or name)
-        _resolve(scorer, group[0])
+        resolved = _resolve(scorer, group[0], declared)
         check_ids(name, group, refs)
-        result = metrics.score(scorer, group, judge=judge)
+        result = metrics.score(scorer if resolved is None else resolved, group, judge=judge)
+        if resolved is not None:
+            result["task"] = scorer
         if refs is not None:
             owners = {id_task(r["_instance_id"]) for r in group}
             wanted = [i for i in refs if i is not _SOURCE and id_task(i) in owners]
@@ -153,10 +158,17 @@ def score_file(path, task: str | None = None, judge=None, references=None) -> di
     return {"tasks": results, "table": row, "mean": metrics.table_mean(row)}
 
 
-def _resolve(name: str, first_row: dict) -> None:
+def _resolve(name: str, first_row: dict, declared=None) -> str | None:
+    """None when the metrics know `name` themselves; else the scorer the data layer declares for it."""
     try:
         metrics.resolve_scorer(name)
+        return None
     except ValueError as err:
+        table = declared() if callable(declared) else declared
+        try:
+            return metrics.resolve_scorer(name, table) if table else None
+        except ValueError:
+            pass
         raise PredictionFileError(f"{first_row['_source']}: {err}") from None
 
 
@@ -167,8 +179,9 @@ def metrics_path(predictions_path) -> pathlib.Path:
     return path.with_name(stem + ".metrics.json")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `sciriff-jax score`; prints the metrics as one JSON object on stdout."""
+def main(argv: Sequence[str] | None = None, declared=None) -> int:
+    """Entry point of `sciriff-jax score`; prints the metrics as one JSON object on stdout. `declared`: as
+    score_file's (the CLI passes the sample's scorers, read only when a task name needs them)."""
     parser = argparse.ArgumentParser(
         prog="sciriff-jax score",
         description="Score predictions with the SciRIFF-Eval metrics. Each JSONL line has _instance_id, output "
@@ -191,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         judge = judge_lib.judge_from_env(args.judge_url, args.judge_model, args.judge_api_key)
-        result = score_file(args.predictions, args.task, judge=judge, references=args.references)
+        result = score_file(args.predictions, args.task, judge=judge, references=args.references, declared=declared)
     except (PredictionFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
