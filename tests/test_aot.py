@@ -145,3 +145,11 @@ def test_optimizer_moments_are_sharded_like_the_params(fsdp_step):
     assert len(moments) == 2
     for m in moments:
         assert m.shard_shape == emb.shard_shape, f"{m.path}: {m.spec} vs params {emb.spec}"
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused_as_finetune_refuses_it(capsys):
+    rc = aot.main(["--gin_file=gin_configs/models/tiny.gin", "--gin_file=gin_configs/runs/finetune.gin",
+                   "--topology=cpu:4", '--gin.MESH_LAYOUT="fsdp"', "--gin.BATCH_SIZE=6",
+                   '--gin.TASK_FEATURE_LENGTHS={"targets": 32}'])
+    assert rc == 2
+    assert "BATCH_SIZE=6 / MICROBATCHES=1 = 6 rows per forward pass do not divide over the 4" in capsys.readouterr().err

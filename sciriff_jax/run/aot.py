@@ -23,6 +23,7 @@ from sciriff_jax.model.attention import select_backend
 from sciriff_jax.parallel.sharding import MeshConfig
 from sciriff_jax.run import gin_compat
 from sciriff_jax.run import main as main_lib
+from sciriff_jax.train import finetune as finetune_lib
 from sciriff_jax.train import setup
 from sciriff_jax.train.optim import OptimizerConfig
 
@@ -282,6 +283,10 @@ def compile_train_step(config, devices, *, mesh: MeshConfig = MeshConfig("fsdp")
     started = time.time()
     run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
                             microbatches=microbatches, devices=devices)
+    try:
+        run_setup.check_batch(batch_size)  # the check finetune makes, on the target's devices
+    except setup.RunConfigError as err:
+        raise AotError(str(err)) from err
     sharding = run_setup.sharding
     platform = devices[0].platform
     backend = target_attention_backend(config, platform, length, sharding.mesh)
@@ -315,6 +320,9 @@ def compile_train_step(config, devices, *, mesh: MeshConfig = MeshConfig("fsdp")
 
 # --- gin glue and the command line ----------------------------------------------------------------
 
+STUB = "unused-by-aot"  # the value of a required macro AOT does not need (MODEL_DIR, the mixture, paths)
+
+
 def finetune_settings(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> dict:
     """The config objects `finetune` would get from a run/experiment config (required macros AOT does not use are
     stubbed): {"train", "data", "model", "optimizer", "mesh", ...}."""
@@ -328,7 +336,7 @@ def finetune_settings(gin_files: Sequence[str], bindings: Sequence[str] = ()) ->
         if not missing:
             raise AotError(str(err)) from err
         try:
-            main_lib.parse_gin(gin_files, bindings + [f'{m}="unused-by-aot"' for m in missing])
+            main_lib.parse_gin(gin_files, bindings + [f'{m}="{STUB}"' for m in missing])
         except main_lib.GinConfigError as err2:
             raise AotError(str(err2)) from err2
     settings = gin.get_bindings("finetune")
@@ -342,7 +350,12 @@ def compile_from_gin(gin_files: Sequence[str], bindings: Sequence[str], devices)
     """Compile the training step that `gin_files` + `bindings` describe, for `devices`."""
     s = finetune_settings(gin_files, bindings)
     train, data = s["train"], s["data"]
-    config = train.apply_overrides(s["model"])
+    if train.initial_checkpoint_path == STUB:  # required but not given: the model file has the shapes
+        train = dataclasses.replace(train, initial_checkpoint_path=None)
+    try:
+        config = finetune_lib.resolve_model_config(s["model"], train)  # the model finetune would train
+    except ValueError as err:
+        raise AotError(str(err)) from err
     return compile_train_step(config, devices, mesh=s.get("mesh", MeshConfig()), batch_size=train.batch_size,
                               length=data.length, microbatches=train.microbatches,
                               optimizer=s.get("optimizer", OptimizerConfig()), train_steps=train.train_steps or 1000)

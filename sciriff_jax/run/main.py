@@ -20,7 +20,7 @@ from sciriff_jax.io.checksums import CorruptCheckpointError
 from sciriff_jax.io.run_lock import LockLostError, RunLockedError
 from sciriff_jax.parallel import distributed
 from sciriff_jax.run import gin_compat, gin_setup
-from sciriff_jax.train.finetune import RunConfigError
+from sciriff_jax.train.setup import RunConfigError
 from sciriff_jax.run import macros as macro_checks
 
 # Quiet TensorFlow's C++ start-up chatter (the data layer imports it); set before TF loads.

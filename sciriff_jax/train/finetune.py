@@ -25,8 +25,7 @@ from sciriff_jax.train.optim import OptimizerConfig
 from sciriff_jax.train.step import make_loss_fn
 
 
-class RunConfigError(ValueError):
-    """Settings that cannot work together on this run's devices; the message names the gin macros."""
+RunConfigError = setup.RunConfigError  # settings that cannot work together (train/setup.py checks them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,14 +181,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
     run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
                             microbatches=train.microbatches)
     sharding = run_setup.sharding
-    if batch_size % (train.microbatches * sharding.data_parallel):
-        # Before any batch is built: an uneven split would only fail later, inside the data feed or XLA.
-        per_pass, dp = batch_size / train.microbatches, sharding.data_parallel
-        raise RunConfigError(
-            f"BATCH_SIZE={batch_size} / MICROBATCHES={train.microbatches} = {per_pass:g} rows per forward pass do not "
-            f"divide over the {dp} data-parallel devices (data x fsdp of mesh {dict(sharding.mesh.shape)}, "
-            f"MESH_LAYOUT={sharding.layout!r}). Use a BATCH_SIZE that is a multiple of MICROBATCHES x {dp} "
-            f"(e.g. {train.microbatches * dp * max(1, round(per_pass / dp))}), or another MESH_SHAPE.")
+    run_setup.check_batch(batch_size)  # before any batch is built
     batches = data.batches(sharding=sharding.batch, global_batch_size=batch_size, seed=train.seed,
                            vocab_size=config.vocab_size, epochs=epochs)
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,

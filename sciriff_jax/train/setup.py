@@ -18,6 +18,10 @@ from sciriff_jax.train.optim import OptimizerConfig
 from sciriff_jax.train.step import make_train_step
 
 
+class RunConfigError(ValueError):
+    """Settings that cannot work together on this run's devices; the message names the gin macros."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
     """Everything a training step needs, before any array is allocated."""
@@ -49,6 +53,19 @@ class TrainSetup:
         """The batch contract's arrays as sharded ShapeDtypeStructs."""
         return {k: jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=self.sharding.batch)
                 for k in BATCH_KEYS}
+
+    def check_batch(self, batch_size: int) -> None:
+        """Refuse a global batch whose microbatches do not split evenly over the data-parallel devices."""
+        dp = self.sharding.data_parallel
+        if batch_size % (self.microbatches * dp):
+            # Before any batch is built: an uneven split would only fail later, inside the data feed or XLA.
+            per_pass = batch_size / self.microbatches
+            raise RunConfigError(
+                f"BATCH_SIZE={batch_size} / MICROBATCHES={self.microbatches} = {per_pass:g} rows per forward pass do "
+                f"not divide over the {dp} data-parallel devices (data x fsdp of mesh "
+                f"{dict(self.sharding.mesh.shape)}, MESH_LAYOUT={self.sharding.layout!r}). Use a BATCH_SIZE that is a "
+                f"multiple of MICROBATCHES x {dp} (e.g. {self.microbatches * dp * max(1, round(per_pass / dp))}), or "
+                "another MESH_SHAPE.")
 
     def with_step_config(self, config: LlamaConfig) -> "TrainSetup":
         """The same setup whose step runs `config` (same shapes; e.g. the attention backend of another platform)."""
