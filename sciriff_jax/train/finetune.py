@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 
 from sciriff_jax.data.batches import DataConfig
 from sciriff_jax.eval import evaluate
-from sciriff_jax.io import checkpoint, loader, paths, run_lock
+from sciriff_jax.io import checkpoint, loader, paths, run_lock, tokenizer_files
 from sciriff_jax.model.config import RUNTIME, LlamaConfig
 from sciriff_jax.model.llama import init_params
 from sciriff_jax.parallel import distributed
@@ -155,40 +155,71 @@ def _lock_model_dir(train: TrainConfig) -> run_lock.RunLock | None:
 
 
 def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval_fn, lock) -> dict:
+    """The run, in the order it happens: model and tokens, the update plan, the setup, the start (resumed or
+    fresh), the evaluations, the loop, the summary."""
     t_start = time.time()
     model_dir = str(paths.resolve(train.model_dir))  # a local directory or a URL such as gs://bucket/run
     config = resolve_model_config(model, train)
-    batch_size, length = train.batch_size, data.length
     chat_format, data = _chat_format(train, data, config, model_dir)  # before anything reads the mixture
-
-    train_steps, epochs = train.train_steps, None
-    if data.examples_per_update:
-        unit = f"rows of {length} tokens holding exactly {data.examples_per_update} examples"
-    else:
-        unit = f"rows of {length} packed tokens" if data.pack else "examples (unpacked, one per row)"
-    if train_steps is None:
-        per_epoch = data.steps_per_epoch(batch_size)
-        train_steps = max(int(math.ceil(train.num_epochs * per_epoch)), 1)
-        # Exact epochs: a finite stream of whole passes. Packing joins the passes' rows, so one more pass is
-        # read for the last update's few rows; unpacked, the passes hold exactly the batches counted.
-        epochs = int(math.ceil(train.num_epochs)) + (1 if data.pack and not data.examples_per_update else 0)
-        _log(f"{batch_size} {unit} per update; {train_steps} updates = {train.num_epochs} epochs x {per_epoch} "
-             "updates per epoch (every example once per epoch)")
-    else:
-        _log(f"{batch_size} {unit} per update; TRAIN_STEPS={train_steps} updates over an endless stream of the "
-             "mixture (rate-based sampling)")
-
+    train_steps, epochs = _plan_updates(train, data)
     run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
                             microbatches=train.microbatches)
-    sharding = run_setup.sharding
-    run_setup.check_batch(batch_size)  # before any batch is built
-    batches = data.batches(sharding=sharding.batch, global_batch_size=batch_size, seed=train.seed,
+    run_setup.check_batch(train.batch_size)  # before any batch is built
+    batches = data.batches(sharding=run_setup.sharding.batch, global_batch_size=train.batch_size, seed=train.seed,
                            vocab_size=config.vocab_size, epochs=epochs)
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
                                         config=config, async_save=train.async_checkpoints,
                                         before_save=lock.check if lock is not None else None, log=_log)
+    start_step, params, opt_state = _start(train, run_setup, ckpt, batches, model_dir)
+    sharding, length = run_setup.sharding, data.length
+    _log(f"{run_setup.num_params / 1e6:.2f}M params, mesh {dict(sharding.mesh.shape)} ({sharding.layout}), global "
+         f"batch {train.batch_size} x {length} tokens, {train.microbatches} microbatch(es), steps "
+         f"{start_step}->{train_steps}")
+    run_log.save_operative_config(model_dir, operative_config)
+    logger = run_log.RunLogger(
+        model_dir, total_steps=train_steps, start_step=start_step, tokens_per_step=train.batch_size * length,
+        flops_per_token=config.flops_per_token(length), log_every=train.log_every, tensorboard=train.tensorboard)
+    hooks = _eval_hooks(evals, run_setup, train, model_dir, chat_format) + ([eval_fn] if eval_fn is not None else [])
+    try:
+        with PreemptionGuard() as guard:
+            result = loop.train_loop(
+                step_fn=_check_vocab(run_setup.step, config.vocab_size), params=params, opt_state=opt_state,
+                batches=batches,
+                settings=loop.LoopConfig(train_steps, start_step, eval_every=evals.every,
+                                         eval_at_start=evals.at_start, on_nonfinite=train.on_nonfinite),
+                schedule=run_setup.schedule, checkpointer=ckpt, logger=logger,
+                eval_fn=_run_all(hooks) if hooks else None, preemption=guard)
+    finally:
+        logger.close()
+        ckpt.close()
+    return _summarize(result, model_dir, train_steps, start_step, time.time() - t_start, run_setup.num_params)
 
-    start_step = 0
+
+def _plan_updates(train: TrainConfig, data: DataConfig) -> tuple[int, int | None]:
+    """(updates to run, passes over the data or None for an endless stream), said in the log."""
+    batch_size, length = train.batch_size, data.length
+    if data.examples_per_update:
+        unit = f"rows of {length} tokens holding exactly {data.examples_per_update} examples"
+    else:
+        unit = f"rows of {length} packed tokens" if data.pack else "examples (unpacked, one per row)"
+    if train.train_steps is not None:
+        _log(f"{batch_size} {unit} per update; TRAIN_STEPS={train.train_steps} updates over an endless stream of the "
+             "mixture (rate-based sampling)")
+        return train.train_steps, None
+    per_epoch = data.steps_per_epoch(batch_size)
+    train_steps = max(int(math.ceil(train.num_epochs * per_epoch)), 1)
+    # Exact epochs: a finite stream of whole passes. Packing joins the passes' rows, so one more pass is
+    # read for the last update's few rows; unpacked, the passes hold exactly the batches counted.
+    epochs = int(math.ceil(train.num_epochs)) + (1 if data.pack and not data.examples_per_update else 0)
+    _log(f"{batch_size} {unit} per update; {train_steps} updates = {train.num_epochs} epochs x {per_epoch} "
+         "updates per epoch (every example once per epoch)")
+    return train_steps, epochs
+
+
+def _start(train: TrainConfig, run_setup: setup.TrainSetup, ckpt, batches, model_dir: str):
+    """(start step, params, optimizer state): MODEL_DIR's latest verified checkpoint (the input position
+    restored into `batches`), else INITIAL_CHECKPOINT_PATH or a random init with a fresh optimizer."""
+    sharding = run_setup.sharding
     try:
         restored = ckpt.restore_latest(run_setup.param_shapes, run_setup.opt_state_shapes(), sharding.params,
                                        sharding.opt_state)
@@ -204,50 +235,33 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
         batches.restore(train_state)
         _log(f"resumed from {ckpt.directory}/{start_step} (input position {train_state.get('batches_consumed')} "
              "batches)")
+        return start_step, params, opt_state
+    if train.initial_checkpoint_path:
+        params = loader.load(train.initial_checkpoint_path, shardings=sharding.params, with_tokenizer=False).params
+        source = f"INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}"
     else:
-        if train.initial_checkpoint_path:
-            params = loader.load(train.initial_checkpoint_path, shardings=sharding.params, with_tokenizer=False).params
-            source = f"INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}"
-        else:
-            params = jax.jit(init_params, static_argnums=0, out_shardings=sharding.params)(
-                config, jax.random.PRNGKey(train.seed))
-            source = (f"random init (seed {train.seed}); set INITIAL_CHECKPOINT_PATH to finetune a pretrained "
-                      "model")
-        opt_state = jax.jit(run_setup.tx.init, out_shardings=sharding.opt_state)(params)
-        _log(f"starting from {source}")
+        params = jax.jit(init_params, static_argnums=0, out_shardings=sharding.params)(
+            run_setup.config, jax.random.PRNGKey(train.seed))
+        source = f"random init (seed {train.seed}); set INITIAL_CHECKPOINT_PATH to finetune a pretrained model"
+    opt_state = jax.jit(run_setup.tx.init, out_shardings=sharding.opt_state)(params)
+    _log(f"starting from {source}")
+    return 0, params, opt_state
 
-    n_params = run_setup.num_params
-    _log(f"{n_params / 1e6:.2f}M params, mesh {dict(sharding.mesh.shape)} ({sharding.layout}), global batch "
-         f"{batch_size} x {length} tokens, {train.microbatches} microbatch(es), steps {start_step}->{train_steps}")
-    run_log.save_operative_config(model_dir, operative_config)
-    logger = run_log.RunLogger(
-        model_dir, total_steps=train_steps, start_step=start_step, tokens_per_step=batch_size * length,
-        flops_per_token=config.flops_per_token(length), log_every=train.log_every, tensorboard=train.tensorboard)
 
-    hooks = _eval_hooks(evals, run_setup, train, model_dir, chat_format)
-    if eval_fn is not None:
-        hooks.append(eval_fn)
-
+def _run_all(hooks: list) -> Callable:
+    """One eval callback running every hook, their metrics merged."""
     def run_evals(params, step):
         out = {}
         for hook in hooks:
             out.update(hook(params, step))
         return out
+    return run_evals
 
-    step_fn = _check_vocab(run_setup.step, config.vocab_size)
-    try:
-        with PreemptionGuard() as guard:
-            result = loop.train_loop(
-                step_fn=step_fn, params=params, opt_state=opt_state, batches=batches,
-                settings=loop.LoopConfig(train_steps, start_step, eval_every=evals.every,
-                                         eval_at_start=evals.at_start, on_nonfinite=train.on_nonfinite),
-                schedule=run_setup.schedule, checkpointer=ckpt, logger=logger,
-                eval_fn=run_evals if hooks else None, preemption=guard)
-    finally:
-        logger.close()
-        ckpt.close()
+
+def _summarize(result: dict, model_dir: str, train_steps: int, start_step: int, seconds: float, n_params: int) -> dict:
+    """The run's summary (logged, and written to MODEL_DIR/train_summary.json by process 0)."""
     summary = {k: v for k, v in result.items() if k not in ("params", "opt_state")}
-    summary.update(model_dir=model_dir, train_steps=train_steps, seconds_total=time.time() - t_start,
+    summary.update(model_dir=model_dir, train_steps=train_steps, seconds_total=seconds,
                    checkpoint=checkpoint.checkpoint_path_for_step(model_dir, result["final_step"]),
                    num_params=n_params)
     if "first_loss" in summary:
@@ -270,8 +284,6 @@ def _chat_format(train: TrainConfig, data: DataConfig, config: LlamaConfig, mode
     if data.source != "seqio" or not data.mixture_or_task_name:
         return None, data
     import seqio_tasks  # the data layer (TensorFlow): real data needs it anyway
-
-    from sciriff_jax.io import tokenizer_files
 
     name = data.mixture_or_task_name
     own = None
