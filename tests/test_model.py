@@ -153,3 +153,14 @@ def test_a_kv_cache_is_the_paged_pool_and_needs_its_page_table():
     pool = {k: jnp.zeros((config.num_layers, 2, 64, config.num_kv_heads, config.head_dim)) for k in ("k", "v")}
     with pytest.raises(ValueError, match="page_table"):
         Llama(config).apply({"params": params}, jnp.zeros((1, 4), jnp.int32), cache=pool, cache_index=jnp.zeros(1, jnp.int32))
+
+
+def test_a_profile_reads_like_the_model():
+    config = tiny(scan_layers=False, attention_backend="reference")
+    params = init_params(config, jax.random.PRNGKey(0))
+    hlo = jax.jit(lambda p, t: Llama(config).apply({"params": p}, t)).lower(
+        params, jnp.zeros((1, 8), jnp.int32)).as_text(debug_info=True)
+    for scope in ("Llama/embed/", "Llama/decoder/layers_0/input_norm/", "Llama/decoder/layers_1/attn/qkv_proj/",
+                  "/attn/rope/", "/attn/attention/", "/attn/o_proj/", "Llama/decoder/layers_1/mlp/",
+                  "Llama/final_norm/", "Llama/lm_head/"):
+        assert scope in hlo, scope

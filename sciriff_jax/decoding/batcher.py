@@ -99,15 +99,25 @@ def _prefill(params, pool, tokens, start, last, page_table, rng, *, config, samp
     return pool, sample(logits[:, 0], rng, sampling)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps", "sampling", "stops"), donate_argnames=("pool",))
-def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, rng, *, config, steps: int,
-            sampling: Sampling, stops: tuple):
-    """Up to `steps` decode steps of every row; rows not `rows.live` compute but change nothing.
+class DecodeProgram(NamedTuple):
+    """What one compiled decode program is specialised to (static): the model, steps per call at most, how tokens
+    are drawn and the token stop sequences."""
+
+    config: object
+    steps: int
+    sampling: Sampling
+    stops: tuple
+
+
+@functools.partial(jax.jit, static_argnames=("program",), donate_argnames=("pool",))
+def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, rng, *, program: DecodeProgram):
+    """Up to `program.steps` decode steps of every row; rows not `rows.live` compute but change nothing.
 
     rows.tokens [B]: each row's last token (fed next, at position rows.length [B]); tail [B, T]: each row's last T
     generated tokens (that one included), to spot a stop sequence that began before this call. Returns (pool, new
     tokens [B, steps] (-1 where a row did not run), steps taken, the rows after them, finished [B], real row-steps).
     """
+    config, steps, sampling, stops = program
     model = Llama(config)
     max_new, live = rows.limit, rows.live
     t = tail.shape[1]
@@ -288,7 +298,7 @@ class _RunState:
             tail[r.slot, t - len(prev):] = prev
         self.pool, out, steps, rows, finished, real = _decode(
             bt.params, self.pool, self.table, self.rows, tail, np.bool_(bool(sched.waiting)), np.int32(bt.eos_id),
-            self._split(), config=bt.config, steps=bt.steps, sampling=bt.sampling, stops=bt.stops)
+            self._split(), program=DecodeProgram(bt.config, bt.steps, bt.sampling, bt.stops))
         out, finished = np.asarray(out), np.asarray(finished)
         # Host copies the next admissions write into; limit and live did not change on the device.
         self.rows = self.rows._replace(tokens=np.array(rows.tokens), length=np.array(rows.length),

@@ -70,41 +70,56 @@ class Attention(nn.Module):
         wk = _param(self, "k_proj", (d, kvh, hd), ("embed", "kv_heads", "head_dim"))
         wv = _param(self, "v_proj", (d, kvh, hd), ("embed", "kv_heads", "head_dim"))
         wo = _param(self, "o_proj", (h, hd, d), ("heads", "head_dim", "embed"))
-        q = jnp.einsum("bld,dhk->blhk", x, wq.astype(dt))
-        k = jnp.einsum("bld,dhk->blhk", x, wk.astype(dt))
-        v = jnp.einsum("bld,dhk->blhk", x, wv.astype(dt))
-        if c.attention_bias:  # Qwen2
-            zeros = nn.initializers.zeros
-            q = q + _param(self, "q_bias", (h, hd), ("heads", "head_dim"), zeros).astype(dt)
-            k = k + _param(self, "k_bias", (kvh, hd), ("kv_heads", "head_dim"), zeros).astype(dt)
-            v = v + _param(self, "v_bias", (kvh, hd), ("kv_heads", "head_dim"), zeros).astype(dt)
-        if c.qk_norm == "head":  # Qwen3: each head's query/key normalized over head_dim, before RoPE
-            ones = nn.initializers.ones
-            q = _rms(q, _param(self, "q_norm", (hd,), ("head_dim",), ones), c.rms_norm_eps, dt)
-            k = _rms(k, _param(self, "k_norm", (hd,), ("head_dim",), ones), c.rms_norm_eps, dt)
-        elif c.qk_norm == "projection":  # OLMo 2: over the whole q / k projection (all heads), before RoPE
-            ones = nn.initializers.ones
-            q = _rms(q, _param(self, "q_norm", (h, hd), ("heads", "head_dim"), ones), c.rms_norm_eps, dt, (-2, -1))
-            k = _rms(k, _param(self, "k_norm", (kvh, hd), ("kv_heads", "head_dim"), ones), c.rms_norm_eps, dt,
-                     (-2, -1))
-        q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
-        k = _constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
-        v = _constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
-        inv_freq = inverse_frequencies(hd, c.rope_theta, c.rope_scaling)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        with jax.named_scope("qkv_proj"):
+            q, k, v = _project(self, x, wq, wk, wv)
+        with jax.named_scope("rope"):
+            inv_freq = inverse_frequencies(hd, c.rope_theta, c.rope_scaling)
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
         new_cache = None
         if cache is None:
-            out = attention(q, k, v, segment_ids=segment_ids, backend=c.attention_backend, mesh=self.mesh)
+            with jax.named_scope("attention"):
+                out = attention(q, k, v, segment_ids=segment_ids, backend=c.attention_backend, mesh=self.mesh)
         else:
             # Paged decoding: cache is every layer's pool; rows start at their own positions (cache_index [B]).
-            pk = attention_paged.write(cache[0], layer, k, page_table, cache_index)
-            pv = attention_paged.write(cache[1], layer, v, page_table, cache_index)
-            out = attention_paged.attend(q, pk, pv, layer, page_table, cache_index)
+            with jax.named_scope("paged_attention"):
+                pk = attention_paged.write(cache[0], layer, k, page_table, cache_index)
+                pv = attention_paged.write(cache[1], layer, v, page_table, cache_index)
+                out = attention_paged.attend(q, pk, pv, layer, page_table, cache_index)
             new_cache = (pk, pv)
-        out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
-        y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
+        with jax.named_scope("o_proj"):
+            out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
+            y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
         return y, new_cache
+
+
+def _project(module: Attention, x, wq, wk, wv):
+    """q, k, v [B, L, heads, head_dim] with the family's biases and q/k norms, constrained to their axes."""
+    # A function, not a method of the module: Flax would add a method's name to each of its ops' profile scopes.
+    c = module.config
+    dt = jnp.dtype(c.dtype)
+    h, kvh, hd = c.num_heads, c.num_kv_heads, c.head_dim
+    q = jnp.einsum("bld,dhk->blhk", x, wq.astype(dt))
+    k = jnp.einsum("bld,dhk->blhk", x, wk.astype(dt))
+    v = jnp.einsum("bld,dhk->blhk", x, wv.astype(dt))
+    if c.attention_bias:  # Qwen2
+        zeros = nn.initializers.zeros
+        q = q + _param(module, "q_bias", (h, hd), ("heads", "head_dim"), zeros).astype(dt)
+        k = k + _param(module, "k_bias", (kvh, hd), ("kv_heads", "head_dim"), zeros).astype(dt)
+        v = v + _param(module, "v_bias", (kvh, hd), ("kv_heads", "head_dim"), zeros).astype(dt)
+    if c.qk_norm == "head":  # Qwen3: each head's query/key normalized over head_dim, before RoPE
+        ones = nn.initializers.ones
+        q = _rms(q, _param(module, "q_norm", (hd,), ("head_dim",), ones), c.rms_norm_eps, dt)
+        k = _rms(k, _param(module, "k_norm", (hd,), ("head_dim",), ones), c.rms_norm_eps, dt)
+    elif c.qk_norm == "projection":  # OLMo 2: over the whole q / k projection (all heads), before RoPE
+        ones = nn.initializers.ones
+        q = _rms(q, _param(module, "q_norm", (h, hd), ("heads", "head_dim"), ones), c.rms_norm_eps, dt, (-2, -1))
+        k = _rms(k, _param(module, "k_norm", (kvh, hd), ("kv_heads", "head_dim"), ones), c.rms_norm_eps, dt,
+                 (-2, -1))
+    q = _constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
+    k = _constrain(k, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
+    v = _constrain(v, ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim"))
+    return q, k, v
 
 
 class MLP(nn.Module):
@@ -125,22 +140,22 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm transformer block; returns (x, new_cache) so it can sit inside nn.scan."""
+    """Pre-norm transformer block over the carry (x, pool); returns (carry, None) so it can sit inside nn.scan.
+
+    `pool` is the paged KV cache of every layer while decoding (carried whole, so each layer's write updates it in
+    place instead of copying a per-layer slice in and out of the scan), None otherwise; `layer` is this layer's
+    index into it.
+    """
 
     config: LlamaConfig
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, x, cache, positions, segment_ids, cache_index, page_table=None):
-        layer = None
-        if page_table is not None:
-            # Paged decoding carries (x, whole pool, layer index): each layer's write then updates the pool in
-            # place instead of copying a per-layer slice in and out of the scan.
-            x, cache, layer = x
+    def __call__(self, carry, layer, positions, segment_ids, cache_index=None, page_table=None):
+        x, pool = carry
         c = self.config
         h = x if c.post_norms else RMSNorm(c, name="input_norm")(x)
-        a, new_cache = Attention(c, self.mesh, name="attn")(
-            h, positions, segment_ids, cache, cache_index, page_table, layer)
+        a, pool = Attention(c, self.mesh, name="attn")(h, positions, segment_ids, pool, cache_index, page_table, layer)
         if c.post_norms:  # OLMo 2: each sublayer's output is normalized before the residual add
             x = x + RMSNorm(c, name="attn_out_norm")(a)
             x = x + RMSNorm(c, name="mlp_out_norm")(MLP(c, name="mlp")(x))
@@ -148,9 +163,7 @@ class DecoderLayer(nn.Module):
             x = x + a
             x = x + MLP(c, name="mlp")(RMSNorm(c, name="post_attn_norm")(x))
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-        if page_table is not None:
-            return (x, new_cache, layer + 1), None
-        return x, new_cache
+        return (x, pool), None
 
 
 def _layer_class(config: LlamaConfig):
@@ -182,48 +195,50 @@ class Llama(nn.Module):
             else:
                 positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         embedding = _param(self, "embedding", (c.vocab_size, c.hidden_size), ("vocab", "embed"))
-        x = jnp.take(embedding.astype(dt), tokens, axis=0)
-        x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-        layer_cls = _layer_class(c)
+        with jax.named_scope("embed"):
+            x = jnp.take(embedding.astype(dt), tokens, axis=0)
+            x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        pool = None
         if cache is not None:
             if page_table is None:
                 raise ValueError("Llama: a KV cache is a paged pool and needs its page_table (see decoding/batcher.py)")
-            x, new_kv = self._paged_layers(layer_cls, x, (cache["k"], cache["v"]), positions, cache_index, page_table)
-        elif c.scan_layers:
-            scanned = nn.scan(
-                layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                in_axes=(nn.broadcast,) * 4, length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = scanned(c, self.mesh, name="layers")(x, None, positions, segment_ids, None)
-        else:
-            for i in range(c.num_layers):
-                x, _ = layer_cls(c, self.mesh, name=f"layers_{i}")(x, None, positions, segment_ids, None)
+            pool = (cache["k"], cache["v"])
+        with jax.named_scope("decoder"):
+            x, pool = _decoder_layers(self, x, pool, positions, segment_ids, cache_index, page_table)
         if logits_index is not None:
             x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)
         x = RMSNorm(c, name="final_norm")(x)
-        if c.tie_embeddings:
-            logits = jnp.einsum("bld,vd->blv", x, embedding.astype(dt), preferred_element_type=jnp.float32)
-        else:
-            head = _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"))
-            logits = jnp.einsum("bld,dv->blv", x, head.astype(dt), preferred_element_type=jnp.float32)
-        logits = _constrain(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+        with jax.named_scope("lm_head"):
+            if c.tie_embeddings:
+                logits = jnp.einsum("bld,vd->blv", x, embedding.astype(dt), preferred_element_type=jnp.float32)
+            else:
+                head = _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"))
+                logits = jnp.einsum("bld,dv->blv", x, head.astype(dt), preferred_element_type=jnp.float32)
+            logits = _constrain(logits.astype(jnp.float32),
+                                ("activation_batch", "activation_length", "activation_vocab"))
         if cache is None:
             return logits
-        return logits, {"k": new_kv[0], "v": new_kv[1]}
+        return logits, {"k": pool[0], "v": pool[1]}
 
-    def _paged_layers(self, layer_cls, x, pool, positions, start, page_table):
-        """The layers over a paged pool carried whole (same parameter names as the other paths)."""
-        c = self.config
-        if c.scan_layers:
-            scanned = nn.scan(
-                layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                in_axes=(nn.broadcast,) * 5, length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-            (x, pool, _), _ = scanned(c, self.mesh, name="layers")(
-                (x, pool, jnp.int32(0)), None, positions, None, start, page_table)
-            return x, pool
-        for i in range(c.num_layers):
-            (x, pool, _), _ = layer_cls(c, self.mesh, name=f"layers_{i}")(
-                (x, pool, i), None, positions, None, start, page_table)
+
+def _decoder_layers(module: Llama, x, pool, positions, segment_ids, cache_index, page_table):
+    """The decoder layers over the carry (x, pool), scanned or one module per layer (`layers` / `layers_i`
+    in parameter paths and profiles). Decoding passes the pool and each layer's index into it."""
+    # A function, not a method of Llama, for the same reason as _project.
+    c = module.config
+    layer_cls = _layer_class(c)
+    args = (positions, segment_ids) if pool is None else (positions, None, cache_index, page_table)
+    if c.scan_layers:
+        index = None if pool is None else jnp.arange(c.num_layers, dtype=jnp.int32)
+        scanned = nn.scan(
+            layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=(nn.broadcast if index is None else 0,) + (nn.broadcast,) * len(args), length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"})
+        (x, pool), _ = scanned(c, module.mesh, name="layers")((x, pool), index, *args)
         return x, pool
+    for i in range(c.num_layers):
+        (x, pool), _ = layer_cls(c, module.mesh, name=f"layers_{i}")((x, pool), None if pool is None else i, *args)
+    return x, pool
 
 
 def _boxed_init(config: LlamaConfig, rng):
