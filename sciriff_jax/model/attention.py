@@ -6,12 +6,14 @@ segment_ids [B, L] (packed rows: tokens attend only within their own segment). O
 from __future__ import annotations
 
 import logging
-import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
+from sciriff_jax.model.attention_blockwise import blockwise_attention
+from sciriff_jax.model.attention_cudnn import cudnn_attention  # its cuDNN internals load on first call
+from sciriff_jax.model.attention_ring import ring_attention
+from sciriff_jax.model.attention_splash import splash_attention  # its Pallas kernels load on first call
 from sciriff_jax.model.online_softmax import MASK_VALUE
 
 log = logging.getLogger(__name__)
@@ -46,18 +48,6 @@ def reference_attention(q, k, v, mask=None) -> jnp.ndarray:
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(b, lq, h, d).astype(q.dtype)
-
-
-def shard_map_specs(mesh, length_axis, batch: int, kv_heads: int):
-    """(q/k/v spec, segment-ids spec) for running a backend per device under shard_map: batch over data/fsdp
-    where it divides, the length over `length_axis` (or whole rows with None), heads over tensor where it divides."""
-    batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.shape and mesh.shape[a] > 1)
-    if batch_axes and batch % math.prod(mesh.shape[a] for a in batch_axes):
-        batch_axes = ()
-    tp = mesh.shape.get("tensor", 1)
-    heads = "tensor" if tp > 1 and kv_heads % tp == 0 else None
-    b = batch_axes if batch_axes else None
-    return P(b, length_axis, heads, None), P(b, length_axis)
 
 
 def _context_size(mesh) -> int:
@@ -98,25 +88,16 @@ def select_backend(backend: str, q, segment_ids=None, mesh=None, platform: str |
 def attention(q, k, v, *, segment_ids=None, causal: bool = True, backend: str = "auto", mesh=None):
     """Causal (packed-aware) grouped-query attention through the chosen backend."""
     name = select_backend(backend, q, segment_ids, mesh)
-    # Backends load on first use: cudnn and splash pull in jax internals / Pallas, and they import this module.
     if name == "reference":
         return reference_attention(q, k, v, make_mask(q.shape[1], k.shape[1], segment_ids, causal=causal))
     if name == "blockwise":
-        from sciriff_jax.model.attention_blockwise import blockwise_attention
-
         return blockwise_attention(q, k, v, segment_ids=segment_ids, causal=causal)
     if name == "cudnn":
-        from sciriff_jax.model.attention_cudnn import cudnn_attention
-
         return cudnn_attention(q, k, v, segment_ids=segment_ids, causal=causal)
     if name == "splash":
-        from sciriff_jax.model.attention_splash import splash_attention
-
         return splash_attention(q, k, v, segment_ids=segment_ids, causal=causal, mesh=mesh)
     if name == "ring":
         if mesh is None:
             raise ValueError("attention backend 'ring' needs a mesh with a 'context' axis (pass mesh=...).")
-        from sciriff_jax.model.attention_ring import ring_attention
-
         return ring_attention(q, k, v, segment_ids=segment_ids, causal=causal, mesh=mesh)
     raise AssertionError(name)

@@ -20,6 +20,7 @@ MAX_SEGMENTS = 64
 
 def _private_varlen():
     try:
+        # cuDNN kernels: jax internals that load only when a GPU run picks this backend
         from jax._src.cudnn.fused_attention_stablehlo import MaskType, dot_product_attention
     except ImportError as err:  # pragma: no cover - depends on the installed jax
         log.warning("cuDNN variable-length attention unavailable (%s); packed rows use a segment mask.", err)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from sciriff_jax.model import online_softmax
-from sciriff_jax.model.attention import shard_map_specs
+from sciriff_jax.model.attention_shard import shard_map_specs
 
 def ring_attention(q, k, v, *, segment_ids=None, causal: bool = True, mesh, axis: str = "context"):
     """Causal, segment-aware GQA attention with the length dimension sharded over `axis` of `mesh`."""

@@ -12,13 +12,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sciriff_jax.model.attention import shard_map_specs
+from sciriff_jax.model.attention_shard import shard_map_specs
 
 
 @functools.lru_cache(maxsize=32)
 def _kernel(length: int, group: int, causal: bool, interpret: bool):
+    # Pallas kernels: load only when a TPU run picks this backend
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm  # Pallas kernels
 
     base = sm.CausalMask((length, length)) if causal else sm.FullMask((length, length))
     mask = sm.MultiHeadMask([base] * group)
@@ -47,7 +48,7 @@ def splash_attention(q, k, v, *, segment_ids=None, causal: bool = True, interpre
 
 def _local(q, k, v, seg, *, causal: bool, interpret: bool):
     """The kernel over one device's rows and heads: q [B, L, H, D], k/v [B, L, KV, D], seg [B, L] int32."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk  # Pallas kernels
 
     b, length, h, d = q.shape
     kvh = k.shape[2]

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sciriff_jax.model.llama import logical_axes
@@ -98,8 +99,6 @@ def make_mesh(layout: str, mesh_shape: dict[str, int] | None = None, devices=Non
                          "make the product of the sizes equal the device count.")
     sizes = tuple(shape[a] for a in MESH_AXES)
     try:
-        from jax.experimental import mesh_utils
-
         grid = mesh_utils.create_device_mesh(sizes, devices=devices)
     except Exception:  # noqa: BLE001 - topology-aware placement is an optimisation; fall back to order
         grid = np.asarray(devices, dtype=object).reshape(sizes)

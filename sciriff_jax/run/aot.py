@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import gin
 import jax
 import jax.numpy as jnp
+from jax.experimental import topologies
 
 from sciriff_jax.data.batches import BATCH_KEYS
 from sciriff_jax.model.attention import select_backend
@@ -124,8 +125,6 @@ def topology_devices(topo: Topology) -> list:
             raise AotError(f"--topology={topo.name}: only {len(devices)} CPU devices here; set "
                            f"XLA_FLAGS=--xla_force_host_platform_device_count={topo.num_chips} before starting")
         return devices[: topo.num_chips]
-    from jax.experimental import topologies
-
     gen = topo.libtpu_name.split(":")[0]
     side = 1 if topo.num_chips < 4 else 2
     host_bounds = (side, side, 1)

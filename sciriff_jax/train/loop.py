@@ -59,20 +59,8 @@ def train_loop(*, step_fn, params, opt_state, batches: Iterator, settings: LoopC
     for step in range(start_step + 1, train_steps + 1):
         batch = next(batches)
         params, opt_state, metrics = step_fn(params, opt_state, batch)
-        finite = bool(metrics["finite"])  # one host sync per step: the NaN guard needs it
-        if not finite:
-            position = batches.state() if hasattr(batches, "state") else {}
-            # "Good" means verified now: a checkpoint saved earlier may have been damaged since.
-            last = checkpointer.last_good_step() if checkpointer is not None else None
-            where = (f"{checkpointer.directory}/{last} (checksums verified)" if last is not None
-                     else "none verified")
-            msg = (f"non-finite loss/gradient at step {step} (loss={float(metrics['loss'])}, "
-                   f"grad_norm={float(metrics['grad_norm'])}), batch index {position.get('batches_consumed', step) - 1} "
-                   f"of the input stream ({position}); last good checkpoint: {where}.")
-            if on_nonfinite == "stop":
-                raise NonFiniteLossError(msg + " The update was not applied. Lower LEARNING_RATE, check the data, or "
-                                         "pass --gin.ON_NONFINITE='\"skip\"' to skip such batches.")
-            print(f"[sciriff-jax] WARNING: skipping {msg}", flush=True)
+        if not bool(metrics["finite"]):  # one host sync per step: the NaN guard needs it
+            _on_nonfinite(step, metrics, batches, checkpointer, on_nonfinite)
             summary["skipped_steps"].append(step)
         loss = float(metrics["loss"])
         if step == start_step + 1 and float(metrics["target_tokens"]) == 0:
@@ -90,14 +78,7 @@ def train_loop(*, step_fn, params, opt_state, batches: Iterator, settings: LoopC
             })
         if eval_fn is not None and eval_every and step % eval_every == 0:
             evaluate(step)
-        if checkpointer is not None and (checkpointer.should_save(step) or step == train_steps):
-            checkpointer.save(step, params, opt_state, batches.state())
-        if preemption is not None and preemption.requested():
-            if checkpointer is not None:
-                checkpointer.save(step, params, opt_state, batches.state(), wait=True)
-                print(f"[sciriff-jax] preemption: saved step {step} to {checkpointer.directory}/{step}; exiting",
-                      flush=True)
-            raise Preempted(step)
+        _checkpoint(step, params, opt_state, batches, checkpointer, preemption, last=step == train_steps)
     if eval_fn is not None and eval_every and step % eval_every and step > start_step:
         summary["final_eval"] = evaluate(step)
     elif "evals" in summary and step in summary["evals"]:
@@ -109,3 +90,31 @@ def train_loop(*, step_fn, params, opt_state, batches: Iterator, settings: LoopC
     summary["params"] = params
     summary["opt_state"] = opt_state
     return summary
+
+
+def _on_nonfinite(step: int, metrics: dict, batches, checkpointer, policy: str) -> None:
+    """A step whose loss or gradient is NaN/Inf (its update was not applied): stop, naming the batch and the
+    last good checkpoint, or (policy "skip") say so and go on."""
+    position = batches.state() if hasattr(batches, "state") else {}
+    # "Good" means verified now: a checkpoint saved earlier may have been damaged since.
+    last = checkpointer.last_good_step() if checkpointer is not None else None
+    where = f"{checkpointer.directory}/{last} (checksums verified)" if last is not None else "none verified"
+    msg = (f"non-finite loss/gradient at step {step} (loss={float(metrics['loss'])}, "
+           f"grad_norm={float(metrics['grad_norm'])}), batch index {position.get('batches_consumed', step) - 1} "
+           f"of the input stream ({position}); last good checkpoint: {where}.")
+    if policy == "stop":
+        raise NonFiniteLossError(msg + " The update was not applied. Lower LEARNING_RATE, check the data, or "
+                                 "pass --gin.ON_NONFINITE='\"skip\"' to skip such batches.")
+    print(f"[sciriff-jax] WARNING: skipping {msg}", flush=True)
+
+
+def _checkpoint(step: int, params, opt_state, batches, checkpointer, preemption, last: bool) -> None:
+    """The periodic (and last) checkpoint; on a preemption request, a waited-for one, then exit (Preempted)."""
+    if checkpointer is not None and (checkpointer.should_save(step) or last):
+        checkpointer.save(step, params, opt_state, batches.state())
+    if preemption is not None and preemption.requested():
+        if checkpointer is not None:
+            checkpointer.save(step, params, opt_state, batches.state(), wait=True)
+            print(f"[sciriff-jax] preemption: saved step {step} to {checkpointer.directory}/{step}; exiting",
+                  flush=True)
+        raise Preempted(step)
