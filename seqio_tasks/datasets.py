@@ -38,10 +38,11 @@ def hide_gpus_from_tensorflow() -> None:
 
 
 def get_dataset(mixture_or_task_name: str, split: str, feature_lengths: dict, batch_size: int,
-                shuffle: bool = True, seed: int = 0, shard_index: int = 0, num_shards: int = 1,
+                shuffle: bool = True, seed: int = 0, shard: seqio.ShardInfo | None = None,
                 pack: bool = True, num_epochs: int | None = None, use_cached: bool = False) -> tf.data.Dataset:
     """Batches of the batch contract (docs/design.md) for this host's shard; deterministic for a seed.
 
+    shard: which of the input's shards this host reads (None: all of it, one shard).
     feature_lengths: {"targets": L} for rows of L tokens (prompt + answer), or SeqIO's {"inputs": a,
     "targets": b} for rows of a + b. use_cached reads tasks preprocessed offline by `seqio_cache_tasks`
     (pass its output directory to seqio.add_global_cache_dirs first).
@@ -58,7 +59,7 @@ def get_dataset(mixture_or_task_name: str, split: str, feature_lengths: dict, ba
     # What seqio.get_dataset does, plus the multi-turn loss mask through mixtures (an extra field, see tasks.py).
     extra = {"passthrough_features": [INPUTS_LOSS_MASK]} if isinstance(provider, seqio.Mixture) else {}
     ds = provider.get_dataset(lengths, split=split, use_cached=use_cached, shuffle=shuffle, seed=seed,
-                              shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+                              shard_info=shard or seqio.ShardInfo(index=0, num_shards=1),
                               num_epochs=num_epochs, **extra)
     converter = ChatFeatureConverter(pack=pack, row_length=row, overlong=SETTINGS.overlong, label=mixture_or_task_name)
     ds = converter(ds, task_feature_lengths=lengths)

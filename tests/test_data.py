@@ -63,14 +63,14 @@ def test_restore_refuses_a_different_stream():
 
 def test_seqio_sample_mixture_feeds_global_batches_and_resumes_exactly():
     pytest.importorskip("seqio")
-    kw = dict(mixture_or_task_name="sciriff_sample", task_feature_lengths={"targets": 128}, global_batch_size=8,
-              sharding=_sharding(), seed=11)
-    a = data.seqio_batches(**kw)
+    config = data.DataConfig("sciriff_sample", {"targets": 128})
+    kw = dict(global_batch_size=8, sharding=_sharding(), seed=11)
+    a = data.seqio_batches(config, **kw)
     seen = [_np(next(a)) for _ in range(3)]
     assert seen[0]["decoder_target_tokens"].shape == (8, 128)
     assert seen[0]["decoder_loss_weights"].sum() > 0
     assert not np.array_equal(seen[0]["decoder_target_tokens"], seen[1]["decoder_target_tokens"])
-    b = data.seqio_batches(**kw)
+    b = data.seqio_batches(config, **kw)
     b.restore({**a.state(), "batches_consumed": 2})
     got = _np(next(b))
     for k in data.BATCH_KEYS:

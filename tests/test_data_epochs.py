@@ -10,16 +10,14 @@ def test_steps_per_epoch_of_an_unpacked_task_is_its_examples_over_the_batch():
 
     n = sum(1 for _ in open(seqio_tasks.sample_path("train")) if '"ie.named_entity_recognition"' in _)
     assert n > 16
-    steps = data.steps_per_epoch(mixture_or_task_name="sciriff_sample_ner", task_feature_lengths={"targets": 64},
-                                 global_batch_size=8, pack=False)
+    steps = data.DataConfig("sciriff_sample_ner", {"targets": 64}, pack=False).steps_per_epoch(8)
     assert steps == n // 8
 
 
 def test_a_mixture_smaller_than_one_batch_is_an_error_naming_the_fix():
     pytest.importorskip("seqio")
     with pytest.raises(ValueError, match="lower BATCH_SIZE or set TRAIN_STEPS"):
-        data.steps_per_epoch(mixture_or_task_name="sciriff_sample_ner", task_feature_lengths={"targets": 64},
-                             global_batch_size=100_000, pack=False)
+        data.DataConfig("sciriff_sample_ner", {"targets": 64}, pack=False).steps_per_epoch(100_000)
 
 
 def test_a_two_epoch_stream_holds_every_example_of_the_mixture_exactly_twice_in_a_seeded_order():

@@ -67,8 +67,8 @@ def test_trained_tokens_are_the_answers_and_their_eos():
 def test_same_seed_gives_the_same_batches_and_hosts_get_different_shards():
     a, b = _first("sciriff_sample_ner", seed=3), _first("sciriff_sample_ner", seed=3)
     assert all((a[k] == b[k]).all() for k in a)
-    h0 = _first("sciriff_sample_ner", shuffle=False, num_shards=2, shard_index=0)
-    h1 = _first("sciriff_sample_ner", shuffle=False, num_shards=2, shard_index=1)
+    h0 = _first("sciriff_sample_ner", shuffle=False, shard=seqio.ShardInfo(index=0, num_shards=2))
+    h1 = _first("sciriff_sample_ner", shuffle=False, shard=seqio.ShardInfo(index=1, num_shards=2))
     assert not (h0["decoder_target_tokens"] == h1["decoder_target_tokens"]).all()
 
 

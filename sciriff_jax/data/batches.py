@@ -8,7 +8,7 @@ stream and skips what was consumed, so it sees exactly the batches it would have
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, NamedTuple
 
 import jax
 import numpy as np
@@ -74,22 +74,13 @@ class DataConfig:
         if self.source == "synthetic":
             return synthetic_batches(sharding=sharding, global_batch_size=global_batch_size, length=self.length,
                                      vocab_size=vocab_size, seed=seed)
-        return seqio_batches(mixture_or_task_name=self.mixture_or_task_name,
-                             task_feature_lengths=self.task_feature_lengths, global_batch_size=global_batch_size,
-                             sharding=sharding, split=self.split, seed=seed, shuffle=self.shuffle, pack=self.pack,
-                             use_cached_tasks=self.use_cached_tasks, epochs=epochs,
-                             examples_per_update=self.examples_per_update)
+        return seqio_batches(self, global_batch_size=global_batch_size, sharding=sharding, seed=seed, epochs=epochs)
 
     def steps_per_epoch(self, global_batch_size: int) -> int:
         """Full global batches in one pass over the mixture."""
         if self.examples_per_update:  # an update is that many examples, whatever rows they take
-            return steps_per_epoch(mixture_or_task_name=self.mixture_or_task_name,
-                                   task_feature_lengths=self.task_feature_lengths,
-                                   global_batch_size=self.examples_per_update, split=self.split, pack=False,
-                                   use_cached_tasks=self.use_cached_tasks)
-        return steps_per_epoch(mixture_or_task_name=self.mixture_or_task_name,
-                               task_feature_lengths=self.task_feature_lengths, global_batch_size=global_batch_size,
-                               split=self.split, pack=self.pack, use_cached_tasks=self.use_cached_tasks)
+            return count_batches(self, self.examples_per_update, pack=False)
+        return count_batches(self, global_batch_size, pack=self.pack)
 
 
 def local_rows(sharding, global_batch_size: int) -> tuple[int, int]:
@@ -110,13 +101,21 @@ def local_rows(sharding, global_batch_size: int) -> tuple[int, int]:
     return start, stop
 
 
-def host_shard(sharding, global_batch_size: int) -> tuple[int, int, int]:
-    """(shard_index, num_shards, rows_per_host): which input shard this host reads (hosts with equal rows share one)."""
+class HostShard(NamedTuple):
+    """The input shard one host reads: shard `index` of `num_shards`, `rows` rows of every global batch."""
+
+    index: int
+    num_shards: int
+    rows: int
+
+
+def host_shard(sharding, global_batch_size: int) -> HostShard:
+    """Which input shard this host reads under `sharding` (hosts with equal rows share one)."""
     start, stop = local_rows(sharding, global_batch_size)
     rows = stop - start
     if global_batch_size % rows:
         raise ValueError(f"global batch {global_batch_size} does not split into per-host blocks of {rows} rows.")
-    return start // rows, global_batch_size // rows, rows
+    return HostShard(start // rows, global_batch_size // rows, rows)
 
 
 class GlobalBatches:
@@ -189,65 +188,61 @@ def synthetic_batches(*, sharding, global_batch_size: int, length: int, vocab_si
         description=f"synthetic:v{vocab_size}:l{length}:b{global_batch_size}")
 
 
-def seqio_local_batches(*, mixture_or_task_name: str, split: str, task_feature_lengths, rows_per_host: int,
-                        shard_index: int, num_shards: int, seed: int, shuffle: bool = True, pack: bool = True,
-                        use_cached_tasks: bool = False, skip: int = 0, epochs: int | None = None,
+def seqio_local_batches(data: DataConfig, *, shard: HostShard, seed: int, skip: int = 0, epochs: int | None = None,
                         examples_per_host: int | None = None) -> Iterator[dict]:
-    """This host's numpy batches of a SeqIO mixture (`epochs` passes, or forever), after skipping `skip` batches.
+    """This host's numpy batches of `data`'s SeqIO mixture (`epochs` passes, or forever), after skipping `skip` batches.
 
-    With `examples_per_host`, each batch is exactly that many examples packed into `rows_per_host` rows."""
-    import seqio_tasks  # lazy: TensorFlow is only needed when a SeqIO stream is actually read
+    With `examples_per_host`, each batch is exactly that many examples packed into `shard.rows` rows."""
+    import seqio  # lazy, like seqio_tasks: TensorFlow is only needed when a SeqIO stream is actually read
+    import seqio_tasks
 
-    ds = seqio_tasks.get_dataset(mixture_or_task_name, split=split, feature_lengths=task_feature_lengths,
-                                 batch_size=examples_per_host or rows_per_host, shuffle=shuffle, seed=seed,
-                                 shard_index=shard_index, num_shards=num_shards,
-                                 pack=pack and not examples_per_host, num_epochs=epochs, use_cached=use_cached_tasks)
+    ds = seqio_tasks.get_dataset(data.mixture_or_task_name, split=data.split, feature_lengths=data.task_feature_lengths,
+                                 batch_size=examples_per_host or shard.rows, shuffle=data.shuffle, seed=seed,
+                                 shard=seqio.ShardInfo(index=shard.index, num_shards=shard.num_shards),
+                                 pack=data.pack and not examples_per_host, num_epochs=epochs,
+                                 use_cached=data.use_cached_tasks)
     if skip:
         ds = ds.skip(skip)
     for batch in ds.as_numpy_iterator():
         if examples_per_host:
-            batch = pack_rows(batch, rows_per_host)
+            batch = pack_rows(batch, shard.rows)
         yield {k: batch[k] for k in BATCH_KEYS}
 
 
-def seqio_batches(*, mixture_or_task_name: str, task_feature_lengths, global_batch_size: int, sharding,
-                  split: str = "train", seed: int = 0, shuffle: bool = True, pack: bool = True,
-                  use_cached_tasks: bool = False, epochs: int | None = None,
-                  examples_per_update: int | None = None) -> GlobalBatches:
-    """A GlobalBatches over a SeqIO mixture; each host reads only its shard of every global batch."""
-    shard_index, num_shards, rows = host_shard(sharding, global_batch_size)
+def seqio_batches(data: DataConfig, *, global_batch_size: int, sharding, seed: int = 0,
+                  epochs: int | None = None) -> GlobalBatches:
+    """A GlobalBatches over `data`'s SeqIO mixture; each host reads only its shard of every global batch."""
+    shard = host_shard(sharding, global_batch_size)
     examples_per_host = None
-    if examples_per_update:
-        if examples_per_update % num_shards:
-            raise ValueError(f"EXAMPLES_PER_UPDATE={examples_per_update} does not split over the {num_shards} "
-                             "input shards (hosts); use a multiple of it")
-        examples_per_host = examples_per_update // num_shards
+    if data.examples_per_update:
+        if data.examples_per_update % shard.num_shards:
+            raise ValueError(f"EXAMPLES_PER_UPDATE={data.examples_per_update} does not split over the "
+                             f"{shard.num_shards} input shards (hosts); use a multiple of it")
+        examples_per_host = data.examples_per_update // shard.num_shards
 
     def make_local(skip):
-        return seqio_local_batches(
-            mixture_or_task_name=mixture_or_task_name, split=split, task_feature_lengths=task_feature_lengths,
-            rows_per_host=rows, shard_index=shard_index, num_shards=num_shards, seed=seed, shuffle=shuffle,
-            pack=pack, use_cached_tasks=use_cached_tasks, skip=skip, epochs=epochs,
-            examples_per_host=examples_per_host)
+        return seqio_local_batches(data, shard=shard, seed=seed, skip=skip, epochs=epochs,
+                                   examples_per_host=examples_per_host)
 
-    lengths = ",".join(f"{k}={v}" for k, v in sorted(dict(task_feature_lengths).items()))
+    lengths = ",".join(f"{k}={v}" for k, v in sorted(dict(data.task_feature_lengths).items()))
     return GlobalBatches(make_local, sharding=sharding, global_batch_size=global_batch_size, seed=seed,
-                         description=f"{mixture_or_task_name}:{split}:{lengths}:b{global_batch_size}:pack={pack}"
+                         description=f"{data.mixture_or_task_name}:{data.split}:{lengths}:b{global_batch_size}"
+                                     f":pack={data.pack}"
                                      + (f":epochs={epochs}" if epochs else "")
-                                     + (f":examples={examples_per_update}" if examples_per_update else ""))
+                                     + (f":examples={data.examples_per_update}" if data.examples_per_update else ""))
 
 
-def steps_per_epoch(*, mixture_or_task_name: str, task_feature_lengths, global_batch_size: int,
-                    split: str = "train", pack: bool = True, use_cached_tasks: bool = False) -> int:
-    """Full global batches in one pass over the mixture (counted by reading it once, so packing is exact)."""
+def count_batches(data: DataConfig, batch_size: int, *, pack: bool) -> int:
+    """Full batches of `batch_size` rows (packed or not) in one pass over `data`'s mixture (counted by reading it
+    once, so packing is exact)."""
     import seqio_tasks  # lazy: TensorFlow is only needed when a SeqIO stream is actually read
 
-    print(f"[sciriff-jax] counting the batches of one epoch of {mixture_or_task_name}:{split} ...", flush=True)
-    ds = seqio_tasks.get_dataset(mixture_or_task_name, split=split, feature_lengths=task_feature_lengths,
-                                 batch_size=global_batch_size, shuffle=False, seed=0, pack=pack, num_epochs=1,
-                                 use_cached=use_cached_tasks)
+    name, split = data.mixture_or_task_name, data.split
+    print(f"[sciriff-jax] counting the batches of one epoch of {name}:{split} ...", flush=True)
+    ds = seqio_tasks.get_dataset(name, split=split, feature_lengths=data.task_feature_lengths, batch_size=batch_size,
+                                 shuffle=False, seed=0, pack=pack, num_epochs=1, use_cached=data.use_cached_tasks)
     n = int(ds.reduce(0, lambda count, _: count + 1).numpy())
     if n == 0:
-        raise ValueError(f"{mixture_or_task_name}:{split} has fewer packed rows than BATCH_SIZE={global_batch_size}; "
+        raise ValueError(f"{name}:{split} has fewer packed rows than BATCH_SIZE={batch_size}; "
                          "lower BATCH_SIZE or set TRAIN_STEPS.")
     return n
