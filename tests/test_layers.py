@@ -240,13 +240,11 @@ def test_scoring_is_a_leaf():
     assert not bad, "sciriff_jax.scoring imports the rest of the project:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 20: the owners are moving their deferred imports (lead removes this)")
 def test_imports_inside_functions_only_keep_heavy_packages_out_of_start_up_and_say_so():
     bad = needless_deferrals()
     assert not bad, "imports inside functions:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 20: the owners are moving their deferred imports (lead removes this)")
 def test_all_layer_rules_at_once():
     """One list of every violation, for the owners of the files it names."""
     bad = upward_imports() + unit_cycles() + needless_deferrals()

@@ -193,8 +193,9 @@ def seqio_local_batches(data: DataConfig, *, shard: HostShard, seed: int, skip: 
     """This host's numpy batches of `data`'s SeqIO mixture (`epochs` passes, or forever), after skipping `skip` batches.
 
     With `examples_per_host`, each batch is exactly that many examples packed into `shard.rows` rows."""
-    import seqio  # lazy, like seqio_tasks: TensorFlow is only needed when a SeqIO stream is actually read
-    import seqio_tasks
+    # Both lazy: TensorFlow / SeqIO are only needed when a SeqIO stream is actually read (the GPU box has neither).
+    import seqio  # SeqIO (TensorFlow)
+    import seqio_tasks  # the data layer (TensorFlow, SeqIO)
 
     ds = seqio_tasks.get_dataset(data.mixture_or_task_name, split=data.split, feature_lengths=data.task_feature_lengths,
                                  batch_size=examples_per_host or shard.rows, shuffle=data.shuffle, seed=seed,
