@@ -67,4 +67,4 @@ def test_hf_directory_trains_evaluates_and_exports_with_its_own_tokenizer_and_te
     if tokenizer.eos_token_id in theirs:
         theirs = theirs[: theirs.index(tokenizer.eos_token_id)]
     assert mine == theirs and len(mine) > 0
-    np.testing.assert_equal(tokenizer.eos_token_id, ours.vocabulary.eos_id)
+    np.testing.assert_equal(tokenizer.eos_token_id, ours.chat_format.eos_id)

@@ -23,7 +23,7 @@ import numpy as np
 from sciriff_jax.decoding.generate import GenerationConfig, generate
 from sciriff_jax.scoring import metrics
 from sciriff_jax.scoring import judge as judge_lib
-from sciriff_jax.chat.format import AUTO, ChatFormat
+from sciriff_jax.chat.format import AUTO, ChatFormat, resolve_template
 from sciriff_jax.eval.protocol import PAPER_FEWSHOT, PROTOCOLS, Protocol
 from sciriff_jax.eval.predictions import PredictionStore
 from sciriff_jax.eval.progress import Progress
@@ -234,8 +234,9 @@ def make_eval_hook(eval_config: EvalConfig, *, config, chat_format: ChatFormat, 
                    output_dir=None) -> Callable[[object, int], dict]:
     """An eval callback for the training loop: `hook(params, step) -> flat metrics` (examples loaded once).
     `chat_format`: the run's; EvalConfig.template, when not "auto", prompts with another template."""
-    if eval_config.template not in (None, "", AUTO):
-        chat_format = ChatFormat(chat_format.vocabulary, eval_config.template, f"template {eval_config.template!r}")
+    template = resolve_template(eval_config.template, recorded=chat_format.template)  # "auto": the run's own
+    if template != chat_format.template:
+        chat_format = ChatFormat(chat_format.vocabulary, template, f"template {template!r}")
     names = task_names_of(eval_config.mixture_or_task_name)
     loaded = load_examples(names, eval_config.split, eval_config.max_examples)
     scorers = {name: scorer for name, (_, scorer) in loaded.items()}

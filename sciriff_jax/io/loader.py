@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sciriff_jax.chat.format import ChatFormat, resolve_template
+from sciriff_jax.chat.format import AUTO, ChatFormat, resolve_template
 from sciriff_jax.decoding.generate import GenerationConfig, Sampling, generate
 from sciriff_jax.io import checkpoint, hf, paths, tokenizer_files
 from sciriff_jax.model.config import LlamaConfig
@@ -91,7 +91,7 @@ def resolve_chat_format(path, vocabulary_path=None, template: str | None = None)
     resolved = resolve_template(template, has_own, recorded)
     vocabulary = vocabulary_for(source)
     said = f"its own tokenizer ({own})" if vocabulary_path is None else f"VOCABULARY_PATH={vocabulary_path}"
-    if template not in (None, "", "auto"):
+    if template not in (None, "", AUTO):
         why = f"template {template!r} (TEMPLATE)"
     elif recorded:
         why = "its chat template" if recorded == "model" else f"template {recorded!r} recorded by its run"
