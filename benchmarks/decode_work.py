@@ -5,7 +5,7 @@ the prompt's last logits give); computed = prefill token slots (padding included
 every row in the batch (finished and idle rows included). Lengths: `benchmarks.sciriff_lengths` (the 4,177
 validation instances of the nine tasks, Llama-2 tokens, answers as long as the references). Both figures
 are counted from the schedules, call for call (`fixed_batch_work` below replays the rule of the
-decoder this replaced, per task as the eval ran it; `eval.scheduler.simulate` replays the batcher, whose
+decoder this replaced, per task as the eval ran it; `decoding.scheduler.simulate` replays the batcher, whose
 count `tests/test_decode.py` checks against the real decoder's). No model runs, so the figure is the same
 on every device.
 

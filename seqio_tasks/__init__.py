@@ -47,22 +47,18 @@ def register(prefix: str, vocabulary=None, template: str | None = None, *,
 def name_for(mixture_or_task_name: str, chat_format: ChatFormat) -> str:
     """The name of `mixture_or_task_name` tokenized with `chat_format`: the name itself when it already is, else
     the same task or mixture of a task set registered for that format (`sciriff_4096_scitulu` ->
-    `sciriff_f<hash>_4096_scitulu`, registered on first use). A task or mixture outside the task sets that
-    tokenizes otherwise cannot be re-tokenized: that stops, naming both."""
+    `sciriff_f<hash>_4096_scitulu`, registered on first use). A task or mixture registered outside the task sets
+    cannot be re-tokenized: that stops, naming both. Whether a run may re-tokenize a set someone configured is the
+    caller's decision (a finetune re-tokenizes only the unconfigured default set; see is_configured)."""
     if chat_format_of(mixture_or_task_name) == chat_format:
         return mixture_or_task_name
     task_set = task_set_of(mixture_or_task_name)
-    # Only a set without a vocabulary of its own (the default set when $SCIRIFF_JAX_VOCAB is unset), or one whose
-    # vocabulary is this format's (another template), is re-tokenized: a vocabulary someone chose is never replaced.
-    have = None if task_set is None else task_set.chat_format
-    if have is None or not (isinstance(have.vocabulary, MissingVocabulary) or have.fingerprint == chat_format.fingerprint):
-        have = chat_format_of(mixture_or_task_name)
+    if task_set is None:
         raise ValueError(
-            f"{mixture_or_task_name} tokenizes with {have.describe()}, but this run needs {chat_format.describe()} "
-            "(the checkpoint's own): its embeddings would read other words. Unset $SCIRIFF_JAX_VOCAB to use the "
-            "checkpoint's tokenizer, or register the mixture with it (seqio_tasks.register(prefix=..., "
-            "chat_format=...)).")
-    key = hashlib.sha256(f"{chat_format.fingerprint}:{chat_format.template}".encode()).hexdigest()[:8]
+            f"{mixture_or_task_name} was registered outside seqio_tasks' task sets and tokenizes with "
+            f"{chat_format_of(mixture_or_task_name).describe()}, not {chat_format.describe()}: register it for that "
+            "format (seqio_tasks.register(prefix=..., chat_format=...)) or use one of the sciriff_* names.")
+    key = hashlib.sha256(repr(chat_format.identity).encode()).hexdigest()[:8]
     prefix = f"{tasks.DEFAULT_PREFIX}_f{key}"
     if prefix not in TASK_SETS:
         _register(TaskSet(prefix, chat_format, chat_format))
@@ -72,11 +68,18 @@ def name_for(mixture_or_task_name: str, chat_format: ChatFormat) -> str:
     return name
 
 
+def is_configured(mixture_or_task_name: str) -> bool:
+    """Whether the task set of a task or mixture has a vocabulary someone chose ($SCIRIFF_JAX_VOCAB, register):
+    False for the default set without one (its real tasks have MissingVocabulary, its sample the sample's own)."""
+    task_set = task_set_of(mixture_or_task_name)
+    return task_set is None or not isinstance(task_set.chat_format.vocabulary, MissingVocabulary)
+
+
 def configure(*, overlong=None, tulu_path=None, train_mix_path=None, source_dir=None, scitulu_per_task=None,
               train_rate_cap=None, chat_ratio=None) -> None:
-    """Change where the data comes from and which rows are kept (tokens are the task sets' ChatFormats: register
-    a set for another vocabulary or template). SciTulu / rate changes re-register every set's tasks or mixtures
-    with their own formats."""
+    """Change where the data comes from, which over-long rows are kept, and the SciTulu sizes of the default set
+    (re-registered with its own format). The vocabulary and template are the task sets' ChatFormats: register a
+    set for another one."""
     if overlong is not None:
         if overlong not in OVERLONG_POLICIES:
             raise ValueError(f"overlong={overlong!r}; expected one of {OVERLONG_POLICIES}")
@@ -93,11 +96,11 @@ def configure(*, overlong=None, tulu_path=None, train_mix_path=None, source_dir=
         SETTINGS.train_rate_cap = train_rate_cap
     if chat_ratio is not None:
         SETTINGS.chat_ratio = chat_ratio
-    for task_set in list(TASK_SETS.values()):
-        if any(v is not None for v in (scitulu_per_task, chat_ratio)):
-            _register(task_set)
-        elif train_rate_cap is not None:
-            _register_mixtures(task_set.prefix)
+    current = TASK_SETS[tasks.DEFAULT_PREFIX]  # as before: the default set; sets registered later take these too
+    if any(v is not None for v in (scitulu_per_task, chat_ratio)):
+        _register(current)
+    elif train_rate_cap is not None:
+        _register_mixtures(current.prefix)
 
 
 def _register(task_set: TaskSet) -> None:

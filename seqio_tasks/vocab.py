@@ -171,11 +171,6 @@ def get_vocabulary(path: "str | seqio.Vocabulary | None" = None) -> seqio.Vocabu
     return vocab
 
 
-def fingerprint(vocab) -> "str | None":
-    """What identifies a vocabulary's tokens (sha256 of its files), or None for a vocabulary without files."""
-    return getattr(vocab, "fingerprint", None)
-
-
 def describe(vocab) -> str:
     """A vocabulary as a user would name it: its file, or its type."""
     return str(getattr(vocab, "tokenizer_file", None) or getattr(vocab, "sentencepiece_model_file", None)

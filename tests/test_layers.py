@@ -42,6 +42,7 @@ DEFERRABLE = {
     "transformer_engine": "Transformer-Engine", "torch": "torch", "transformers": "transformers",
     "tensorboardX": "tensorboardX (imports torch where it is installed: ~1 s)",
     "fsspec": "fsspec (not a core dependency: it comes with gcsfs / s3fs, for URLs)",
+    "pyarrow": "pyarrow (~0.4 s at start-up; only .parquet files need it)",
 }
 
 # (file, imported module) -> why it stays inside its function although the rule above does not cover it.

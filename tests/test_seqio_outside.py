@@ -176,8 +176,9 @@ def test_register_takes_a_vocabulary_object_and_later_changes_keep_it():
         "seqio_tasks.configure(scitulu_per_task=10)\n"
         "t = seqio.get_mixture_or_task('mine_4096_scierc_ner')\n"
         "assert t.output_features['targets'].vocabulary is vocab, t.output_features['targets'].vocabulary\n"
-        "assert seqio.get_mixture_or_task('mine_4096_acl_arc_intent_classification_first10')"
+        "assert seqio.get_mixture_or_task('mine_4096_acl_arc_intent_classification_first1000')"
         ".output_features['targets'].vocabulary is vocab\n"
+        "assert seqio.get_mixture_or_task('sciriff_4096_acl_arc_intent_classification_first10')  # the default set's\n"
         "other = seqio.get_mixture_or_task('sciriff_4096_scierc_ner').output_features['targets'].vocabulary\n"
         "assert isinstance(other, MissingVocabulary), other  # registering a set rewrites no other set\n")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 from typing import Any
 
@@ -55,12 +56,19 @@ class ChatFormat:
         if self.vocabulary is not None:
             render.check_template_name(self.template)
 
-    def __eq__(self, other):  # the same tokens: same vocabulary and template (the note is only a label)
-        return (isinstance(other, ChatFormat) and self.template == other.template
-                and _identity(self.vocabulary) == _identity(other.vocabulary))
+    def __eq__(self, other):  # the same tokens: same vocabulary and template text (the note is only a label)
+        return isinstance(other, ChatFormat) and self.identity == other.identity
 
     def __hash__(self):
-        return hash((self.template, _identity(self.vocabulary)))
+        return hash(self.identity)
+
+    @functools.cached_property
+    def identity(self) -> tuple:
+        """What decides the tokens: the vocabulary (its file's sha256) and the template, by name for a built-in one
+        and by the sha256 of its Jinja text otherwise (two models' own templates over one tokenizer differ)."""
+        source = getattr(self.renderer, "source", None) if self.vocabulary is not None else None
+        text = hashlib.sha256(source.encode()).hexdigest() if source else None
+        return (_identity(self.vocabulary), self.template, text)
 
     # --- what the vocabulary and template decide -------------------------------------------------------------
 
@@ -98,6 +106,16 @@ class ChatFormat:
         """sha256 of the vocabulary's file (what identifies its tokens), or None for one without files."""
         return getattr(self.vocabulary, "fingerprint", None)
 
+    def check_fits(self, vocab_size: int, model) -> "ChatFormat":
+        """This format, when its vocabulary fits `model`'s `vocab_size` embedding rows; else a ValueError."""
+        size = self._vocab().vocab_size
+        if size > vocab_size:
+            raise ValueError(
+                f"the vocabulary {self.describe()} has {size} tokens but the model {model} has {vocab_size} embedding "
+                f"rows: token ids past {vocab_size - 1} would index nothing. Use the model's own tokenizer (leave "
+                "VOCABULARY_PATH unset), the matching model, or a model gin file with a larger VOCAB_SIZE.")
+        return self
+
     def describe(self) -> str:
         return self.note or f"template {self.template!r}, vocabulary {_describe(self.vocabulary)}"
 
@@ -119,12 +137,11 @@ class ChatFormat:
 
     def generation_prompt(self, user_text: str) -> str:
         """One user turn through the assistant header, as training renders it (what the answer follows)."""
-        return self.renderer.render([{"role": "user", "content": user_text}], add_generation_prompt=True)
+        return render.render_prompt(user_text, self.renderer)
 
     def prompt_ids(self, user_text: str) -> list[int]:
         """Token ids training puts before an answer to one user turn: BOS (as training) + the generation prompt."""
-        bos = [self.bos_id] if self.bos_id is not None else []
-        return bos + self.encode(self.generation_prompt(user_text))
+        return render.prompt_ids(user_text, self._vocab(), self.renderer)
 
     def release_prompt(self, user_text: str) -> str:
         """The release protocol's prompt: its fixed lm-eval text for tulu / llama2, or (as its llama3 / qwen templates

@@ -1,7 +1,7 @@
 """Chat templates -> one text per conversation -> token ids in one pass + the loss mask on assistant turns.
 
 A conversation is rendered to a single string (the built-in templates below, or the model's own Jinja template,
-`chat_template.py`) and tokenized in one pass, as open-instruct and transformers do: no segment is tokenized on
+`jinja.py`) and tokenized in one pass, as open-instruct and transformers do: no segment is tokenized on
 its own, so no answer starts with a piece (SentencePiece's `▁`) that the one-pass text would not have. The loss
 covers each assistant turn's content and its end-of-turn token: the turn starts where
 `render(messages[:i], add_generation_prompt=True)` ends and stops after the last special token of

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import time
 from typing import Callable
 
 import jax
@@ -93,6 +92,15 @@ def decode_texts(config, params, prompt_texts: list[str], chat_format: ChatForma
     return [chat_format.decode(tokens) for tokens in generated]
 
 
+def prompt_format(eval_config: EvalConfig, chat_format: ChatFormat) -> ChatFormat:
+    """The format prompts are written in: the model's, or its vocabulary with EvalConfig.template where that names
+    another template ("auto": the model's own)."""
+    template = resolve_template(eval_config.template, recorded=chat_format.template)
+    if template == chat_format.template:
+        return chat_format
+    return ChatFormat(chat_format.vocabulary, template, f"{chat_format.describe()}; template {template!r} (TEMPLATE)")
+
+
 def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval_config: EvalConfig = EvalConfig(),
                   sharding: Sharding | None = None, output_dir=None, settings: dict | None = None,
                   label: str = "") -> dict:
@@ -103,6 +111,7 @@ def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval
     EOS are its. `settings`: what identifies these predictions (checkpoint, decoding settings), kept beside them so
     a rerun with other settings is refused rather than mixed in.
     """
+    chat_format = prompt_format(eval_config, chat_format)
     fewshot = PAPER_FEWSHOT if eval_config.fewshot is None else eval_config.fewshot
     protocol = Protocol(eval_config.protocol)
     store = None
@@ -234,9 +243,6 @@ def make_eval_hook(eval_config: EvalConfig, *, config, chat_format: ChatFormat, 
                    output_dir=None) -> Callable[[object, int], dict]:
     """An eval callback for the training loop: `hook(params, step) -> flat metrics` (examples loaded once).
     `chat_format`: the run's; EvalConfig.template, when not "auto", prompts with another template."""
-    template = resolve_template(eval_config.template, recorded=chat_format.template)  # "auto": the run's own
-    if template != chat_format.template:
-        chat_format = ChatFormat(chat_format.vocabulary, template, f"template {template!r}")
     names = task_names_of(eval_config.mixture_or_task_name)
     loaded = load_examples(names, eval_config.split, eval_config.max_examples)
     scorers = {name: scorer for name, (_, scorer) in loaded.items()}

@@ -57,9 +57,9 @@ def export_hf(ckpt_dir, hf_dir, dtype: str | None = None, max_shard_bytes: int =
     fmt = loader.resolve_chat_format(ckpt_dir)  # the recorded tokenizer and template, as eval reads them
     if fmt.template in _BUILTIN_JINJA and not (hf_dir / "chat_template.jinja").exists():
         (hf_dir / "chat_template.jinja").write_text(_BUILTIN_JINJA[fmt.template], encoding="utf-8")
-    vocab = fmt.vocabulary
-    if vocab.vocab_size > loaded.config.vocab_size:
-        raise ValueError(f"{recorded}: the tokenizer has {vocab.vocab_size} tokens, the model {loaded.config.vocab_size}")
+    vocab = fmt.check_fits(loaded.config.vocab_size, ckpt_dir).vocabulary
+    # The tokenizer's own special ids, as transformers reads them (whether a prompt starts with BOS is the chat
+    # template's business, written beside it).
     generation = {"bos_token_id": vocab.bos_id, "eos_token_id": vocab.eos_id,
                   "pad_token_id": vocab.pad_id, "do_sample": False}
     if (hf_dir / "generation_config.json").is_file():

@@ -5,8 +5,10 @@ wrote, io/tokenizer_files.py), resolved once into a `ChatFormat` by `resolve_cha
 VOCABULARY_PATH other than the one it was trained with, stops.
 
 Every caller goes through `load` (or `load_config` for the shapes alone): `sciriff_jax.load_model`, the eval and
-infer runs, a finetune's INITIAL_CHECKPOINT_PATH and `sciriff-jax export`. The vocabulary is read on first use of
-`Loaded.chat_format` (it needs `seqio_tasks`, hence TensorFlow), so loading for logits or generation needs neither.
+infer runs, a finetune's INITIAL_CHECKPOINT_PATH and `sciriff-jax export`. `load` resolves the ChatFormat (the
+vocabulary needs `seqio_tasks`, hence TensorFlow) before the weights of an HF directory and checks it against the
+embedding; `load_model` and `with_tokenizer=False` read it only on first use of `Loaded.chat_format`, so loading
+for logits or generation needs neither.
 """
 from __future__ import annotations
 
@@ -86,7 +88,12 @@ def resolve_chat_format(path, vocabulary_path=None, template: str | None = None)
             "its MODEL_DIR; written before sciriff-jax recorded tokenizers?): set VOCABULARY_PATH to the vocabulary "
             "it was trained with (.model, tokenizer.json or a tokenizer directory).")
     source = vocabulary_path if vocabulary_path is not None else str(own)
-    tokenizer_dir = p if hf_dir else (paths.resolve(source) if isinstance(source, (str, os.PathLike)) else None)
+    # Whether the checkpoint ships a chat template of its own: an HF directory's (when its tokenizer is the one
+    # read), else a VOCABULARY_PATH directory's.
+    if hf_dir:
+        tokenizer_dir = p if own is not None else None
+    else:
+        tokenizer_dir = paths.resolve(source) if isinstance(source, (str, os.PathLike)) else None
     has_own = tokenizer_dir is not None and tokenizer_dir.is_dir() and tokenizer_files.has_chat_template(tokenizer_dir)
     resolved = resolve_template(template, has_own, recorded)
     vocabulary = vocabulary_for(source)
@@ -100,17 +107,6 @@ def resolve_chat_format(path, vocabulary_path=None, template: str | None = None)
     else:
         why = f"template {resolved!r} (the {what} has no chat template; set TEMPLATE to choose)"
     return ChatFormat(vocabulary, resolved, f"{said}; {why}")
-
-
-def _fits(fmt: ChatFormat, config: LlamaConfig, path) -> ChatFormat:
-    """`fmt`, when its vocabulary fits the model's embedding rows."""
-    size = fmt.vocabulary.vocab_size
-    if size > config.vocab_size:
-        raise ValueError(
-            f"the vocabulary {fmt.describe()} has {size} tokens but the model {path} has {config.vocab_size} "
-            f"embedding rows: token ids past {config.vocab_size - 1} would index nothing. Use the model's own "
-            "tokenizer (leave VOCABULARY_PATH unset) or the matching model.")
-    return fmt
 
 
 def _cast(params, config: LlamaConfig, dtype: str | None):
@@ -135,7 +131,8 @@ class Loaded:
 
     @functools.cached_property
     def chat_format(self) -> ChatFormat:
-        return _fits(resolve_chat_format(self.path, self.vocabulary_path, self.template), self.config, self.path)
+        return resolve_chat_format(self.path, self.vocabulary_path, self.template).check_fits(
+            self.config.vocab_size, self.path)
 
     @functools.cached_property
     def _forward(self):
@@ -182,7 +179,7 @@ def load(path, *, dtype: str | None = None, vocabulary_path=None, template: str 
         params, config = _cast(params, config, dtype)
     loaded = Loaded(config, params, str(p), kind, vocabulary_path, template)
     if with_tokenizer:  # checked against the model's embedding rows now, not at the first prompt
-        loaded.chat_format = _fits(fmt or resolve_chat_format(p, vocabulary_path, template), config, p)
+        loaded.chat_format = (fmt or resolve_chat_format(p, vocabulary_path, template)).check_fits(config.vocab_size, p)
     return loaded
 
 

@@ -14,11 +14,12 @@ from sciriff_jax.model.attention_blockwise import blockwise_attention
 from sciriff_jax.model.attention_cudnn import cudnn_attention  # its cuDNN internals load on first call
 from sciriff_jax.model.attention_ring import ring_attention
 from sciriff_jax.model.attention_splash import splash_attention  # its Pallas kernels load on first call
+from sciriff_jax.model.config import ATTENTION_BACKENDS
 from sciriff_jax.model.online_softmax import MASK_VALUE
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "reference", "blockwise", "cudnn", "splash", "ring")
+BACKENDS = ATTENTION_BACKENDS  # declared once, with the config field
 # Below this many tokens per row, materialising S x S is cheaper than blockwise bookkeeping.
 _REFERENCE_MAX_LEN = 2048
 

@@ -7,7 +7,6 @@ import pathlib
 import sys
 from typing import Sequence
 
-import pyarrow.parquet as pq  # a core dependency, and light: no TensorFlow, no JAX
 
 # metrics and judge are pure Python: scoring works on a machine without TensorFlow or JAX.
 from sciriff_jax.scoring import judge as judge_lib
@@ -100,6 +99,8 @@ def read_references(path) -> dict:
     refs: dict = {_SOURCE: str(path)}
     if path.suffix == ".parquet":
         try:
+            import pyarrow.parquet as pq  # pyarrow: ~0.4 s, only for .parquet references (not `score --help`)
+
             table = pq.read_table(path, columns=["_instance_id", "output"])
         except Exception as err:  # pyarrow raises several types for a file it cannot read
             raise PredictionFileError(f"{path}: not a parquet file with _instance_id and output columns ({err})") \

@@ -277,8 +277,9 @@ def _chat_format(train: TrainConfig, data: DataConfig, config: LlamaConfig, mode
     with it).
 
     An initial checkpoint's own tokenizer and template (an HF directory's, or the ones its run recorded) are the
-    run's: the mixture is read through the task set of that format (seqio_tasks.name_for), and a mixture someone
-    registered with another vocabulary stops, naming both. Without one, the mixture's own format is the run's. The
+    run's when the mixture's set has no vocabulary of its own: the mixture is read through the task set of that
+    format (seqio_tasks.name_for). A set someone configured keeps its format, and stops, naming both, when its
+    vocabulary is not the checkpoint's. Without an initial checkpoint, the mixture's own format is the run's. The
     format is recorded in MODEL_DIR/tokenizer/ so eval and export of this run use it without flags.
     """
     if data.source != "seqio" or not data.mixture_or_task_name:
@@ -292,14 +293,17 @@ def _chat_format(train: TrainConfig, data: DataConfig, config: LlamaConfig, mode
             own = loader.resolve_chat_format(train.initial_checkpoint_path)
         except FileNotFoundError:
             own = None  # a checkpoint without a tokenizer trains with the mixture's own
-    if own is not None:
+    if own is not None and not seqio_tasks.is_configured(name):  # the checkpoint's format for the default set
         name = seqio_tasks.name_for(name, own)
         _log(f"data: INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}: {own.describe()}")
     fmt = seqio_tasks.chat_format_of(name)
-    if fmt.vocabulary.vocab_size > config.vocab_size:
-        raise ValueError(f"the vocabulary {fmt.describe()} has {fmt.vocabulary.vocab_size} tokens but the model has "
-                         f"{config.vocab_size} embedding rows (vocab_size): use the model's own tokenizer or a model "
-                         "gin file with a larger VOCAB_SIZE.")
+    if own is not None and fmt.fingerprint != own.fingerprint:  # a vocabulary someone chose is never replaced
+        raise ValueError(
+            f"{data.mixture_or_task_name} tokenizes with {fmt.describe()}, but INITIAL_CHECKPOINT_PATH="
+            f"{train.initial_checkpoint_path} was trained with {own.describe()}: its embeddings would read other "
+            "words. Unset $SCIRIFF_JAX_VOCAB to use the checkpoint's tokenizer, or register the mixture with it "
+            "(seqio_tasks.register(prefix=..., chat_format=...)).")
+    fmt.check_fits(config.vocab_size, "of this run")
     record = paths.resolve(model_dir) / tokenizer_files.SUBDIR
     if (record / tokenizer_files.RECORD).is_file():
         if tokenizer_files.read_record(record)["fingerprint"] != fmt.fingerprint:
@@ -319,8 +323,9 @@ def _eval_hooks(evals: TrainEvalConfig, run_setup: setup.TrainSetup, train: Trai
         if chat_format is not None:
             import seqio_tasks  # the data layer (TensorFlow): a SeqIO eval mixture needs it anyway
 
-            loss_data = dataclasses.replace(
-                loss_data, mixture_or_task_name=seqio_tasks.name_for(loss_data.mixture_or_task_name, chat_format))
+            if not seqio_tasks.is_configured(loss_data.mixture_or_task_name):  # as the training mixture
+                loss_data = dataclasses.replace(
+                    loss_data, mixture_or_task_name=seqio_tasks.name_for(loss_data.mixture_or_task_name, chat_format))
 
         def eval_stream():
             return loss_data.batches(sharding=run_setup.sharding.batch, global_batch_size=train.batch_size,
