@@ -39,17 +39,22 @@ def _run_mode(mode: str, argv: list[str]) -> int:
     return main_lib.main(argv)
 
 
+_OVERWRITE_HELP = ("replace the output directory when it holds only a previous `{command}` output (recognised by the "
+                   "sciriff_output.json it writes); anything else there is never replaced")
+
+
 def _convert(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sciriff-jax convert", description="Import a Hugging Face Llama checkpoint into Orbax.")
     parser.add_argument("hf_dir")
     parser.add_argument("out_dir")
     parser.add_argument("--dtype", default="float32", help="parameter dtype of the Orbax checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP.format(command="convert"))
     args = parser.parse_args(argv)
     from sciriff_jax.io import convert  # lazy: JAX
 
     try:
-        convert.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype)
-    except (ValueError, OSError) as err:  # bad HF files are named in the message; nothing was written
+        convert.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:  # bad HF files or output path are named in the message; nothing was written
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote Orbax checkpoint to {args.out_dir}")
@@ -60,11 +65,12 @@ def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sciriff-jax export", description="Export an Orbax checkpoint as a Hugging Face Llama directory.")
     parser.add_argument("ckpt_dir")
     parser.add_argument("hf_dir")
+    parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP.format(command="export"))
     args = parser.parse_args(argv)
     from sciriff_jax.io import convert  # lazy: JAX
 
     try:
-        convert.export_hf(args.ckpt_dir, args.hf_dir)
+        convert.export_hf(args.ckpt_dir, args.hf_dir, overwrite=args.overwrite)
     except (ValueError, OSError) as err:  # e.g. a checkpoint that fails verification
         print(f"error: {err}", file=sys.stderr)
         return 2
