@@ -50,3 +50,12 @@ def test_the_format_checks_its_vocabulary_against_the_embedding():
     assert fmt.check_fits(fmt.vocabulary.vocab_size, "m") is fmt
     with pytest.raises(ValueError, match=r"has \d+ tokens but the model m has 10 embedding rows"):
         fmt.check_fits(10, "m")
+
+
+def test_a_format_without_a_vocabulary_yet_compares_without_reading_it():
+    import seqio_tasks
+    from seqio_tasks.vocab import MissingVocabulary
+
+    missing = seqio_tasks.chat_format_of("sciriff_4096_scierc_ner")  # the default set, no $SCIRIFF_JAX_VOCAB
+    assert isinstance(missing.vocabulary, MissingVocabulary)
+    assert missing == missing and missing != ChatFormat(missing.vocabulary, "llama2")

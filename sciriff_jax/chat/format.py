@@ -66,7 +66,8 @@ class ChatFormat:
     def identity(self) -> tuple:
         """What decides the tokens: the vocabulary (its file's sha256) and the template, by name for a built-in one
         and by the sha256 of its Jinja text otherwise (two models' own templates over one tokenizer differ)."""
-        source = getattr(self.renderer, "source", None) if self.vocabulary is not None else None
+        jinja = self.vocabulary is not None and self.template not in render.TEMPLATES  # a built-in: its name says all
+        source = getattr(self.renderer, "source", None) if jinja else None
         text = hashlib.sha256(source.encode()).hexdigest() if source else None
         return (_identity(self.vocabulary), self.template, text)
 
@@ -164,7 +165,12 @@ class ChatFormat:
     def encode_prompts(self, texts: list[str], *, add_bos: bool, max_position: int, max_new_tokens: int,
                        label: str = "") -> list[list[int]]:
         """Token ids per prompt text: left-truncated to max_position - max_new_tokens (as lm-eval), then this
-        format's BOS first when `add_bos` (else only the BOS a template wrote, kept when the text is cut)."""
+        format's BOS first when `add_bos` (else only the BOS a template wrote, kept when the text is cut).
+        max_new_tokens >= max_position leaves no room for a prompt: a ValueError with the numbers."""
+        if max_position and max_new_tokens >= max_position:
+            raise ValueError(f"{label + ': ' if label else ''}max_new_tokens={max_new_tokens} leaves no room for a "
+                             f"prompt in the model's context of {max_position} tokens (max_position); decode at most "
+                             f"{max_position - 1} new tokens")
         prompts = [self.encode(t) for t in texts]
         bos_id = self.bos_id if add_bos else None
         written = self._vocab().bos_id if bos_id is None else None  # a template that writes BOS keeps it when cut
