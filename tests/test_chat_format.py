@@ -30,6 +30,8 @@ def test_two_templates_over_one_tokenizer_are_two_formats_and_two_task_sets(tmp_
     assert seqio_tasks.chat_format_of(name_a) == fa and seqio_tasks.chat_format_of(name_b) == fb
     assert seqio_tasks.chat_format_of("sciriff_sample_ner") not in (fa, fb)  # the default set is left as it was
     assert not seqio_tasks.is_configured("sciriff_4096_scierc_ner") and seqio_tasks.is_configured(name_a)
+    real = seqio_tasks.name_for("sciriff_4096_scierc_ner", fa)  # a real task of the unconfigured default set
+    assert real.endswith("_4096_scierc_ner") and seqio_tasks.chat_format_of(real) == fa
 
 
 def test_eval_prompts_follow_eval_config_template_over_the_models_own():
