@@ -52,12 +52,15 @@ def read_jsonl(path, required=RELEASE_FIELDS) -> list[dict]:
 
 
 def read_parquet(path, required=RELEASE_FIELDS) -> list[dict]:
-    """Rows of a parquet file as dicts; a missing column fails naming the file."""
+    """Rows of a parquet file as dicts; a missing column fails naming the file, a bad value file: row N."""
     table = pq.read_table(path)
     missing = [f for f in required if f not in table.column_names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {list(required)}, found {table.column_names}")
-    return table.to_pylist()
+    rows = table.to_pylist()
+    for i, row in enumerate(rows):
+        _check_types(row, required, f"{path}: row {i + 1}")
+    return rows
 
 
 def read_rows(path, required=RELEASE_FIELDS) -> list[dict]:
@@ -71,6 +74,21 @@ def _check_fields(row, required, where):
     missing = [f for f in required if f not in row]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}; expected {list(required)}")
+    _check_types(row, required, where)
+
+
+# Release fields that must be text: a null or a number would be trained on as the text "None" / "3", or (an id)
+# file the instance under a task named "None". A null `output` is allowed here: skip_empty_outputs skips it.
+_TEXT_FIELDS = {"_instance_id": "the instance id, 'task:split:index'", "input": "the prompt text",
+                "output": "the answer text (or null / empty: the instance is skipped and counted)"}
+
+
+def _check_types(row, required, where):
+    for field, what in _TEXT_FIELDS.items():
+        if field not in required or isinstance(row[field], str) or (field == "output" and row[field] is None):
+            continue
+        found = "null" if row[field] is None else f"{type(row[field]).__name__} {json.dumps(row[field], default=str)[:40]}"
+        raise ValueError(f"{where}: {field!r} is {found}, not a string ({what}); fix or remove the row")
 
 
 def release_row(row: dict) -> dict:

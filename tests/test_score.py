@@ -142,7 +142,7 @@ def test_deep_nesting_and_huge_integers_in_predictions_get_a_defined_score(tmp_p
     assert score.main(["--task", "bioasq_list_qa", "--predictions", str(path)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["n"] == len(hostile) and 0.0 <= printed["headline"]["f1"] <= 1.0
-    assert printed["parse"]["extract_failure"] == 4  # the 10,000-digit integer is a number: valid, just wrong
+    assert printed["parse"]["extract_failure"] == 5  # the 10,000-digit integer too (README: a parse failure)
 
 
 def test_deep_or_huge_values_in_the_file_itself_name_file_and_line(tmp_path, capsys):

@@ -79,6 +79,16 @@ def load_examples(task_names: list[str], split: str = "validation", max_examples
             for name in task_names}
 
 
+def check_max_new_tokens(max_position, max_new_tokens: int, setting: str = "--gin.MAX_NEW_TOKENS",
+                         where: str = "the model") -> None:
+    """Refuse max_new_tokens >= the model's context (max_position) before anything is decoded: no prompt token
+    would fit, and decoding would run past the last position the model knows. `setting` is what the user sets."""
+    if max_position and max_new_tokens >= max_position:
+        raise ValueError(f"max_new_tokens={max_new_tokens} ({setting}) is not below the context of {where}, "
+                         f"max_position={max_position} tokens: no prompt would fit. Set {setting} to at most "
+                         f"{max_position - 1} (prompts keep their last max_position - max_new_tokens tokens).")
+
+
 def decode_texts(config, params, prompt_texts: list[str], chat_format: ChatFormat, *, max_new_tokens: int = 1024,
                  batch_size: int = 32, sharding: Sharding | None = None, add_bos: bool = False,
                  label: str = "", kv_cache_bytes: int | None = None) -> list[str]:
@@ -243,6 +253,8 @@ def make_eval_hook(eval_config: EvalConfig, *, config, chat_format: ChatFormat, 
                    output_dir=None) -> Callable[[object, int], dict]:
     """An eval callback for the training loop: `hook(params, step) -> flat metrics` (examples loaded once).
     `chat_format`: the run's; EvalConfig.template, when not "auto", prompts with another template."""
+    check_max_new_tokens(getattr(config, "max_position", 0), eval_config.max_new_tokens,
+                         "infer_eval/EvalConfig.max_new_tokens", "the trained model")
     names = task_names_of(eval_config.mixture_or_task_name)
     loaded = load_examples(names, eval_config.split, eval_config.max_examples)
     scorers = {name: scorer for name, (_, scorer) in loaded.items()}
@@ -269,9 +281,11 @@ def load_checkpoint(checkpoint_path: str, vocabulary_path: str | None, dtype: st
     if not paths.resolve(checkpoint_path).exists():
         raise FileNotFoundError(f"CHECKPOINT_PATH {checkpoint_path!r} does not exist; pass an Orbax checkpoint "
                                 "(MODEL_DIR or a step directory) or a Hugging Face model directory")
+    config = loader.load_config(checkpoint_path)
+    check_max_new_tokens(config.max_position, eval_config.max_new_tokens, where=str(checkpoint_path))
     sharding = None
     if mesh is not None and mesh.layout is not None:
-        sharding = Sharding.create(loader.load_config(checkpoint_path), mesh).for_decoding()
+        sharding = Sharding.create(config, mesh).for_decoding()
     model = loader.load(checkpoint_path, dtype=dtype, vocabulary_path=vocabulary_path, template=eval_config.template,
                         shardings=sharding.params if sharding is not None else None)
     if sharding is not None:

@@ -16,8 +16,11 @@ class Progress:
     """Count finished instances and print a line every `every_s` seconds (and at the end).
 
     The rate runs from the first finished instance, not from the start: the first one pays for compiling
-    the decoder, which would make the ETA read hours.
+    the decoder, which would make the ETA read hours. Until MIN_WINDOW_S have passed since then it runs from the
+    start: a batch that finishes together would otherwise read as thousands of instances/s.
     """
+
+    MIN_WINDOW_S = 5.0
 
     def __init__(self, total: int, label: str, *, resumed: int = 0, every_s: float = 10.0, clock=time.monotonic,
                  out=print):
@@ -49,6 +52,8 @@ class Progress:
         if tasks_done is not None:
             parts.append(f"{tasks_done} task(s) complete")
         t0, n0, k0 = self._first or (now, self.done, self.tokens)
+        if now - t0 < self.MIN_WINDOW_S:
+            t0, n0, k0 = self.started, 0, 0
         if now > t0 and self.done > n0:
             rate = (self.done - n0) / (now - t0)
             parts.append(f"{rate:.2f} instances/s, {(self.tokens - k0) / (now - t0):.1f} new tokens/s")

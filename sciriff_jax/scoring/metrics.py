@@ -44,13 +44,28 @@ def clean_prediction(text) -> str:
 MAX_DEPTH = 100  # deeper answers count as parse failures: no SciRIFF answer nests more than a few levels
 
 
+MAX_INT_DIGITS = 4000  # longer integers are parse failures (README), under Python's 4,300-digit int() limit
+
+
+class _IntTooLong(Exception):
+    pass
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise _IntTooLong
+    return int(digits)
+
+
 def _loads(text: str):
-    """json.loads without the two ways it fails on hostile text beyond JSONDecodeError: integers past Python's
-    4,300-digit int() limit become floats (inf), and nesting past MAX_DEPTH (or the recursion limit) is an error."""
+    """json.loads where hostile text fails only as JSONDecodeError: an integer longer than MAX_INT_DIGITS (past
+    Python's int() limit; no answer holds one) and nesting past MAX_DEPTH (or the recursion limit) are errors."""
     try:
-        value = json.loads(text, parse_int=lambda digits: int(digits) if len(digits) <= 4000 else float(digits))
+        value = json.loads(text, parse_int=_parse_int)
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except _IntTooLong:
+        raise json.JSONDecodeError(f"an integer longer than {MAX_INT_DIGITS} digits", text, 0) from None
     if _depth(value) > MAX_DEPTH:
         raise json.JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", text, 0)
     return value

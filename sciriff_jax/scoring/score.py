@@ -203,14 +203,17 @@ def main(argv: Sequence[str] | None = None, declared=None) -> int:
         print(f"error: --output {out} is the input file {clash[0]}; writing the metrics there would destroy it. "
               "Choose another --output (or leave it out: FILE.metrics.json).", file=sys.stderr)
         return 2
+    problem = output_problem(out)
+    if problem:  # before scoring: judge calls cost money, and the scores must have somewhere to go
+        print(f"error: --output {out}: {problem}", file=sys.stderr)
+        return 2
     try:
         judge = judge_lib.judge_from_env(args.judge_url, args.judge_model, args.judge_api_key)
         result = score_file(args.predictions, args.task, judge=judge, references=args.references, declared=declared)
     except (PredictionFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result), flush=True)
+    print(json.dumps(result), flush=True)  # first: a failed write below still leaves the scores on stdout
     for name, res in (result.get("tasks") or {args.task: result}).items():
         verdict = res.get("judge") or {}
         if verdict.get("n_failed"):
@@ -219,8 +222,33 @@ def main(argv: Sequence[str] | None = None, declared=None) -> int:
                   "metric is over the rest", file=sys.stderr)
         if res.get("n_missing"):
             print(f"note: {name}: {res['n_missing']} reference instance(s) have no prediction", file=sys.stderr)
+    try:
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    except OSError as err:  # e.g. the disk filled while scoring
+        print(f"error: could not write the metrics to {out}: {err.strerror or err} (they are on stdout above)",
+              file=sys.stderr)
+        return 1
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def output_problem(out: pathlib.Path) -> str | None:
+    """Why the metrics cannot be written to `out` (a directory, a missing folder, no permission), or None. Tried
+    for real (os.access can disagree with what a write meets: ACLs, NFS, root), leaving nothing behind."""
+    if out.is_dir():
+        return f"is a directory; name a file, e.g. {out / 'FILE.metrics.json'}"
+    if not out.parent.is_dir():
+        return (f"its folder {out.parent} does not exist" if not out.parent.exists() else
+                f"{out.parent} is not a folder") + "; create it or choose another --output"
+    existed = out.exists()
+    try:
+        with open(out, "a", encoding="utf-8"):
+            pass
+    except OSError as err:
+        return f"cannot be written ({err.strerror or err}); choose another --output"
+    if not existed:
+        out.unlink()
+    return None
 
 
 def _same_file(a, b) -> bool:

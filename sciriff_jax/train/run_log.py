@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import jax
@@ -92,7 +93,7 @@ class RunLogger:
             return
         # Opened per record: TF's gfile (epath's gs:// backend) only opens files as context managers.
         with self._metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(finite_record(record)) + "\n")
         if self._writer is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -155,7 +156,27 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+NONFINITE = "nonfinite"  # record key: {field: "nan" | "inf" | "-inf"} for the fields written as null
+
+
+def finite_record(record: dict) -> dict:
+    """`record` as strict JSON can hold it: a NaN or infinite number becomes null and is named, with its value, under
+    NONFINITE ({"loss": null, "nonfinite": {"loss": "nan"}}), so every line parses in any JSON reader."""
+    bad = {k: str(v) for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
+    if not bad:
+        return record
+    return {**{k: None if k in bad else v for k, v in record.items()}, NONFINITE: bad}
+
+
+def restore_nonfinite(record):
+    """The record as logged: the fields finite_record wrote as null get their NaN / inf back."""
+    bad = record.get(NONFINITE) if isinstance(record, dict) else None
+    if not isinstance(bad, dict):
+        return record
+    return {**{k: v for k, v in record.items() if k != NONFINITE}, **{k: float(v) for k, v in bad.items()}}
+
+
 def read_metrics(model_dir) -> list[dict]:
-    """All records of MODEL_DIR/metrics.jsonl, in order."""
+    """All records of MODEL_DIR/metrics.jsonl, in order (NaN / inf as floats again: restore_nonfinite)."""
     text = (paths.resolve(model_dir) / "metrics.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [restore_nonfinite(json.loads(line)) for line in text.splitlines() if line.strip()]
