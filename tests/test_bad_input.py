@@ -185,7 +185,7 @@ def test_a_full_disk_after_scoring_keeps_the_metrics_on_stdout_and_ends_with_one
                                "--predictions", str(path), "--output", "/dev/full"], capture_output=True, text=True,
                               timeout=120, cwd=REPO_ROOT, env={k: v for k, v in os.environ.items()
                                                                if k != "SCIRIFF_JUDGE_URL"})
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert json.loads(done.stdout)["headline"]["f1"] == 1.0
     assert done.stderr.strip().splitlines()[-1].startswith("error: could not write the metrics to /dev/full: "
                                                            "No space left on device")

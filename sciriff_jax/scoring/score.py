@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None, declared=None) -> int:
     except OSError as err:  # e.g. the disk filled while scoring
         print(f"error: could not write the metrics to {out}: {err.strerror or err} (they are on stdout above)",
               file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
