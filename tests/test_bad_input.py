@@ -116,6 +116,18 @@ def test_max_new_tokens_not_below_the_context_is_refused_with_the_numbers_before
     assert not (tmp_path / "out").exists()
 
 
+def test_an_eval_command_with_max_new_tokens_past_the_context_ends_with_one_line(short_context_checkpoint, tmp_path):
+    _, path = short_context_checkpoint
+    done = subprocess.run([sys.executable, "-m", "sciriff_jax.main", "--gin_file=runs/eval.gin",
+                           f'--gin.CHECKPOINT_PATH="{path}"', '--gin.MIXTURE_OR_TASK_NAME="sciriff_sample_list_qa"',
+                           "--gin.MAX_NEW_TOKENS=64", f'--gin.OUTPUT_DIR="{tmp_path / "out"}"'],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "error: max_new_tokens=64 (--gin.MAX_NEW_TOKENS) is not below the context of") and "Traceback" not in done.stderr
+    assert "max_position=64 tokens" in done.stderr and not (tmp_path / "out").exists()
+
+
 def test_the_training_decode_eval_refuses_max_new_tokens_past_the_context_when_it_is_set_up(short_context_checkpoint):
     from sciriff_jax.eval import evaluate
 
