@@ -144,11 +144,16 @@ def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval
             base = {"task": name, "scorer": scorer, "_instance_id": ex.get("_instance_id", f"{name}:{i}"),
                     "output": ex["output"], **({"input": ex["input"]} if scorer in JUDGE_SCORERS else {})}
             if base["_instance_id"] in done:
-                records[name][i] = done[base["_instance_id"]]
+                records[name][i] = done.pop(base["_instance_id"])
             else:
                 jobs.append((name, i, base, tokens[i]))
-    left = {name: sum(r is None for r in rows) for name, rows in records.items()}
+        if done:  # an earlier run decoded more (a larger MAX_EXAMPLES): a rerun never shrinks the file or its scores
+            records[name].extend(done.values())
+            print(f"[eval] {name}: {store.dir} holds {len(done)} prediction(s) of an earlier run beyond the "
+                  f"{len(examples)} asked for (MAX_EXAMPLES={eval_config.max_examples}): kept and scored with them; "
+                  "pass another OUTPUT_DIR to score only those", flush=True)
     resumed = sum(len(rows) for rows in records.values()) - len(jobs)
+    left = {name: sum(r is None for r in rows) for name, rows in records.items()}
     if resumed:
         print(f"[eval] resuming: {resumed} prediction(s) already in {store.dir} are kept; decoding {len(jobs)}", flush=True)
 
@@ -333,6 +338,7 @@ def infer_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), o
     loaded = load_examples(names, eval_config.split, eval_config.max_examples)
     with sharding.context() if sharding is not None else contextlib.nullcontext():
         records = predict_tasks(model.config, model.params, loaded, model.chat_format, eval_config=eval_config,
-                                output_dir=out, sharding=sharding,
-                                settings={"checkpoint": str(checkpoint_path), "dtype": dtype}, label=name)
+                                output_dir=out, sharding=sharding, label=name,
+                                settings={"checkpoint": str(checkpoint_path), "dtype": dtype,  # as evaluate_run's,
+                                          "tokenizer": model.chat_format.describe()})  # so eval scores these
     return {"output_dir": str(out), "predictions": {name: len(rows) for name, rows in records.items()}}

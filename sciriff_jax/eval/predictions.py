@@ -3,7 +3,8 @@
 `predictions/<task>.partial.jsonl` collects each finished prediction (appended and flushed at once on a local
 disk; rewritten every `FLUSH_S` seconds on a URL, which has no append). When a task is complete its
 `predictions/<task>.jsonl` is written in the examples' order and the partial file removed. A rerun into the
-same folder reuses both, so an eval stopped halfway (preemption, a crash) decodes only what is left.
+same folder reuses both, so an eval stopped halfway (preemption, a crash) decodes only what is left, and one
+asking for fewer examples keeps (and scores) every prediction already there: a rerun never shrinks the file.
 `predictions/settings.json` records what the predictions were decoded with; a rerun with other settings is
 refused, so stale predictions are never mixed in.
 """

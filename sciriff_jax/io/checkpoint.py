@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from sciriff_jax.io import checksums, paths
 from sciriff_jax.io.checksums import CorruptCheckpointError
-from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.model.config import RUNTIME, LlamaConfig
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 CORRUPT_SUBDIR = "checkpoints_corrupt"  # where a resume moves steps that failed verification (kept, not deleted)
@@ -40,6 +40,21 @@ def _config_to_dict(config) -> dict:
 
 def _config_from_dict(d: dict):
     return LlamaConfig.from_dict(d)
+
+
+class ModelChangedError(ValueError):
+    """A resume whose model differs from the one its MODEL_DIR's checkpoint was trained as (a non-RUNTIME field)."""
+
+
+def config_changes(recorded: LlamaConfig, run: LlamaConfig) -> tuple[dict, dict]:
+    """({field: (recorded, run)} for fields a resume may not change, {...} for the RUNTIME ones it may)."""
+    runtime = set(LlamaConfig.fields_of_kind(RUNTIME))
+    fixed, changed = {}, {}
+    for name in LlamaConfig.__dataclass_fields__:
+        old, new = getattr(recorded, name), getattr(run, name)
+        if old != new:
+            (changed if name in runtime else fixed)[name] = (old, new)
+    return fixed, changed
 
 
 def _finalized_steps(directory: epath.Path) -> list[int]:
@@ -173,6 +188,7 @@ class TrainCheckpointer:
         self.directory = self.model_dir / CHECKPOINTS_SUBDIR
         self.period = int(period) if period else 0
         self.config = _config_to_dict(config)
+        self._model = config if isinstance(config, LlamaConfig) else None  # what a resume is checked against
         self.before_save = before_save
         self.log = log or (lambda message: print(f"[sciriff-jax] {message}", flush=True))
         self.manager = ocp.CheckpointManager(
@@ -250,7 +266,8 @@ class TrainCheckpointer:
 
         Newer steps that fail verification are moved to MODEL_DIR/checkpoints_corrupt/ with a log line; when steps
         exist but none verifies, nothing is moved and CorruptCheckpointError lists what was wrong with each. `*_like` are pytrees
-        (arrays or ShapeDtypeStructs) giving structure, shapes and dtypes.
+        (arrays or ShapeDtypeStructs) giving structure, shapes and dtypes. A step recording another model than this
+        checkpointer's `config` (a field not marked RUNTIME) raises ModelChangedError before anything is restored.
         """
         problems = {}
         for step in sorted(self.manager.all_steps(), reverse=True):
@@ -270,6 +287,7 @@ class TrainCheckpointer:
         if problems:
             self.manager.reload()  # forget the steps just moved away
             self.last_saved_step = self.manager.latest_step()
+        self._check_config(step)
         r = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -279,6 +297,23 @@ class TrainCheckpointer:
             ),
         )
         return step, r["params"], r["opt_state"], dict(r["train_state"])
+
+    def _check_config(self, step: int) -> None:
+        """Stop before restoring when the run's model differs from the one `step` recorded in a field that is not
+        RUNTIME (it would train another function on these weights); log the RUNTIME fields that change."""
+        step_dir = self.directory / str(step)
+        if self._model is None or not (step_dir / "config").exists():  # a checkpoint written without its config
+            return
+        fixed, changed = config_changes(read_model_config(step_dir), self._model)
+        if fixed:
+            said = "; ".join(f"{k} {old} in the checkpoint vs {new} in this run" for k, (old, new) in fixed.items())
+            raise ModelChangedError(
+                f"MODEL_DIR={self.model_dir} was trained as another model than this run's: {said} (checkpoint "
+                f"{step_dir}). Resuming would train a different model on those weights. Use a new MODEL_DIR, or the "
+                f"gin settings that wrote it ({self.model_dir / 'operative_config.gin'}); only the RUNTIME fields "
+                f"{list(LlamaConfig.fields_of_kind(RUNTIME))} may change on a resume.")
+        for k, (old, new) in changed.items():
+            self.log(f"resuming with {k} {new} (checkpoint: {old})")
 
     def last_good_step(self) -> int | None:
         """The newest step that verifies now (for error messages), or None."""

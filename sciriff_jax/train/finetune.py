@@ -225,6 +225,8 @@ def _start(train: TrainConfig, run_setup: setup.TrainSetup, ckpt, batches, model
                                        sharding.opt_state)
     except checkpoint.CorruptCheckpointError:
         raise  # its message already lists each step and what was wrong with it
+    except checkpoint.ModelChangedError as err:
+        raise RunConfigError(str(err)) from None  # names each field, both values and the fix
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(
             f"MODEL_DIR={model_dir} holds checkpoint step {ckpt.latest_step()} that does not fit this run's model or "
@@ -268,8 +270,27 @@ def _summarize(result: dict, model_dir: str, train_steps: int, start_step: int, 
         _log(f"done: steps {start_step}->{result['final_step']} in {result['seconds']:.1f}s, loss "
              f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f}; checkpoint {summary['checkpoint']}")
     if jax.process_index() == 0:
-        (paths.resolve(model_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        _record_summary(paths.resolve(model_dir) / "train_summary.json", summary)
     return summary
+
+
+def _record_summary(path, summary: dict) -> None:
+    """Write train_summary.json without losing what an earlier run of this MODEL_DIR recorded there: a rerun that
+    trained nothing leaves it as it is; one that trained appends the earlier record(s) under "earlier_runs"."""
+    earlier = None
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text())
+        except ValueError:
+            earlier = {"unreadable": path.read_text()}  # kept as text: a record is never dropped
+    if earlier is not None and not summary.get("steps"):
+        _log(f"nothing left to train: {path} is kept as the run that trained it wrote it")
+        return
+    record = dict(summary)
+    if earlier is not None:
+        runs = earlier.pop("earlier_runs", []) if isinstance(earlier, dict) else []
+        record["earlier_runs"] = runs + [earlier]
+    path.write_text(json.dumps(record, indent=1, default=str))
 
 
 def _chat_format(train: TrainConfig, data: DataConfig, config: LlamaConfig, model_dir: str):

@@ -70,13 +70,22 @@ class RunLogger:
     def _drop_records_after(self, start_step: int) -> None:
         """Keep one record per logged step across a resume: drop what an interrupted run logged past the restored
         step (those steps run again), and a half-written last line."""
-        lines = [line for line in self._metrics_path.read_text().splitlines() if line.strip()]
+        numbered = [(n, line) for n, line in enumerate(self._metrics_path.read_text().splitlines(), start=1)
+                    if line.strip()]
+        lines = [line for _, line in numbered]
         kept = []
-        for line in lines:
+        for i, (n, line) in enumerate(numbered):
             try:
                 record = json.loads(line)
             except ValueError:
-                continue  # cut short by a kill mid-write
+                if start_step == 0:
+                    continue  # a fresh start drops every record anyway
+                if i == len(numbered) - 1:  # cut short by a kill mid-write: that step runs again
+                    print(f"[sciriff-jax] {self._metrics_path}:{n}: dropped a last line cut short by an interrupted "
+                          f"write ({line[:80]!r})", flush=True)
+                    continue
+                raise ValueError(f"{self._metrics_path}:{n}: not a JSON record ({line[:80]!r}); a resume keeps "
+                                 "every record up to the restored step, so fix or delete that line and rerun")
             # A fresh start (0) redoes everything, the evaluation at step 0 included.
             if isinstance(record, dict) and start_step > 0 and record.get("step", 0) <= start_step:
                 kept.append(line)
@@ -178,5 +187,12 @@ def restore_nonfinite(record):
 
 def read_metrics(model_dir) -> list[dict]:
     """All records of MODEL_DIR/metrics.jsonl, in order (NaN / inf as floats again: restore_nonfinite)."""
-    text = (paths.resolve(model_dir) / "metrics.jsonl").read_text()
-    return [restore_nonfinite(json.loads(line)) for line in text.splitlines() if line.strip()]
+    path = paths.resolve(model_dir) / "metrics.jsonl"
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(restore_nonfinite(json.loads(line)))
+            except ValueError:
+                raise ValueError(f"{path}:{n}: not a JSON record ({line[:80]!r})") from None
+    return records
