@@ -4,23 +4,11 @@ import os
 import seqio
 import tensorflow as tf
 
-from seqio_tasks import catalog
 from seqio_tasks.converter import INPUTS_LOSS_MASK, ChatFeatureConverter
 from seqio_tasks.sources import RELEASE_FIELDS
-from seqio_tasks.tasks import SETTINGS
+from seqio_tasks.tasks import SETTINGS, get_provider
 
 TF_GPUS_ENV = "SCIRIFF_JAX_TF_GPUS"
-
-
-def get_provider(name: str):
-    """The registered SeqIO task or mixture `name`; unknown names fail listing close matches."""
-    try:
-        return seqio.get_mixture_or_task(name)
-    except ValueError:
-        known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
-        raise KeyError(catalog.unknown_name_message("SeqIO task or mixture", name, known)
-                       + " (`import seqio_tasks` registers sciriff_sample, sciriff_<4096|8192|16384>_<task>, "
-                       "sciriff_<ctx>_train|scitulu|eval|family_<family>)") from None
 
 
 def hide_gpus_from_tensorflow() -> None:

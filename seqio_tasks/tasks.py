@@ -272,9 +272,20 @@ def register_tasks(task_set: TaskSet, scitulu_per_task: int = SCITULU_PER_TASK, 
     TASK_SETS[prefix] = task_set
 
 
+def get_provider(name: str):
+    """The registered SeqIO task or mixture `name`; unknown names fail listing close matches."""
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError:
+        known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+        raise KeyError(catalog.unknown_name_message("SeqIO task or mixture", name, known)
+                       + " (`import seqio_tasks` registers sciriff_sample, sciriff_<4096|8192|16384>_<task>, "
+                       "sciriff_<ctx>_train|scitulu|eval|family_<family>)") from None
+
+
 def task_set_of(mixture_or_task_name: str) -> TaskSet | None:
     """The registered TaskSet a task or mixture belongs to (by its first task's name prefix), or None."""
-    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    provider = get_provider(mixture_or_task_name)  # an unknown name fails listing close matches
     first = provider.tasks[0].name if hasattr(provider, "tasks") else provider.name
     return next((s for p, s in sorted(TASK_SETS.items(), key=lambda kv: -len(kv[0])) if first.startswith(p + "_")),
                 None)

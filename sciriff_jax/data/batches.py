@@ -155,7 +155,14 @@ class GlobalBatches:
                 f"data={self.description!r}); resume with the same mixture, lengths, batch size and seed, "
                 "or start in a new MODEL_DIR.")
         self.batches_consumed = int(state["batches_consumed"])
-        self._it = None
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading: end this host's stream now (the next batch, if asked for, starts a new one). A TF iterator
+        left open when a run fails can keep the process from exiting."""
+        it, self._it = self._it, None
+        if hasattr(it, "close"):  # a generator: its frame, and the TF iterator it holds, go now
+            it.close()
 
 
 def synthetic_local_batches(*, vocab_size: int, length: int, rows: tuple[int, int], seed: int,

@@ -20,6 +20,8 @@ from sciriff_jax.model.online_softmax import MASK_VALUE
 log = logging.getLogger(__name__)
 
 BACKENDS = ATTENTION_BACKENDS  # declared once, with the config field
+# The fused kernels and the one platform each runs on (the others are XLA and run anywhere).
+_KERNEL_PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
 # Below this many tokens per row, materialising S x S is cheaper than blockwise bookkeeping.
 _REFERENCE_MAX_LEN = 2048
 
@@ -59,11 +61,17 @@ def select_backend(backend: str, q, segment_ids=None, mesh=None, platform: str |
     """Resolve "auto" to a concrete backend for this platform/dtype/mesh, logging why others were skipped.
 
     `platform` ("cpu", "gpu", "tpu") is the one the program will run on; None means `jax.default_backend()`.
-    Ahead-of-time compilation passes the target's, since the compiling host may be a CPU.
+    Ahead-of-time compilation passes the target's, since the compiling host may be a CPU. Given a platform, a
+    backend whose kernel does not run there is refused (a run checks at start, before data or compilation).
     """
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(f"attention backend {backend!r} is unknown; choose one of {BACKENDS}.")
+        needs = _KERNEL_PLATFORMS.get(backend)
+        if platform is not None and needs is not None and platform != needs:
+            runs = [b for b in BACKENDS if _KERNEL_PLATFORMS.get(b, platform) == platform]
+            raise ValueError(f"attention backend {backend!r} runs only on {needs} and this run is on {platform}; "
+                             f"choose one of {runs} ('auto' picks the fastest that runs here).")
         return backend
     if _context_size(mesh) > 1:
         return "ring"

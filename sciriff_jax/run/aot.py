@@ -280,9 +280,9 @@ def compile_train_step(config, devices, *, mesh: MeshConfig = MeshConfig("fsdp")
                        train_steps: int = 1000) -> CompiledStep:
     """Lower and compile the training run's step (train.setup.build) for `devices` from shapes alone."""
     started = time.time()
-    run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
-                            microbatches=microbatches, devices=devices)
     try:
+        run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
+                                microbatches=microbatches, devices=devices)  # checks the target's platform
         run_setup.check_batch(batch_size)  # the check finetune makes, on the target's devices
     except setup.RunConfigError as err:
         raise AotError(str(err)) from err

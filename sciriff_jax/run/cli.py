@@ -6,6 +6,7 @@ import sys
 from typing import Sequence
 
 from sciriff_jax.io import checksums, paths
+from sciriff_jax.run import errors
 from sciriff_jax.scoring import score
 
 # Each subcommand imports its own stack when it runs (inside its function), so `sciriff-jax score` and `--help` start
@@ -26,17 +27,19 @@ tools:
   export  Orbax checkpoint -> Hugging Face directory: export CKPT_DIR HF_DIR
   verify  check a checkpoint's files against their checksums: verify MODEL_DIR|STEP_DIR [--seal]
   aot     ahead-of-time compile for a TPU topology: aot --gin_file=... --topology=v5p-128
+
+An error is one `error: ...` line on stderr and exit status 2; add --debug to any subcommand for its traceback.
 """
 
 
-def _run_mode(mode: str, argv: list[str]) -> int:
+def _run_mode(mode: str, argv: list[str], exit_process: bool = False) -> int:
     from sciriff_jax.run import main as main_lib  # lazy: JAX, and TensorFlow for a SeqIO mixture
 
     if not any(a.startswith("--gin_file") for a in argv):
         argv = [f"--gin_file={RUN_FILES[mode]}", *argv]
     if mode != "demo" and not any(a.startswith("--mode") for a in argv):
         argv = [*argv, f"--mode={mode}"]
-    return main_lib.main(argv)
+    return main_lib.main(argv, exit_process=exit_process)
 
 
 _OVERWRITE_HELP = ("replace the output directory when it holds only a previous `{command}` output (recognised by the "
@@ -137,16 +140,18 @@ TOOLS = {"score": _score, "data": _data, "convert": _convert, "export": _export,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch `sciriff-jax SUBCOMMAND ...`."""
+    """Dispatch `sciriff-jax SUBCOMMAND ...`; an error is one `error:` line and exit 2 (its traceback with --debug)."""
+    is_process = argv is None  # the console script: an error ends the process at once (run/errors.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command in RUN_FILES:
-        return _run_mode(command, rest)
+    if command in RUN_FILES:  # run/main.py parses --debug itself
+        return _run_mode(command, rest, exit_process=is_process)
     if command in TOOLS:
-        return TOOLS[command](rest) or 0
+        rest, debug = errors.split_debug(rest)
+        return errors.run_reporting(lambda: TOOLS[command](rest) or 0, debug=debug, exit_process=is_process)
     print(f"sciriff-jax: unknown subcommand {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

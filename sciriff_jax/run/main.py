@@ -12,15 +12,13 @@ import os
 import pathlib
 import sys
 import time
+import tokenize
 from typing import Sequence
 
 import gin
 
-from sciriff_jax.io.checksums import CorruptCheckpointError
-from sciriff_jax.io.run_lock import LockLostError, RunLockedError
 from sciriff_jax.parallel import distributed
-from sciriff_jax.run import gin_compat, gin_setup
-from sciriff_jax.train.setup import RunConfigError
+from sciriff_jax.run import errors, gin_compat, gin_setup
 from sciriff_jax.run import macros as macro_checks
 
 # Quiet TensorFlow's C++ start-up chatter (the data layer imports it); set before TF loads.
@@ -61,6 +59,7 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--gin_search_path", action="append", default=[], help="extra directory for gin includes")
     parser.add_argument("--max_examples", type=int, default=None,
                         help="quick runs: decode at most this many examples per task (same as --gin.MAX_EXAMPLES=N)")
+    parser.add_argument(errors.DEBUG_FLAG, action="store_true", help="show the traceback of an error")
     known, rest = parser.parse_known_args(list(argv))
     known.gin_bindings.extend(gin_flag_bindings(parser, rest))
     if known.max_examples is not None:
@@ -102,6 +101,10 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
             gin.parse_config_file(path)
         except (ValueError, SyntaxError, OSError) as err:
             raise GinConfigError(f"gin file {path}: {err}") from err
+        except tokenize.TokenError as err:  # e.g. an unclosed bracket: gin passes the tokenizer's error on bare
+            what, (line, _) = err.args
+            raise GinConfigError(f"gin file {path} (or a file it includes), line {line}: {what}; check the brackets "
+                                 "and quotes above it") from err
     macros = gin_compat.defined_macros()
     for binding in bindings:
         name = binding.partition("=")[0].strip()
@@ -110,7 +113,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
             raise GinConfigError(f"--gin.{name}: no macro {name} is defined by {', '.join(gin_files)}; known macros: {known}")
         try:
             gin.parse_config(binding)
-        except (ValueError, SyntaxError) as err:
+        except (ValueError, SyntaxError, tokenize.TokenError) as err:
             raise GinConfigError(f"--gin.{binding}: {err}") from err
     _model_from_checkpoint_without_a_model_file()
     macros = gin_compat.defined_macros()
@@ -152,20 +155,19 @@ def run(modes: Sequence[str] = gin.REQUIRED) -> dict:
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for `python -m sciriff_jax.main` and `sciriff-jax train|eval|infer`."""
+def main(argv: Sequence[str] | None = None, *, exit_process: bool | None = None) -> int:
+    """Entry point for `python -m sciriff_jax.main` and `sciriff-jax train|eval|infer`: 0, or 2 after one `error:` line
+    (the traceback with --debug). `exit_process` (default: argv is None, the call is the process): an error ends the
+    process at once."""
     flags = parse_flags(sys.argv[1:] if argv is None else argv)
-    try:
-        parse_gin(flags.gin_file, flags.gin_bindings, flags.gin_search_path)
-    except GinConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return errors.run_reporting(lambda: _main(flags), debug=flags.debug,
+                                exit_process=argv is None if exit_process is None else exit_process)
+
+
+def _main(flags: argparse.Namespace) -> int:
+    parse_gin(flags.gin_file, flags.gin_bindings, flags.gin_search_path)
     distributed.maybe_initialize()
-    try:
-        results = run(modes=flags.mode) if flags.mode else run()
-    except (CorruptCheckpointError, RunLockedError, LockLostError, RunConfigError) as err:  # the message says all
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    results = run(modes=flags.mode) if flags.mode else run()
     summary = summarize(results)
     if summary:
         print(summary, flush=True)

@@ -190,6 +190,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
                 schedule=run_setup.schedule, checkpointer=ckpt, logger=logger,
                 eval_fn=_run_all(hooks) if hooks else None, preemption=guard)
     finally:
+        batches.close()  # a failed step must not leave the TF input stream to hang the process's exit
         logger.close()
         ckpt.close()
     return _summarize(result, model_dir, train_steps, start_step, time.time() - t_start, run_setup.num_params)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from sciriff_jax.data.batches import BATCH_KEYS
+from sciriff_jax.model.attention import select_backend
 from sciriff_jax.model.config import LlamaConfig
 from sciriff_jax.model.llama import Llama, param_shapes
 from sciriff_jax.parallel.sharding import MeshConfig, Sharding
@@ -74,10 +75,21 @@ class TrainSetup:
         return dataclasses.replace(self, config=config, model=model, step=step)
 
 
+def check_platform(config: LlamaConfig, platform: str) -> None:
+    """Refuse settings the devices' platform cannot run (the target's, for aot from a CPU host), before any data is
+    read or anything compiled: a kernel of another platform would fail only inside the first step."""
+    q = jax.ShapeDtypeStruct((1, 128, config.num_heads, config.head_dim), jnp.dtype(config.dtype))
+    try:
+        select_backend(config.attention_backend, q, platform=platform)
+    except ValueError as err:
+        raise RunConfigError(f"ATTENTION_BACKEND: {err} Set it with e.g. --gin.ATTENTION_BACKEND='\"auto\"'.") from None
+
+
 def build(config: LlamaConfig, *, mesh: MeshConfig, optimizer: OptimizerConfig, train_steps: int,
           microbatches: int = 1, devices=None) -> TrainSetup:
     """The setup for `config` on `mesh` (over `devices`, default all), optimised for `train_steps` updates."""
     sharding = Sharding.create(config, mesh, devices=devices)
+    check_platform(config, sharding.mesh.devices.flat[0].platform)
     tx, schedule = optimizer.make(train_steps)
     shapes = param_shapes(config)
     sharding = sharding.with_optimizer(tx, shapes)
