@@ -26,7 +26,7 @@ from sciriff_jax.chat.format import AUTO, ChatFormat, resolve_template
 from sciriff_jax.eval.protocol import PAPER_FEWSHOT, PROTOCOLS, Protocol
 from sciriff_jax.eval.predictions import PredictionStore
 from sciriff_jax.eval.progress import Progress
-from sciriff_jax.io import loader, paths
+from sciriff_jax.io import loader, paths, writes
 from sciriff_jax.parallel.sharding import MeshConfig, Sharding
 # Judge tasks keep the prompt text in their predictions file: the judge reads the title / question from it.
 JUDGE_SCORERS = ("qasper_abstractive_qa", "mup_single_document_summarization")
@@ -220,9 +220,11 @@ def evaluate_tasks(config, params, task_names: list[str], chat_format: ChatForma
 def write_summary(summary: dict, output_dir) -> None:
     """summary.json (everything) and summary.md (the headline table, x100, with parse rates)."""
     out = paths.resolve(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+    with writes.naming(out):
+        out.mkdir(parents=True, exist_ok=True)
+    # Each whole or not at all (temporary file + rename): a failed write (disk full) leaves the earlier one.
+    writes.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    writes.write_text(out / "summary.md", summary_markdown(summary))
     print(f"[eval] wrote {out / 'summary.md'} and {out / 'summary.json'}", flush=True)
 
 

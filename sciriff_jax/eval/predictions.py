@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 
-from sciriff_jax.io import paths
+from sciriff_jax.io import paths, writes
 
 FLUSH_S = 30.0
 
@@ -23,7 +23,8 @@ class PredictionStore:
 
     def __init__(self, output_dir, settings: dict):
         self.dir = paths.resolve(output_dir) / "predictions"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        with writes.naming(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.local = not paths.is_url(output_dir)
         self._pending: dict[str, list[dict]] = {}
         self._flushed = time.monotonic()
@@ -37,7 +38,7 @@ class PredictionStore:
                                  f"{ {k: old.get(k) for k in changed} } then, { {k: settings.get(k) for k in changed} } "
                                  "now); pass another OUTPUT_DIR, or delete that folder to decode from scratch.")
         else:
-            stamp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            writes.write_text(stamp, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
     def _final(self, task: str):
         return self.dir / f"{task}.jsonl"
@@ -54,9 +55,8 @@ class PredictionStore:
 
     def add(self, task: str, record: dict) -> None:
         """Keep one finished prediction (on disk now for a local folder, within FLUSH_S for a URL)."""
-        if self.local:
-            with open(str(self._partial(task)), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.local:  # a failed write (disk full) names the file and keeps the rows before it
+            writes.append_text(self._partial(task), json.dumps(record, ensure_ascii=False) + "\n")
             return
         self._pending.setdefault(task, []).append(record)
         if time.monotonic() - self._flushed > FLUSH_S:
@@ -67,7 +67,7 @@ class PredictionStore:
         for task, new in self._pending.items():
             if new:
                 rows = list(self.finished(task).values()) + new
-                self._partial(task).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                writes.write_text(self._partial(task), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                 new.clear()
         self._flushed = time.monotonic()
 
@@ -75,7 +75,8 @@ class PredictionStore:
         """Write a task's final predictions (input order) and drop its partial file; returns the path."""
         self._pending.pop(task, None)
         path = self._final(task)
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        # Whole or not at all: a failed write leaves the partial file (and any earlier final one) as they were.
+        writes.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         if self._partial(task).exists():
             self._partial(task).unlink()
         return str(path)

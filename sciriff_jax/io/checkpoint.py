@@ -12,7 +12,11 @@ corrupt checkpoint for eval or export is an error.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import sys
 import threading
 import time
 
@@ -22,7 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from sciriff_jax.io import checksums, paths
+from sciriff_jax.io import checksums, paths, writes
 from sciriff_jax.io.checksums import CorruptCheckpointError
 from sciriff_jax.model.config import RUNTIME, LlamaConfig
 
@@ -55,6 +59,72 @@ def config_changes(recorded: LlamaConfig, run: LlamaConfig) -> tuple[dict, dict]
         if old != new:
             (changed if name in runtime else fixed)[name] = (old, new)
     return fixed, changed
+
+
+# TensorStore reports a failed write as ValueError('... Failed writing: "<file>": ... [os_error_code='28']').
+_OS_ERROR_CODE = re.compile(r"\[os_error_code='?(\d+)'?\]")
+_QUOTED_PATH = re.compile(r'"((?:/|[A-Za-z][A-Za-z0-9+.-]*://)[^"]*)"')
+
+
+def os_error_of(err: BaseException, where) -> OSError | None:
+    """The OS error behind a failed Orbax save (a Python OSError in its chain, or TensorStore's os_error_code),
+    naming the file it reports or else `where`; None when the failure is not the OS's."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno:
+            return writes.named(err, where)
+        text = str(err)
+        code = _OS_ERROR_CODE.search(text)
+        if code:
+            files = _QUOTED_PATH.findall(text[:code.start()])
+            number = int(code.group(1))
+            return OSError(number, os.strerror(number), files[-1] if files else os.fspath(where))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _saving(where):
+    """Inside: a save failed by the OS (disk full, read-only, permissions) is raised as that OSError, naming the
+    file, with Orbax's error as its cause."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 -- only the OS's failures are translated, the rest re-raised
+        found = os_error_of(err, where)
+        if found is None:
+            raise
+        if found is err:
+            raise
+        raise found from err
+
+
+class _OrbaxSaveErrors(logging.Filter):
+    """Drops the tracebacks Orbax's save threads log for a failed save (one per thread, hundreds of lines): the
+    error reaches the user once, raised by the save or wait that follows (its traceback with --debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.levelno >= logging.ERROR
+                    and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def _late_write_after_failed_save(unraisable) -> bool:
+    """TensorStore completing the other writes of a save that already failed, into Orbax's closed event loop."""
+    return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
+def _quiet_orbax_save_errors() -> None:
+    """Install the filters above: Orbax's logged tracebacks, and one unraisable per late TensorStore write."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxSaveErrors) for f in logger.filters):
+        logger.addFilter(_OrbaxSaveErrors())
+    hook = sys.unraisablehook
+    if not getattr(hook, "_sciriff_quiet", False):
+        def quiet(unraisable, _next=hook):
+            if not _late_write_after_failed_save(unraisable):
+                _next(unraisable)
+        quiet._sciriff_quiet = True
+        sys.unraisablehook = quiet
 
 
 def _finalized_steps(directory: epath.Path) -> list[int]:
@@ -136,15 +206,17 @@ def _abstract(tree, shardings=None):
 def save_params(path, params, config) -> None:
     """Write `params` and `config` (LlamaConfig or dict) as an Orbax checkpoint directory at `path`."""
     path = paths.resolve(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    ckptr.save(
-        path,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(_config_to_dict(config))
-        ),
-        force=True,
-    )
+    _quiet_orbax_save_errors()
+    with _saving(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ckptr = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        ckptr.save(
+            path,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(_config_to_dict(config))
+            ),
+            force=True,
+        )
     seal(path)
 
 
@@ -191,6 +263,7 @@ class TrainCheckpointer:
         self._model = config if isinstance(config, LlamaConfig) else None  # what a resume is checked against
         self.before_save = before_save
         self.log = log or (lambda message: print(f"[sciriff-jax] {message}", flush=True))
+        _quiet_orbax_save_errors()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -199,7 +272,7 @@ class TrainCheckpointer:
         )
         self.last_saved_step: int | None = self.manager.latest_step()
         self._sealing: threading.Thread | None = None
-        self._seal_error: BaseException | None = None
+        self._seal_error: tuple[int, str, BaseException] | None = None  # (step, what failed, the error)
 
     def latest_step(self) -> int | None:
         """The newest committed step, or None."""
@@ -210,19 +283,28 @@ class TrainCheckpointer:
         return self.period > 0 and step % self.period == 0
 
     def _seal_when_committed(self, step: int) -> None:
+        what = "saving"
         try:
             self.manager.wait_until_finished()
+            what = "recording the checksums of"
             seal(self.directory / str(step))
         except BaseException as err:  # re-raised in the main thread by the next save / wait
-            self._seal_error = err
+            self._seal_error = (step, what, err)
 
     def _join_sealing(self) -> None:
+        """Re-raise what failed in the sealing thread: an OS error as itself, naming the file (the step is left
+        unsealed, so a resume skips it for the previous verified one)."""
         if self._sealing is not None:
             self._sealing.join()
             self._sealing = None
         if self._seal_error is not None:
-            err, self._seal_error = self._seal_error, None
-            raise RuntimeError(f"recording the checksums of a checkpoint in {self.directory} failed: {err}") from err
+            (step, what, err), self._seal_error = self._seal_error, None
+            found = os_error_of(err, self.directory / str(step))
+            if found is not None and found is not err:
+                raise found from err
+            if found is not None:
+                raise err
+            raise RuntimeError(f"{what} checkpoint step {step} in {self.directory} failed: {err}") from err
 
     def save(self, step: int, params, opt_state, train_state: dict, *, wait: bool = False) -> None:
         """Start an (async) save of the full training state at `step`; `train_state` is JSON (data position etc.)."""
@@ -233,16 +315,17 @@ class TrainCheckpointer:
         if self.before_save is not None:
             self.before_save()  # e.g. the run lock: a run that lost MODEL_DIR must not write into it
         self._join_sealing()
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                train_state=ocp.args.JsonSave(dict(train_state, step=int(step))),
-                config=ocp.args.JsonSave(self.config),
-            ),
-            force=True,
-        )
+        with _saving(self.directory / str(step)):  # a synchronous save fails here; an async one at the next wait
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(params),
+                    opt_state=ocp.args.StandardSave(opt_state),
+                    train_state=ocp.args.JsonSave(dict(train_state, step=int(step))),
+                    config=ocp.args.JsonSave(self.config),
+                ),
+                force=True,
+            )
         self.last_saved_step = step
         # Orbax never calls back on commit: a thread waits for it, then hashes what was written.
         self._sealing = threading.Thread(target=self._seal_when_committed, args=(step,), daemon=True,
@@ -319,23 +402,31 @@ class TrainCheckpointer:
         """The newest step that verifies now (for error messages), or None."""
         try:
             self.wait()
-        except RuntimeError:
-            pass  # a failed seal leaves that step unverified; the walk below skips it
+        except (RuntimeError, OSError):
+            pass  # a failed save or seal leaves that step unverified; the walk below skips it
         for step in sorted(self.manager.all_steps(), reverse=True):
             if checksums.verify(self.directory / str(step)) is None:
                 return step
         return None
 
     def wait(self) -> None:
-        """Block until pending async saves are committed and their checksums recorded."""
-        self.manager.wait_until_finished()
-        self._join_sealing()
+        """Block until pending async saves are committed and their checksums recorded; a save the OS failed
+        (disk full, read-only, permissions) raises that OSError naming the file."""
+        try:
+            with _saving(self.directory):
+                self.manager.wait_until_finished()
+        finally:
+            self._join_sealing()  # the sealing thread saw the same failure: raised with its step, or after this one
 
     def close(self) -> None:
         """Finish pending saves (and their checksums) and release the manager."""
         try:
             self.wait()
-        finally:
+        except BaseException:
+            with contextlib.suppress(Exception):  # it would raise the failed save again, as Orbax's error
+                self.manager.close()
+            raise
+        with _saving(self.directory):
             self.manager.close()
 
 

@@ -14,6 +14,8 @@ import re
 
 from etils import epath
 
+from sciriff_jax.io import writes
+
 PREFIX = "sciriff_checksums-"
 _PART = re.compile(r"^sciriff_checksums-(\d{5})-of-(\d{5})\.json$")
 _CHUNK = 16 * 2 ** 20
@@ -31,7 +33,7 @@ def _files(step_dir: epath.Path) -> list[str]:
         for child in folder.iterdir():
             if child.is_dir():
                 stack.append(child)
-            elif not _PART.match(child.name):
+            elif not _PART.match(child.name) and not child.name.startswith(f".{PREFIX}"):  # nor a part being written
                 out.append(str(child.relative_to(step_dir)))
     return sorted(out)
 
@@ -51,7 +53,9 @@ def record(step_dir, process_index: int = 0, process_count: int = 1) -> None:
     mine = _files(step_dir)[process_index::process_count]
     entries = {name: list(_digest(step_dir / name)) for name in mine}
     part = step_dir / f"{PREFIX}{process_index:05d}-of-{process_count:05d}.json"
-    part.write_text(json.dumps({"algorithm": "sha256", "files": entries}, indent=0))
+    # Whole or not at all (temporary sibling + rename): a part cut short by a full disk would leave the step looking
+    # sealed; without it the step is unverified, and a resume takes the previous verified one.
+    writes.write_text(part, json.dumps({"algorithm": "sha256", "files": entries}, indent=0))
 
 
 def _recorded(step_dir: epath.Path) -> dict[str, list]:

@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 
 from sciriff_jax.data.batches import DataConfig
 from sciriff_jax.eval import evaluate
-from sciriff_jax.io import checkpoint, loader, paths, run_lock, tokenizer_files
+from sciriff_jax.io import checkpoint, loader, paths, run_lock, tokenizer_files, writes
 from sciriff_jax.model.config import RUNTIME, LlamaConfig
 from sciriff_jax.model.llama import init_params
 from sciriff_jax.parallel import distributed
@@ -291,7 +291,7 @@ def _record_summary(path, summary: dict) -> None:
     if earlier is not None:
         runs = earlier.pop("earlier_runs", []) if isinstance(earlier, dict) else []
         record["earlier_runs"] = runs + [earlier]
-    path.write_text(json.dumps(record, indent=1, default=str))
+    writes.write_text(path, json.dumps(record, indent=1, default=str))  # a failed write leaves the earlier record
 
 
 def _chat_format(train: TrainConfig, data: DataConfig, config: LlamaConfig, model_dir: str):

@@ -8,7 +8,7 @@ import time
 import jax
 
 from sciriff_jax.eval.progress import format_duration
-from sciriff_jax.io import paths
+from sciriff_jax.io import paths, writes
 
 # Dense bf16 peak FLOP/s per device (vendor figures); MFU is reported only where the device is known.
 PEAK_FLOPS = {
@@ -33,8 +33,9 @@ def save_operative_config(model_dir, text: str | None) -> str | None:
     if text is None or jax.process_index() != 0:
         return None
     path = paths.resolve(model_dir) / "operative_config.gin"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    with writes.naming(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    writes.write_text(path, text)  # whole or not at all: a failed write leaves the previous run's
     return str(path)
 
 
@@ -52,6 +53,7 @@ class RunLogger:
         self._t0 = self._last_t = time.time()
         self._last_step = start_step
         self._writer = None
+        self._failed = False
         if self.is_writer:
             self.model_dir.mkdir(parents=True, exist_ok=True)
             self._metrics_path = self.model_dir / "metrics.jsonl"
@@ -91,23 +93,25 @@ class RunLogger:
                 kept.append(line)
         if len(kept) == len(lines):
             return
-        tmp = self._metrics_path.parent / (self._metrics_path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self._metrics_path)
+        writes.write_text(self._metrics_path, "".join(line + "\n" for line in kept))
         print(f"[sciriff-jax] {self._metrics_path}: dropped {len(lines) - len(kept)} record(s) past step {start_step} "
               "left by an interrupted run (those steps run again)", flush=True)
 
     def _write(self, record: dict) -> None:
         if not self.is_writer:
             return
-        # Opened per record: TF's gfile (epath's gs:// backend) only opens files as context managers.
-        with self._metrics_path.open("a") as f:
-            f.write(json.dumps(finite_record(record)) + "\n")
-        if self._writer is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._writer.add_scalar(k, v, record["step"])
-            self._writer.flush()
+        try:
+            # A failed write (disk full) names the file and leaves it with exactly the records before this one.
+            writes.append_text(self._metrics_path, json.dumps(finite_record(record)) + "\n")
+            if self._writer is not None:
+                with writes.naming(self.model_dir / "tensorboard"):
+                    for k, v in record.items():
+                        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                            self._writer.add_scalar(k, v, record["step"])
+                    self._writer.flush()
+        except OSError:
+            self._failed = True  # close() must not replace this error with the event file's failing flush
+            raise
 
     def log_train(self, step: int, metrics: dict) -> None:
         """Record a training step's metrics (logged every `log_every` steps, and the first and last)."""
@@ -149,7 +153,13 @@ class RunLogger:
     def close(self) -> None:
         """Close the TensorBoard writer (metrics.jsonl is closed after every record)."""
         if self._writer is not None:
-            self._writer.close()
+            writer, self._writer = self._writer, None
+            try:
+                with writes.naming(self.model_dir / "tensorboard"):
+                    writer.close()
+            except OSError:
+                if not self._failed:
+                    raise
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
