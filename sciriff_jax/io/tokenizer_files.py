@@ -14,7 +14,7 @@ import os
 import pathlib
 import tempfile
 
-from sciriff_jax.io import checkpoint, paths
+from sciriff_jax.io import checkpoint, paths, writes
 
 SUBDIR = "tokenizer"
 RECORD = "sciriff_tokenizer.json"
@@ -71,24 +71,25 @@ def write(dst, *, source_dir=None, template: str, spm_file=None, template_source
     """Record a tokenizer into `dst` (local or URL): the files of `source_dir` (a tokenizer directory) or one
     SentencePiece `spm_file`, and `template` (a built-in name, or "model" with `template_source` its Jinja text)."""
     dst = paths.resolve(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    if spm_file is not None:
-        main = dst / "tokenizer.model"
-        main.write_bytes(paths.resolve(spm_file).read_bytes())
-    else:
-        src = paths.resolve(source_dir)
-        for name in HF_FILES + ("tokenizer.model",):
-            if (src / name).is_file():
-                (dst / name).write_bytes((src / name).read_bytes())
-        main = tokenizer_file(dst)
-        if main is None:
-            raise FileNotFoundError(f"{src} has no tokenizer.json or tokenizer.model to record")
-    if template not in BUILTIN_TEMPLATES:
-        if template_source is None:
-            raise ValueError(f"recording template {template!r} needs its Jinja text")
-        (dst / "chat_template.jinja").write_text(template_source, encoding="utf-8")
-        template = "model"
-    (dst / RECORD).write_text(json.dumps({"template": template, "fingerprint": file_fingerprint(main)}, indent=1))
+    with writes.naming(dst):  # a full disk names the folder (the record, written last and whole, marks it done)
+        dst.mkdir(parents=True, exist_ok=True)
+        if spm_file is not None:
+            main = dst / "tokenizer.model"
+            main.write_bytes(paths.resolve(spm_file).read_bytes())
+        else:
+            src = paths.resolve(source_dir)
+            for name in HF_FILES + ("tokenizer.model",):
+                if (src / name).is_file():
+                    (dst / name).write_bytes((src / name).read_bytes())
+            main = tokenizer_file(dst)
+            if main is None:
+                raise FileNotFoundError(f"{src} has no tokenizer.json or tokenizer.model to record")
+        if template not in BUILTIN_TEMPLATES:
+            if template_source is None:
+                raise ValueError(f"recording template {template!r} needs its Jinja text")
+            (dst / "chat_template.jinja").write_text(template_source, encoding="utf-8")
+            template = "model"
+        writes.write_text(dst / RECORD, json.dumps({"template": template, "fingerprint": file_fingerprint(main)}, indent=1))
 
 
 def local_copy(directory) -> pathlib.Path:

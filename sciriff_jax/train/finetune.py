@@ -191,8 +191,10 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
                 eval_fn=_run_all(hooks) if hooks else None, preemption=guard)
     finally:
         batches.close()  # a failed step must not leave the TF input stream to hang the process's exit
-        logger.close()
-        ckpt.close()
+        try:
+            logger.close()
+        finally:
+            ckpt.close()  # even when the logger's last write failed
     return _summarize(result, model_dir, train_steps, start_step, time.time() - t_start, run_setup.num_params)
 
 
