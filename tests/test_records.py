@@ -3,34 +3,18 @@ asking for fewer examples, the predictions `infer` left for `eval`, the records 
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT
 from sciriff_jax.chat.format import ChatFormat
 from sciriff_jax.eval import evaluate
-
-
-def _train(model_dir, *extra):
-    cmd = [sys.executable, "-m", "sciriff_jax.main",
-           "--gin_file=gin_configs/models/tiny.gin", "--gin_file=gin_configs/runs/finetune.gin",
-           f'--gin.MODEL_DIR="{model_dir}"', '--gin.MIXTURE_OR_TASK_NAME="sciriff_sample"',
-           "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2", '--gin.TASK_FEATURE_LENGTHS={"targets": 16}',
-           "--gin.CHECKPOINT_PERIOD=2", "--gin.LOG_EVERY=1", "--gin.VOCAB_SIZE=64",
-           "--gin_bindings=LlamaConfig.num_layers=1", "--gin_bindings=LlamaConfig.hidden_size=16",
-           "--gin_bindings=LlamaConfig.intermediate_size=32", '--gin_bindings=train/DataConfig.source="synthetic"',
-           "--gin_bindings=TrainConfig.tensorboard=False", *extra]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+from tests.tiny_run import train_tiny
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("run") / "model"
-    done = _train(model_dir)
+    done = train_tiny(model_dir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return model_dir
 
@@ -38,7 +22,7 @@ def finished_run(tmp_path_factory):
 def test_rerunning_a_finished_run_leaves_its_train_summary_as_it_was(finished_run):
     before = (finished_run / "train_summary.json").read_text()
     assert json.loads(before)["steps"] == 2
-    again = _train(finished_run)
+    again = train_tiny(finished_run)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "nothing left to train" in again.stdout
     assert (finished_run / "train_summary.json").read_text() == before
@@ -46,7 +30,7 @@ def test_rerunning_a_finished_run_leaves_its_train_summary_as_it_was(finished_ru
 
 def test_a_rerun_that_trains_further_appends_the_earlier_summary(finished_run):
     first = json.loads((finished_run / "train_summary.json").read_text())
-    again = _train(finished_run, "--gin.TRAIN_STEPS=3")
+    again = train_tiny(finished_run, "--gin.TRAIN_STEPS=3")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     summary = json.loads((finished_run / "train_summary.json").read_text())
     assert summary["start_step"] == 2 and summary["final_step"] == 3
@@ -59,7 +43,7 @@ def test_a_garbled_line_in_metrics_jsonl_stops_the_resume_naming_file_and_line(f
     metrics = run / "metrics.jsonl"
     lines = metrics.read_text().splitlines()
     metrics.write_text("\n".join([lines[0], "{garbled", *lines[1:]]) + "\n")
-    again = _train(run, "--gin.TRAIN_STEPS=9")
+    again = train_tiny(run, "--gin.TRAIN_STEPS=9")
     assert again.returncode != 0
     assert f"{metrics}:2: not a JSON record ('{{garbled'); " in again.stderr and "fix or delete that line" in again.stderr
     assert metrics.read_text().splitlines()[1] == "{garbled"  # nothing dropped, nothing trained

@@ -1,0 +1,22 @@
+"""A real `python -m sciriff_jax.main` finetune of a one-layer model on synthetic rows (two steps, a checkpoint at
+step 2), as a user runs it: the rerun and resume tests start from it."""
+import os
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+
+def train_tiny(model_dir, *extra) -> subprocess.CompletedProcess:
+    """Run the tiny finetune into `model_dir` with `extra` flags appended; returns the finished process."""
+    cmd = [sys.executable, "-m", "sciriff_jax.main",
+           "--gin_file=gin_configs/models/tiny.gin", "--gin_file=gin_configs/runs/finetune.gin",
+           f'--gin.MODEL_DIR="{model_dir}"', '--gin.MIXTURE_OR_TASK_NAME="sciriff_sample"',
+           "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2", '--gin.TASK_FEATURE_LENGTHS={"targets": 16}',
+           "--gin.CHECKPOINT_PERIOD=2", "--gin.LOG_EVERY=1", "--gin.VOCAB_SIZE=64",
+           "--gin_bindings=LlamaConfig.num_layers=1", "--gin_bindings=LlamaConfig.hidden_size=16",
+           "--gin_bindings=LlamaConfig.intermediate_size=32", '--gin_bindings=train/DataConfig.source="synthetic"',
+           "--gin_bindings=TrainConfig.tensorboard=False", *extra]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
