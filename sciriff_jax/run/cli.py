@@ -55,11 +55,7 @@ def _convert(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from sciriff_jax.io import convert  # lazy: JAX
 
-    try:
-        convert.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype, overwrite=args.overwrite)
-    except (ValueError, OSError) as err:  # bad HF files or output path are named in the message; nothing was written
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    convert.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype, overwrite=args.overwrite)  # errors: main's one line
     print(f"wrote Orbax checkpoint to {args.out_dir}")
     return 0
 
@@ -72,11 +68,7 @@ def _export(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from sciriff_jax.io import convert  # lazy: JAX
 
-    try:
-        convert.export_hf(args.ckpt_dir, args.hf_dir, overwrite=args.overwrite)
-    except (ValueError, OSError) as err:  # e.g. a checkpoint that fails verification
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    convert.export_hf(args.ckpt_dir, args.hf_dir, overwrite=args.overwrite)  # errors: main's one line
     print(f"wrote Hugging Face checkpoint to {args.hf_dir}")
     return 0
 
