@@ -107,14 +107,17 @@ class ChatFormat:
         """sha256 of the vocabulary's file (what identifies its tokens), or None for one without files."""
         return getattr(self.vocabulary, "fingerprint", None)
 
-    def check_fits(self, vocab_size: int, model) -> "ChatFormat":
-        """This format, when its vocabulary fits `model`'s `vocab_size` embedding rows; else a ValueError."""
+    FITS_FIX = ("Use the model's own tokenizer (leave VOCABULARY_PATH unset), the matching model, or a model gin file "
+                "with a larger VOCAB_SIZE.")
+
+    def check_fits(self, vocab_size: int, model, fix: str = FITS_FIX) -> "ChatFormat":
+        """This format, when its vocabulary fits `model`'s `vocab_size` embedding rows; else a ValueError ending with
+        `fix` (what the caller's user can change)."""
         size = self._vocab().vocab_size
         if size > vocab_size:
             raise ValueError(
                 f"the vocabulary {self.describe()} has {size} tokens but the model {model} has {vocab_size} embedding "
-                f"rows: token ids past {vocab_size - 1} would index nothing. Use the model's own tokenizer (leave "
-                "VOCABULARY_PATH unset), the matching model, or a model gin file with a larger VOCAB_SIZE.")
+                f"rows: token ids past {vocab_size - 1} would index nothing. {fix}")
         return self
 
     def describe(self) -> str:

@@ -152,11 +152,7 @@ def import_hf(hf_dir, out_dir, dtype: str = "float32", progress: bool = True, ov
     hf.check_tensors(src, config)  # headers only: shapes first, then the tokenizer, then weights
     # The tokenizer against the embedding, as eval checks it (reading the vocabulary imports TensorFlow).
     fmt = loader.resolve_chat_format(src)
-    try:
-        fmt.check_fits(config.vocab_size, src)
-    except ValueError as err:  # eval's fix speaks of VOCABULARY_PATH, which convert does not take
-        said = str(err).split(" Use the model's own tokenizer")[0]
-        raise ValueError(f"{said} Put the tokenizer this model was trained with into {src}.") from None
+    fmt.check_fits(config.vocab_size, src, fix=f"Put the tokenizer this model was trained with into {src}.")
     params, config = hf.load_hf_params(src, dtype=dtype, progress=progress)
 
     def build(out):
