@@ -92,9 +92,7 @@ def _saving(where):
         yield
     except Exception as err:  # noqa: BLE001 -- only the OS's failures are translated, the rest re-raised
         found = os_error_of(err, where)
-        if found is None:
-            raise
-        if found is err:
+        if found is None or found is err:
             raise
         raise found from err
 
