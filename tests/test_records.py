@@ -8,15 +8,12 @@ import pytest
 
 from sciriff_jax.chat.format import ChatFormat
 from sciriff_jax.eval import evaluate
-from tests.tiny_run import train_tiny
+from tests.tiny_run import finished_tiny_run, train_tiny
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("run") / "model"
-    done = train_tiny(model_dir)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return model_dir
+    return finished_tiny_run(tmp_path_factory)
 
 
 def test_rerunning_a_finished_run_leaves_its_train_summary_as_it_was(finished_run):

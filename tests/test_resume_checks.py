@@ -4,15 +4,12 @@ import os
 
 import pytest
 
-from tests.tiny_run import train_tiny
+from tests.tiny_run import finished_tiny_run, train_tiny
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("run") / "model"
-    done = train_tiny(model_dir)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return model_dir
+    return finished_tiny_run(tmp_path_factory)
 
 
 def test_a_resume_with_another_rope_theta_stops_naming_the_field_both_values_and_the_fix(finished_run):

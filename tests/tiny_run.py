@@ -20,3 +20,11 @@ def train_tiny(model_dir, *extra) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def finished_tiny_run(tmp_path_factory):
+    """A MODEL_DIR holding a finished tiny run (its own per test module, which may rerun into it)."""
+    model_dir = tmp_path_factory.mktemp("run") / "model"
+    done = train_tiny(model_dir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return model_dir
