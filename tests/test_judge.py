@@ -12,7 +12,8 @@ from sciriff_jax.scoring import metrics
 class FakeJudgeServer:
     """A chat-completions server on 127.0.0.1 that rates 5 when the model answer mentions BERT, else 1."""
 
-    def __init__(self, status=200):
+    def __init__(self, status=200, reply=None):
+        """`reply`: prompt -> the judge's text (default: the BERT rule, answered "Rating: N")."""
         self.requests = []
         outer = self
 
@@ -26,9 +27,9 @@ class FakeJudgeServer:
                     return
                 prompt = body["messages"][0]["content"]
                 tail = prompt.rsplit("Model", 1)[-1]
-                rating = 5 if "BERT" in tail else 1
-                reply = {"choices": [{"message": {"role": "assistant", "content": f"Explanation: ok.\nRating: {rating}"}}]}
-                data = json.dumps(reply).encode()
+                text = reply(prompt) if reply else f"Explanation: ok.\nRating: {5 if 'BERT' in tail else 1}"
+                data = {"choices": [{"message": {"role": "assistant", "content": text}}]}
+                data = json.dumps(data).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -72,11 +73,11 @@ def test_qasper_judge_rates_answers_and_missing_answers_get_the_lowest_rating():
     assert "Title: A Paper Title" in prompt and "Question: What do they compare to?" in prompt
 
 
-def test_mup_judge_keeps_ratings_of_one():
+def test_lenient_mup_judge_keeps_ratings_of_one():
     examples = [{"input": "Paper title:\nT\nPaper body:\nB", "output": "A summary.", "prediction": "About BERT."},
                 {"input": "Paper title:\nT\nPaper body:\nB", "output": "A summary.", "prediction": "Unrelated."}]
     with FakeJudgeServer() as server:
-        res = metrics.score("mup_single_document_summarization", examples, judge=judge_lib.Judge(server.url, "m", max_retries=0))
+        res = metrics.score("mup_single_document_summarization", examples, judge=judge_lib.Judge(server.url, "m", max_retries=0, protocol="lenient"))
     assert res["headline"]["lm_judge_reference"] == pytest.approx(0.5)  # ratings 5 and 1, not 5 alone
     assert res["judge"]["n_rated"] == 2
 
@@ -107,7 +108,7 @@ def test_judge_is_configured_from_the_environment(monkeypatch):
     assert "secret" not in repr(judge)
 
 
-def test_rating_is_read_from_the_last_rating_line():
+def test_lenient_rating_is_read_from_the_last_rating_line():
     assert judge_lib.extract_rating("Explanation: a 3 would be unfair.\nRating: 4") == 4
     assert judge_lib.extract_rating("Decision: 1") == 1
     assert judge_lib.extract_rating("Rating: 9") is None and judge_lib.extract_rating("no rating") is None
@@ -141,18 +142,18 @@ def test_release_judge_settings_are_the_default_and_configurable(monkeypatch):
     monkeypatch.setenv("SCIRIFF_JUDGE_URL", "http://127.0.0.1:9/v1")
     judge = judge_lib.judge_from_env()
     assert judge.model == "gpt-4o-2024-08-06" and judge.temperature is None  # what the release's code sends
-    assert judge.mup_sample == 100 and judge.keep_rating_one
+    assert judge.mup_sample == 100 and not judge.keep_rating_one  # the release's synchronous path drops 1s
     assert judge_lib.judge_from_env(temperature=0.0, mup_sample=None).temperature == 0.0
 
 
-def test_mup_is_judged_on_the_releases_seeded_sample_and_rating_one_handling_is_a_choice():
+def test_lenient_mup_is_judged_on_the_releases_seeded_sample_and_rating_one_handling_is_a_choice():
     import random
 
     examples = [{"input": "Paper title:\nT\nPaper body:\nB", "output": "A summary.", "prediction": f"About BERT {i}."
                  if i % 2 else "Unrelated."} for i in range(6)]
     with FakeJudgeServer() as server:
         res = metrics.score("mup_single_document_summarization", examples,
-                            judge=judge_lib.Judge(server.url, "m", max_retries=0, mup_sample=3))
+                            judge=judge_lib.Judge(server.url, "m", max_retries=0, mup_sample=3, protocol="lenient"))
         random.seed(42)
         chosen = sorted(random.sample(range(6), 3))  # the release: random.seed(42); sorted(random.sample(...))
         assert len(server.requests) == 3 and res["judge"]["n_judged"] == 3
@@ -161,5 +162,6 @@ def test_mup_is_judged_on_the_releases_seeded_sample_and_rating_one_handling_is_
                                       for i in chosen)
         assert "temperature" not in server.requests[0]["body"]
         dropped = metrics.score("mup_single_document_summarization", examples[:2],
-                                judge=judge_lib.Judge(server.url, "m", max_retries=0, keep_rating_one=False))
+                                judge=judge_lib.Judge(server.url, "m", max_retries=0, keep_rating_one=False,
+                                                                    protocol="lenient"))
     assert dropped["headline"]["lm_judge_reference"] == pytest.approx(1.0)  # the 1 is dropped, the 5 stays

@@ -518,10 +518,15 @@ def _where(example) -> str:
 
 
 def _judge_scores(name, examples, pairs, judge, result) -> dict:
-    """LM-judge ratings rescaled to 0-1 as (rating - 1) / 4; "skipped" without a judge."""
+    """LM-judge ratings rescaled to 0-1 as (rating - 1) / 4; "skipped" without a judge. The judge's protocol decides
+    how: "release" (judge.release_scores), else the lenient variant below."""
     if judge is None:
         result["judge"] = {"status": SKIPPED, "reason": "no judge configured (set SCIRIFF_JUDGE_URL and SCIRIFF_JUDGE_MODEL)"}
         return {}
+    key = "lm_judge_answer" if name == "qasper_abstractive_qa" else "lm_judge_reference"
+    if getattr(judge, "protocol", "lenient") == "release":  # the release's prompts, readings and defaults
+        value, result["judge"] = judge_lib.release_scores(judge, name, examples, pairs)
+        return {key: value}
     ratings: list = [None] * len(examples)
     chosen = range(len(examples))
     sample = getattr(judge, "mup_sample", None)
@@ -546,8 +551,7 @@ def _judge_scores(name, examples, pairs, judge, result) -> dict:
         ratings[i] = rating
     keep_one = getattr(judge, "keep_rating_one", True)  # False: as the release's synchronous path, which dropped 1s
     rated = [ratings[i] for i in chosen if ratings[i] is not None and (keep_one or ratings[i] != 1)]
-    key = "lm_judge_answer" if name == "qasper_abstractive_qa" else "lm_judge_reference"
-    result["judge"] = {"status": "done", "model": getattr(judge, "model", None), "n_rated": len(rated),
+    result["judge"] = {"status": "done", "protocol": "lenient", "model": getattr(judge, "model", None), "n_rated": len(rated),
                        "n_failed": sum(ratings[i] is None for i in chosen), "n_called": len(prompts),
                        "n_judged": len(chosen), "n_errors": getattr(judge, "errors", 0),
                        "temperature": getattr(judge, "temperature", None), "keep_rating_one": keep_one}
