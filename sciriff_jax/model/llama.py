@@ -178,7 +178,8 @@ class Llama(nn.Module):
     With `cache`, a paged pool {"k", "v"} [layers, pages, page_size, KV, D], its `page_table` ([B, pages], see
     attention_paged) and `cache_index` [B] (each row's first position), it returns (logits, new_cache) instead:
     the decode path (decoding/batcher.py). `logits_index` [B]: only that position's logits ([B, 1, V]), as prefill
-    needs.
+    needs. `return_hidden`: the final-normed hidden states [B, L, D] in the compute dtype instead of logits, for
+    losses that apply the output head a chunk at a time (train/losses.py).
     """
 
     config: LlamaConfig
@@ -186,7 +187,7 @@ class Llama(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, *, cache=None, cache_index=None, page_table=None,
-                 logits_index=None):
+                 logits_index=None, return_hidden=False):
         c = self.config
         dt = jnp.dtype(c.dtype)
         if positions is None:
@@ -208,6 +209,10 @@ class Llama(nn.Module):
         if logits_index is not None:
             x = jnp.take_along_axis(x, logits_index[:, None, None], axis=1)
         x = RMSNorm(c, name="final_norm")(x)
+        if return_hidden:
+            if not c.tie_embeddings:  # the head is a parameter: created here too, so the tree is the same
+                _param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"))
+            return x
         with jax.named_scope("lm_head"):
             if c.tie_embeddings:
                 logits = jnp.einsum("bld,vd->blv", x, embedding.astype(dt), preferred_element_type=jnp.float32)

@@ -1,0 +1,114 @@
+"""train/losses: chunked token log-probabilities equal the plain full-logits ones, values and gradients; the two
+loss normalisations computed by hand."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.model.llama import Llama, init_params
+from sciriff_jax.train import losses
+
+B, L, D, V = 2, 13, 16, 37
+
+
+def _inputs(dtype=jnp.float32):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    hidden = jax.random.normal(k1, (B, L, D), dtype)
+    head = jax.random.normal(k2, (D, V), jnp.float32) * 0.5
+    targets = jax.random.randint(k3, (B, L), 0, V)
+    return hidden, head, targets
+
+
+def _plain_logprobs(hidden, head, targets):
+    logits = jnp.einsum("bld,dv->blv", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    return jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 13, 64])  # 4, 5: the last chunk is padded
+def test_chunked_logprobs_and_gradients_equal_the_plain_ones(chunk):
+    hidden, head, targets = _inputs()
+    got = losses.token_logprobs(hidden, head, targets, chunk_size=chunk)
+    np.testing.assert_allclose(got, _plain_logprobs(hidden, head, targets), rtol=1e-6, atol=1e-5)
+    g = jax.random.normal(jax.random.PRNGKey(5), (B, L))  # any cotangent, as DPO / GRPO give
+
+    def f(fn):
+        return jax.grad(lambda h, w: jnp.sum(fn(h, w) * g), argnums=(0, 1))(hidden, head)
+    got_grads = f(lambda h, w: losses.token_logprobs(h, w, targets, chunk_size=chunk))
+    want_grads = f(lambda h, w: _plain_logprobs(h, w, targets))
+    for a, b in zip(got_grads, want_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_loss_holds_no_full_logits_in_its_gradient():
+    """The compiled gradient's temporaries stay below one [B, L, V] float32 array (the plain loss needs several)."""
+    b, length, d, v = 2, 512, 32, 4096
+    hidden = jax.ShapeDtypeStruct((b, length, d), jnp.float32)
+    head = jax.ShapeDtypeStruct((d, v), jnp.float32)
+    targets = jax.ShapeDtypeStruct((b, length), jnp.int32)
+    full = b * length * v * 4
+
+    def temp_bytes(fn):
+        grad = jax.jit(jax.grad(lambda h, w, t: -jnp.sum(fn(h, w, t)), argnums=(0, 1)))
+        return grad.lower(hidden, head, targets).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(_plain_logprobs) >= full
+    assert temp_bytes(lambda h, w, t: losses.token_logprobs(h, w, t, chunk_size=32)) < full / 4
+
+
+def test_auto_chunk_size_bounds_the_chunk_logits():
+    assert losses.auto_chunk_size(4, 1024, 49152) * 4 * 49152 <= losses.CHUNK_ELEMENTS
+    assert losses.auto_chunk_size(1, 16, 100) == 16
+
+
+def test_bfloat16_hidden_states_stay_close_to_float32():
+    hidden, head, targets = _inputs()
+    got = losses.token_logprobs(hidden.astype(jnp.bfloat16), head, targets, chunk_size=4)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, _plain_logprobs(hidden, head, targets), atol=0.1)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_model_token_logprobs_equal_the_models_logits(tied):
+    config = LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=24, num_layers=2, num_heads=2,
+                         num_kv_heads=1, dtype="float32", tie_embeddings=tied)
+    params = init_params(config, jax.random.PRNGKey(1))
+    _, _, targets = _inputs()
+    tokens = jnp.roll(targets, 1, axis=1)
+    logits = Llama(config).apply({"params": params}, tokens)
+    want = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+    got = losses.model_token_logprobs(Llama(config), params, tokens, targets, chunk_size=4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_loss_sums_from_hidden_equal_the_sums_from_logits():
+    hidden, head, targets = _inputs()
+    weights = (jax.random.uniform(jax.random.PRNGKey(3), (B, L)) > 0.4).astype(jnp.int32)
+    logits = jnp.einsum("bld,dv->blv", hidden, head)
+    want = losses.loss_sums_from_logits(logits, targets, weights)
+    got = losses.token_loss_sums(hidden, head, targets, weights, chunk_size=3)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_the_two_normalisations_by_hand():
+    # microbatch 0: 2 target tokens with CE 1 and 3; microbatch 1: 1 target token with CE 8
+    sums, counts = jnp.array([4.0, 8.0]), jnp.array([2.0, 1.0])
+    assert float(losses.normalized_loss(sums, counts, "tokens")) == pytest.approx(12.0 / 3)
+    assert float(losses.normalized_loss(sums, counts, "microbatch")) == pytest.approx((4.0 / 2 + 8.0 / 1) / 2)
+    with pytest.raises(ValueError, match="LOSS_NORMALIZATION"):
+        losses.normalized_loss(sums, counts, "rows")
+
+
+def test_outsider_torch_cross_entropy_agrees():
+    """Public import only, PyTorch on the other side: the loss sums equal torch's cross_entropy."""
+    torch = pytest.importorskip("torch")
+    from sciriff_jax.train.losses import token_loss_sums
+
+    hidden, head, targets = _inputs()
+    weights = np.ones((B, L), np.float32)
+    got, count = token_loss_sums(hidden, head, targets, weights, chunk_size=4)
+    logits = torch.from_numpy(np.asarray(hidden)) @ torch.from_numpy(np.asarray(head))
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.from_numpy(np.asarray(targets)).long().reshape(-1),
+                                             reduction="sum")
+    assert float(count) == B * L
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
