@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sciriff_jax.train import losses
+
 LOSSES = ("dpo", "simpo")
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy")
 
@@ -42,20 +44,15 @@ class DPOConfig:
         return self.loss == "dpo"
 
 
-def sequence_logprobs(logits, targets, weights):
-    """(sum over each row of log p(target) * weight, sum of weights per row), float32, shapes [rows]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    token = jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    w = weights.astype(jnp.float32)
-    return jnp.sum(token * w, axis=-1), jnp.sum(w, axis=-1)
-
-
-def make_logprob_fn(model) -> Callable:
-    """`logps(params, batch) -> (per-row log-probability of the weighted targets, per-row weight)`."""
+def make_logprob_fn(model, chunk_size: int | None = None) -> Callable:
+    """`logps(params, batch) -> (per-row sum of log p(target) * weight, per-row weight)`, float32 [rows], through
+    train/losses.py's chunked token log-probabilities (never the whole [rows, length, vocab] logits)."""
     def logps(params, batch):
-        logits = model.apply({"params": params}, batch["decoder_input_tokens"],
-                             segment_ids=batch["decoder_segment_ids"], positions=batch["decoder_positions"])
-        return sequence_logprobs(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+        token = losses.model_token_logprobs(model, params, batch["decoder_input_tokens"],
+                                            batch["decoder_target_tokens"], segment_ids=batch["decoder_segment_ids"],
+                                            positions=batch["decoder_positions"], chunk_size=chunk_size)
+        w = batch["decoder_loss_weights"].astype(jnp.float32)
+        return jnp.sum(token * w, axis=-1), jnp.sum(w, axis=-1)
     return logps
 
 
