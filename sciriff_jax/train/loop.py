@@ -6,6 +6,7 @@ import time
 from typing import Callable, Iterator
 
 NONFINITE_POLICIES = ("stop", "skip")
+_LOGGED = ("loss", "grad_norm", "target_tokens", "finite")  # step metrics every log record has by name
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,6 +76,7 @@ def train_loop(*, step_fn, params, opt_state, batches: Iterator, settings: LoopC
                 "loss": loss, "grad_norm": float(metrics["grad_norm"]),
                 "learning_rate": float(schedule(step - 1)) if schedule is not None else None,
                 "target_tokens": float(metrics["target_tokens"]),
+                **{k: float(v) for k, v in metrics.items() if k not in _LOGGED},  # a step's own (e.g. DPO rewards)
             })
         if eval_fn is not None and eval_every and step % eval_every == 0:
             evaluate(step)
