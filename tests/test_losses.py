@@ -112,3 +112,45 @@ def test_outsider_torch_cross_entropy_agrees():
                                              reduction="sum")
     assert float(count) == B * L
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+
+
+def _llama_batch(config, b=4, length=8, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, config.vocab_size, (b, length + 1)).astype(np.int32)
+    weights = (rng.random((b, length)) > 0.3).astype(np.int32)
+    weights[1] = 0  # a row without target tokens (its group still has row 0's)
+    return {"decoder_input_tokens": jnp.asarray(tokens[:, :-1]), "decoder_target_tokens": jnp.asarray(tokens[:, 1:]),
+            "decoder_loss_weights": jnp.asarray(weights), "decoder_segment_ids": jnp.ones((b, length), jnp.int32),
+            "decoder_positions": jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))}
+
+
+@pytest.mark.parametrize("normalization", ["tokens", "microbatch"])
+def test_step_loss_is_each_normalisation_computed_by_hand(normalization):
+    import optax
+
+    from sciriff_jax.train.step import make_train_step
+
+    config = LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=24, num_layers=1, num_heads=2,
+                         num_kv_heads=1, dtype="float32")
+    params = init_params(config, jax.random.PRNGKey(2))
+    batch = _llama_batch(config)
+    logits = Llama(config).apply({"params": params}, batch["decoder_input_tokens"])
+    ce = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(batch["decoder_target_tokens"])[..., None],
+                             -1)[..., 0]
+    w = np.asarray(batch["decoder_loss_weights"], np.float64)
+    if normalization == "tokens":
+        want = (ce * w).sum() / w.sum()
+    else:  # groups of 2 rows: rows (0, 1) and (2, 3), each its own token mean, then their mean
+        want = np.mean([(ce[r] * w[r]).sum() / w[r].sum() for r in (slice(0, 2), slice(2, 4))])
+    assert abs(want - (ce * w).sum() / w.sum()) > 1e-4 or normalization == "tokens"  # the two really differ
+    tx = optax.sgd(0.1)
+    results = []
+    for mb in (1, 2):
+        step = make_train_step(Llama(config), tx, microbatches=mb, donate=False, loss_normalization=normalization,
+                               loss_group_rows=2)
+        new_params, _, m = step(params, tx.init(params), batch)
+        np.testing.assert_allclose(float(m["loss"]), want, rtol=1e-5)
+        assert float(m["target_tokens"]) == w.sum()
+        results.append(new_params)
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):  # accumulation == one pass
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

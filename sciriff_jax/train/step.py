@@ -11,11 +11,32 @@ import jax
 import jax.numpy as jnp
 import optax
 
-def token_loss_sums(logits, targets, weights):
-    """(sum of per-token cross entropy * weight, sum of weights) over a batch; float32."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.train import losses
+
+token_loss_sums = losses.loss_sums_from_logits  # the plain sums from full logits (kept name)
+
+
+def loss_weights(weights, normalization: str = "tokens", group_rows: int | None = None):
+    """Per-token float32 weights whose sum(CE * weight) is the update's loss (train/losses.LOSS_NORMALIZATIONS).
+
+    "tokens": each target token of the global batch counts 1 / (their number). "microbatch" (open-instruct): the
+    batch's consecutive groups of `group_rows` rows (None: the whole batch) each average their own target tokens,
+    and the groups are averaged; a group without target tokens counts 0. The weights depend on the data only, so
+    accumulating microbatches of any size sums the same loss and gradient.
+    """
     w = weights.astype(jnp.float32)
-    return jnp.sum(ce * w), jnp.sum(w)
+    if normalization == "tokens":
+        return w / jnp.maximum(jnp.sum(w), 1.0)  # a batch with no target tokens gives loss 0, not NaN
+    if normalization != "microbatch":
+        losses.normalized_loss(w, w, normalization)  # raises, naming the choices and the macro
+    b = w.shape[0]
+    g = group_rows or b
+    if b % g:
+        raise ValueError(f"LOSS_MICROBATCH_ROWS={g} must divide the global batch size {b} (--gin.BATCH_SIZE).")
+    per_group = jnp.sum(w.reshape(b // g, -1), axis=1)
+    denom = jnp.repeat(jnp.maximum(per_group, 1.0), g) * (b // g)
+    return w / denom[:, None]
 
 
 def _split_microbatches(batch, microbatches: int):
@@ -31,20 +52,31 @@ def _split_microbatches(batch, microbatches: int):
 
 
 def make_loss_fn(model) -> Callable:
-    """`loss_sums(params, batch) -> (sum_loss, sum_weights)` for a module called like the Llama."""
+    """`loss_sums(params, batch) -> (sum_loss, sum_weights)` for a module called like the Llama.
+
+    A Llama-family module (its `config` a LlamaConfig) returns hidden states and the loss applies the output head a
+    chunk at a time (train/losses.py: no [B, L, V] logits); any other module's logits go through the plain sums.
+    """
+    chunked = isinstance(getattr(model, "config", None), LlamaConfig)
+
     def loss_sums(params, batch):
-        logits = model.apply({"params": params}, batch["decoder_input_tokens"],
-                             segment_ids=batch["decoder_segment_ids"], positions=batch["decoder_positions"])
-        return token_loss_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+        inputs = dict(segment_ids=batch["decoder_segment_ids"], positions=batch["decoder_positions"])
+        targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        if chunked:
+            hidden = model.apply({"params": params}, batch["decoder_input_tokens"], **inputs, return_hidden=True)
+            return losses.token_loss_sums(hidden, losses.output_head(params, model.config), targets, weights)
+        logits = model.apply({"params": params}, batch["decoder_input_tokens"], **inputs)
+        return losses.loss_sums_from_logits(logits, targets, weights)
     return loss_sums
 
 
 def make_train_step(model, tx: optax.GradientTransformation, *, microbatches: int = 1, sharding=None,
-                    donate: bool = True):
+                    donate: bool = True, loss_normalization: str = "tokens", loss_group_rows: int | None = None):
     """Jitted `step(params, opt_state, batch) -> (params, opt_state, metrics)`.
 
-    The loss is sum(CE * decoder_loss_weights) / sum(weights) over the whole global batch: every target
-    token counts the same whichever row, microbatch or host it is on. A non-finite loss or gradient
+    The loss is sum(CE * loss_weights(decoder_loss_weights)) over the whole global batch: with "tokens" every target
+    token counts the same whichever row, microbatch or host it is on; with "microbatch" each group of
+    `loss_group_rows` rows averages its own tokens first (open-instruct). A non-finite loss or gradient
     leaves params and optimizer state unchanged and reports `finite=False`. With a `parallel.sharding.Sharding`
     (its optimizer shardings set), the step is jitted with its param/optimizer/batch shardings and traced in its
     context.
@@ -53,6 +85,9 @@ def make_train_step(model, tx: optax.GradientTransformation, *, microbatches: in
     grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
 
     def step(params, opt_state, batch):
+        target_tokens = jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32))
+        batch = dict(batch, decoder_loss_weights=loss_weights(batch["decoder_loss_weights"], loss_normalization,
+                                                              loss_group_rows))
         if microbatches == 1:
             (loss_sum, weight_sum), grads = grad_fn(params, batch)
         else:
@@ -64,15 +99,15 @@ def make_train_step(model, tx: optax.GradientTransformation, *, microbatches: in
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
             init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
             (grads, loss_sum, weight_sum), _ = jax.lax.scan(body, init, _split_microbatches(batch, microbatches))
-        denom = jnp.maximum(weight_sum, 1.0)  # a batch with no target tokens gives loss 0, not NaN
-        grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, params)
-        loss = loss_sum / denom
+        del weight_sum  # the weights are normalised already: the loss is the weighted sum
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        loss = loss_sum
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731  skip the update on NaN/Inf
-        metrics = {"loss": loss, "grad_norm": grad_norm, "target_tokens": weight_sum, "finite": finite}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "target_tokens": target_tokens, "finite": finite}
         return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), metrics
 
     kwargs = {}
