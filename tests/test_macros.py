@@ -103,6 +103,6 @@ def test_eval_and_infer_share_their_settings_through_one_included_file():
     settings = {}
     for run, fn in (("eval", "evaluate_run"), ("infer", "infer_run")):
         main_lib.parse_gin([str(GIN / "runs" / f"{run}.gin")], ['CHECKPOINT_PATH="/x"'])
-        settings[run] = {k: v for k, v in gin_compat.gin.get_bindings(fn).items() if k not in ("judge_url", "judge_model")}
+        settings[run] = {k: v for k, v in gin_compat.gin.get_bindings(fn).items() if k not in ("judge_url", "judge_model", "judge_protocol")}
         assert "include 'runs/decode.gin'" in (GIN / "runs" / f"{run}.gin").read_text()
     assert settings["eval"] == settings["infer"]

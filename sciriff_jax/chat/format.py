@@ -166,10 +166,11 @@ class ChatFormat:
         return self._vocab().decode(ids)
 
     def encode_prompts(self, texts: list[str], *, add_bos: bool, max_position: int, max_new_tokens: int,
-                       label: str = "") -> list[list[int]]:
+                       label: str = "", report: dict | None = None) -> list[list[int]]:
         """Token ids per prompt text: left-truncated to max_position - max_new_tokens (as lm-eval), then this
         format's BOS first when `add_bos` (else only the BOS a template wrote, kept when the text is cut).
-        max_new_tokens >= max_position leaves no room for a prompt: a ValueError with the numbers."""
+        max_new_tokens >= max_position leaves no room for a prompt: a ValueError with the numbers. `report`, when
+        given, receives the budget and how many prompts were cut by how many tokens (total, max)."""
         if max_position and max_new_tokens >= max_position:
             raise ValueError(f"{label + ': ' if label else ''}max_new_tokens={max_new_tokens} leaves no room for a "
                              f"prompt in the model's context of {max_position} tokens (max_position); decode at most "
@@ -180,11 +181,16 @@ class ChatFormat:
         firsts = [[p[0]] if written is not None and p and p[0] == written else [] for p in prompts]
         prompts = [p[len(f):] for p, f in zip(prompts, firsts)]
         room = int(max_position or 0) - max_new_tokens
-        truncated = sum(len(p) > room for p in prompts) if room > 0 else 0
+        cut = [max(0, len(p) - room) if room > 0 else 0 for p in prompts]
+        truncated = sum(n > 0 for n in cut)
+        if report is not None:
+            report.update(budget=room if room > 0 else None, n=len(prompts), n_cut=truncated,
+                          tokens_cut_total=sum(cut), tokens_cut_max=max(cut, default=0))
         if truncated:
             prompts = [p[-room:] for p in prompts]
-            print(f"[eval] {label}: {truncated} prompt(s) longer than {room} tokens (max_position - max_new_tokens) "
-                  "were cut from the left", flush=True)
+            print(f"[eval] {label}: {truncated} prompt(s) longer than {room} tokens (max_position {max_position} - "
+                  f"max_new_tokens {max_new_tokens}) were cut from the left, of {len(prompts)}: {sum(cut)} tokens in "
+                  f"all, at most {max(cut)} from one", flush=True)
         lead = [[bos_id] if bos_id is not None else f for f in firsts]
         return [f + p for f, p in zip(lead, prompts)]
 

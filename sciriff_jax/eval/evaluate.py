@@ -70,7 +70,9 @@ def task_names_of(mixture_or_task_name: str) -> list[str]:
 
 
 def load_examples(task_names: list[str], split: str = "validation", max_examples: int | None = None) -> dict:
-    """{task: (raw examples, scorer name)} from the data layer; fails early for a task without a scorer."""
+    """{task: (raw examples, scorer name)} from the data layer; fails early for a task without a scorer. The runs
+    load the whole split (max_examples None): it is the few-shot pool, and predict_tasks decodes its first
+    EvalConfig.max_examples instances."""
     import seqio_tasks  # the data layer (TensorFlow)
     from seqio_tasks.sample import resolve_scorer  # knows the sample's tasks; the data layer (TensorFlow)
 
@@ -111,11 +113,28 @@ def prompt_format(eval_config: EvalConfig, chat_format: ChatFormat) -> ChatForma
     return ChatFormat(chat_format.vocabulary, template, f"{chat_format.describe()}; template {template!r} (TEMPLATE)")
 
 
+def task_prompts(loaded: dict, chat_format: ChatFormat, eval_config: EvalConfig) -> dict:
+    """{task: (the examples decoded, their prompt texts)}: the first EvalConfig.max_examples of each task's loaded
+    examples (all when None), prompted with few-shot examples drawn from all of them (the split), so an instance's
+    prompt is the same in a quick run and in the full run, as with lm-eval's --limit. `chat_format`: the one
+    prompts are written in (prompt_format's)."""
+    fewshot = PAPER_FEWSHOT if eval_config.fewshot is None else eval_config.fewshot
+    protocol = Protocol(eval_config.protocol)
+    out = {}
+    for name, (pool, scorer) in loaded.items():
+        examples = pool[:eval_config.max_examples] if eval_config.max_examples else pool
+        out[name] = (examples, protocol.prompts(examples, chat_format, fewshot.get(scorer, 0), scorer, pool=pool))
+    return out
+
+
 def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval_config: EvalConfig = EvalConfig(),
                   sharding: Sharding | None = None, output_dir=None, settings: dict | None = None,
-                  label: str = "") -> dict:
-    """{task: prediction records} for loaded examples, all tasks through one batcher; with output_dir, writes
-    predictions/<task>.jsonl (as each task completes) and resumes from what a stopped run left there.
+                  label: str = "", prompt_report: dict | None = None) -> dict:
+    """{task: prediction records} for the first EvalConfig.max_examples of each task's loaded examples (all when
+    None; the few-shot examples are drawn from all of them, so a prompt is the same in a quick run and in a full
+    one), all tasks through one batcher; with output_dir, writes predictions/<task>.jsonl (as each task completes)
+    and resumes from what a stopped run left there. `prompt_report`, when given, receives per task the prompt
+    budget and how many prompts were cut (ChatFormat.encode_prompts' report).
 
     `chat_format`: the model's (resolved once: io.loader.load, or the training run's); prompts, BOS, tokens and
     EOS are its. `settings`: what identifies these predictions (checkpoint, decoding settings), kept beside them so
@@ -133,11 +152,12 @@ def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval
                                              "protocol": protocol.name})
     records: dict[str, list] = {}
     jobs = []  # (task, index, record without prediction, prompt tokens)
-    for name, (examples, scorer) in loaded.items():
-        texts = protocol.prompts(examples, chat_format, fewshot.get(scorer, 0), scorer)
+    for name, (examples, texts) in task_prompts(loaded, chat_format, eval_config).items():
+        scorer = loaded[name][1]
+        report = prompt_report.setdefault(name, {}) if prompt_report is not None else None
         tokens = chat_format.encode_prompts(texts, add_bos=protocol.adds_bos,
                                             max_position=getattr(config, "max_position", 0),
-                                            max_new_tokens=eval_config.max_new_tokens, label=name)
+                                            max_new_tokens=eval_config.max_new_tokens, label=name, report=report)
         done = store.finished(name) if store is not None else {}
         records[name] = [None] * len(examples)
         for i, ex in enumerate(examples):
@@ -205,16 +225,35 @@ def evaluate_tasks(config, params, task_names: list[str], chat_format: ChatForma
                    eval_config: EvalConfig = EvalConfig(), judge=None, output_dir=None,
                    sharding: Sharding | None = None, settings: dict | None = None) -> dict:
     """Decode and score tasks: per-task metrics + parse counts + the table mean; writes outputs to output_dir."""
-    loaded = load_examples(task_names, eval_config.split, eval_config.max_examples)
+    loaded = load_examples(task_names, eval_config.split)  # the whole split: the few-shot pool
+    cuts: dict = {}
     records = predict_tasks(config, params, loaded, chat_format, eval_config=eval_config, sharding=sharding,
-                            output_dir=output_dir, settings=settings, label=eval_config.mixture_or_task_name or "")
+                            output_dir=output_dir, settings=settings, label=eval_config.mixture_or_task_name or "",
+                            prompt_report=cuts)
     summary = score_records(records, {name: scorer for name, (_, scorer) in loaded.items()}, judge=judge)
     summary["protocol"] = Protocol(eval_config.protocol).describe()
+    summary["prompts"] = prompt_summary(config, eval_config, cuts)
+    summary["judge"] = {"protocol": judge.protocol} if judge is not None else None
     if settings:
         summary["settings"] = settings  # e.g. which checkpoint, tokenizer and template
     if output_dir is not None:
         write_summary(summary, output_dir)
     return summary
+
+
+def prompt_summary(config, eval_config: EvalConfig, cuts: dict) -> dict:
+    """The prompt budget (the checkpoint's own context, max_position, less max_new_tokens) and, per task, how many
+    prompts were cut from the left and by how many tokens; says it on the log when any were."""
+    max_position = getattr(config, "max_position", 0) or None
+    budget = max_position - eval_config.max_new_tokens if max_position else None
+    tasks = {name: {k: v for k, v in report.items() if k != "budget"} for name, report in cuts.items()}
+    n_cut = sum(t.get("n_cut", 0) for t in tasks.values())
+    if n_cut:
+        print(f"[eval] {n_cut} of {sum(t.get('n', 0) for t in tasks.values())} prompt(s) were cut from the left to "
+              f"the budget of {budget} tokens (the model's max_position {max_position} - max_new_tokens "
+              f"{eval_config.max_new_tokens}); per task in summary.json 'prompts'", flush=True)
+    return {"max_position": max_position, "max_new_tokens": eval_config.max_new_tokens, "budget": budget,
+            "n_cut": n_cut, "tasks": tasks}
 
 
 def write_summary(summary: dict, output_dir) -> None:
@@ -263,7 +302,7 @@ def make_eval_hook(eval_config: EvalConfig, *, config, chat_format: ChatFormat, 
     check_max_new_tokens(getattr(config, "max_position", 0), eval_config.max_new_tokens,
                          "infer_eval/EvalConfig.max_new_tokens", "the trained model")
     names = task_names_of(eval_config.mixture_or_task_name)
-    loaded = load_examples(names, eval_config.split, eval_config.max_examples)
+    loaded = load_examples(names, eval_config.split)  # the whole split: the few-shot pool; max_examples decoded
     scorers = {name: scorer for name, (_, scorer) in loaded.items()}
 
     def hook(params, step: int) -> dict:
@@ -311,12 +350,14 @@ def default_output_dir(checkpoint_path: str, mixture_or_task_name: str):
 
 def evaluate_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), output_dir: str | None = None,
                  vocabulary_path: str | None = None, dtype: str = "bfloat16", mesh: MeshConfig | None = None,
-                 judge_url: str | None = None, judge_model: str | None = None) -> dict:
-    """The `eval` mode: load a checkpoint (Orbax or Hugging Face), decode the tasks, score, write the table."""
+                 judge_url: str | None = None, judge_model: str | None = None,
+                 judge_protocol: str | None = None) -> dict:
+    """The `eval` mode: load a checkpoint (Orbax or Hugging Face), decode the tasks, score, write the table.
+    `judge_protocol`: the judge's (scoring.judge.JUDGE_PROTOCOLS); None: SCIRIFF_JUDGE_PROTOCOL, else "release"."""
     name = eval_config.mixture_or_task_name
     out = paths.resolve(output_dir) if output_dir else default_output_dir(checkpoint_path, name)
     names = task_names_of(name)
-    judge = judge_lib.judge_from_env(judge_url, judge_model)
+    judge = judge_lib.judge_from_env(judge_url, judge_model, protocol=judge_protocol)
     print(f"[eval] {name}: {len(names)} task(s), split {eval_config.split}, max_examples={eval_config.max_examples}, "
           f"judge={'none (judge metrics skipped)' if judge is None else judge}; writing to {out}", flush=True)
     model, sharding = load_checkpoint(checkpoint_path, vocabulary_path, dtype, eval_config, mesh)
@@ -337,7 +378,7 @@ def infer_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), o
     out = paths.resolve(output_dir) if output_dir else default_output_dir(checkpoint_path, name)
     names = task_names_of(name)
     model, sharding = load_checkpoint(checkpoint_path, vocabulary_path, dtype, eval_config, mesh)
-    loaded = load_examples(names, eval_config.split, eval_config.max_examples)
+    loaded = load_examples(names, eval_config.split)  # the whole split: the few-shot pool; max_examples decoded
     with sharding.context() if sharding is not None else contextlib.nullcontext():
         records = predict_tasks(model.config, model.params, loaded, model.chat_format, eval_config=eval_config,
                                 output_dir=out, sharding=sharding, label=name,

@@ -36,15 +36,20 @@ RELEASE_TASK_DELIMITERS = {"evidence_inference": "\n\n\n"}  # tulu/evidence_infe
 TRAIN_FEWSHOT_DELIMITER = "\n\n\n"
 
 
-def draw_shots(examples: list[dict], num_fewshot: int) -> Iterator[list[dict]]:
+def draw_shots(examples: list[dict], num_fewshot: int, pool: list[dict] | None = None) -> Iterator[list[dict]]:
     """Per example, its few-shot examples as lm-eval's sampler draws them: one random.Random(1234) per task,
-    num_fewshot + 1 drawn from the same split, the example itself dropped. Nothing is drawn for 0 shots."""
+    num_fewshot + 1 drawn from the same split (`pool`, default `examples`), the example itself dropped. Nothing is
+    drawn for 0 shots. `examples` are the first instances of `pool` (the ones decoded: MAX_EXAMPLES, lm-eval's
+    --limit), so each one's shots are the ones it gets in a run over the whole split."""
     rng = random.Random(FEWSHOT_SEED)
+    pool = examples if pool is None else pool
+    if any(a is not b for a, b in zip(examples, pool)) or len(examples) > len(pool):
+        raise ValueError("draw_shots: the examples must be the first instances of the pool (the same objects)")
     for ex in examples:
         if not num_fewshot:
             yield []
             continue
-        drawn = rng.sample(examples, min(num_fewshot + 1, len(examples)))
+        drawn = rng.sample(pool, min(num_fewshot + 1, len(pool)))
         yield [d for d in drawn if d is not ex][:num_fewshot]
 
 
@@ -64,14 +69,16 @@ class Protocol:
         """Whether the prompt starts with the format's BOS (the release's vLLM runs added none)."""
         return self.name == "train"
 
-    def prompts(self, examples: list[dict], chat_format: ChatFormat, num_fewshot: int, scorer: str) -> list[str]:
-        """The prompt text of every example, few-shot examples first."""
+    def prompts(self, examples: list[dict], chat_format: ChatFormat, num_fewshot: int, scorer: str,
+                pool: list[dict] | None = None) -> list[str]:
+        """The prompt text of every example, few-shot examples first, drawn from `pool` (the whole split, whose
+        first instances `examples` are; default: `examples`)."""
         if self.name == "train":
             return [self._train_prompt(ex, shots, chat_format)
-                    for ex, shots in zip(examples, draw_shots(examples, num_fewshot))]
+                    for ex, shots in zip(examples, draw_shots(examples, num_fewshot, pool))]
         delimiter = self.fewshot_delimiter(scorer)
         out = []
-        for ex, shots in zip(examples, draw_shots(examples, num_fewshot)):
+        for ex, shots in zip(examples, draw_shots(examples, num_fewshot, pool)):
             context = ""
             if num_fewshot:
                 context = delimiter.join(chat_format.release_prompt(d["input"]) + RELEASE_TARGET_DELIMITER

@@ -192,6 +192,9 @@ def main(argv: Sequence[str] | None = None, declared=None) -> int:
     parser.add_argument("--judge_url", help="OpenAI-compatible server for LM-judge metrics (env SCIRIFF_JUDGE_URL)")
     parser.add_argument("--judge_model", help="judge model name (env SCIRIFF_JUDGE_MODEL)")
     parser.add_argument("--judge_api_key", help="judge API key (env SCIRIFF_JUDGE_API_KEY; prefer the env var)")
+    parser.add_argument("--judge_protocol", choices=judge_lib.JUDGE_PROTOCOLS,
+                        help="release (default; env SCIRIFF_JUDGE_PROTOCOL): the release's judge prompts, rating "
+                        "readings, defaults and MUP sample, exactly; lenient: our earlier variant")
     parser.add_argument("--references", help="the release split file (.jsonl or .parquet) the predictions are for: "
                         "every id must be one of its instances, with the same 'output'")
     parser.add_argument("--output", help="where to write the metrics JSON (default: FILE.metrics.json next to the file)")
@@ -208,7 +211,8 @@ def main(argv: Sequence[str] | None = None, declared=None) -> int:
         print(f"error: --output {out}: {problem}", file=sys.stderr)
         return 2
     try:
-        judge = judge_lib.judge_from_env(args.judge_url, args.judge_model, args.judge_api_key)
+        judge = judge_lib.judge_from_env(args.judge_url, args.judge_model, args.judge_api_key,
+                                         protocol=args.judge_protocol)
         result = score_file(args.predictions, args.task, judge=judge, references=args.references, declared=declared)
     except (PredictionFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
