@@ -1,0 +1,153 @@
+"""The preference-tuning run (DPO, or reference-free SimPO): finetune's pieces with a preference step.
+
+It starts from INITIAL_CHECKPOINT_PATH (an HF directory, a finetune run's MODEL_DIR or Orbax checkpoint) whose
+params, frozen, are DPO's reference; the pairs are a preference folder (`sciriff-jax data prefs`) read as a SeqIO
+task tokenized with that checkpoint's own ChatFormat. Checkpoints, resume, preemption, the run lock, metrics.jsonl /
+TensorBoard and train_summary.json are finetune's; per step it also logs rewards/chosen, rewards/rejected,
+rewards/margins and rewards/accuracy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+
+from sciriff_jax.data import preferences
+from sciriff_jax.data.preferences import PreferenceDataConfig
+from sciriff_jax.io import checkpoint, loader, paths, tokenizer_files
+from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.parallel import distributed
+from sciriff_jax.parallel.sharding import MeshConfig
+from sciriff_jax.train import finetune, loop, run_log, setup
+from sciriff_jax.train.dpo_loss import DPOConfig, make_logprob_fn, make_preference_loss, make_preference_step
+from sciriff_jax.train.finetune import RunConfigError, TrainConfig
+from sciriff_jax.train.optim import OptimizerConfig
+from sciriff_jax.train.preemption import PreemptionGuard
+
+_log = finetune._log
+
+
+def dpo(train: TrainConfig, data: PreferenceDataConfig, preference: DPOConfig = DPOConfig(),
+        model: LlamaConfig | None = None, optimizer: OptimizerConfig = OptimizerConfig(),
+        mesh: MeshConfig = MeshConfig(), *, operative_config: str | None = None) -> dict:
+    """Preference-tune INITIAL_CHECKPOINT_PATH on `data`; resumes from MODEL_DIR's latest checkpoint. `BATCH_SIZE`
+    (train.batch_size) counts pairs: each update reads 2 x BATCH_SIZE rows. Returns the summary dict."""
+    distributed.maybe_initialize()
+    lock = finetune._lock_model_dir(train)
+    try:
+        return _dpo(train, data, preference, model, optimizer, mesh, operative_config, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _dpo(train, data, preference, model, optimizer, mesh, operative_config, lock) -> dict:
+    """The run in the order it happens: model and format, the pairs, the plan, the setup, the start, the reference,
+    the loop, the summary."""
+    t_start = time.time()
+    if not train.initial_checkpoint_path:
+        raise RunConfigError("a preference run tunes a model: set INITIAL_CHECKPOINT_PATH to an HF directory, a "
+                             "finetune run's MODEL_DIR or an Orbax checkpoint (its params are DPO's reference)")
+    model_dir = str(paths.resolve(train.model_dir))
+    config = finetune.resolve_model_config(model, train)
+    chat_format = _chat_format(train, config, model_dir)
+    name = preferences.register(data, chat_format)
+    train_steps, epochs, counts = _plan(train, data, name)
+    run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
+                            microbatches=train.microbatches)
+    run_setup.check_batch(2 * train.batch_size)
+    batches = preferences.pair_batches(name, data, sharding=run_setup.sharding.batch, pairs=train.batch_size,
+                                       seed=train.seed, epochs=epochs)
+    ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
+                                        config=config, async_save=train.async_checkpoints,
+                                        before_save=lock.check if lock is not None else None, log=_log)
+    start_step, params, opt_state = finetune._start(train, run_setup, ckpt, batches, model_dir)
+    reference, described = _reference(preference, train, run_setup, params, start_step)
+    step = _step(preference, run_setup)
+    _log(f"{preference.loss} (beta {preference.beta}), reference: {described}; {run_setup.num_params / 1e6:.2f}M "
+         f"params, mesh {dict(run_setup.sharding.mesh.shape)}, {train.batch_size} pairs x 2 rows x {data.length} "
+         f"tokens per update, steps {start_step}->{train_steps}")
+    run_log.save_operative_config(model_dir, operative_config)
+    logger = run_log.RunLogger(
+        model_dir, total_steps=train_steps, start_step=start_step, tokens_per_step=2 * train.batch_size * data.length,
+        flops_per_token=config.flops_per_token(data.length), log_every=train.log_every, tensorboard=train.tensorboard)
+    try:
+        with PreemptionGuard() as guard:
+            result = loop.train_loop(
+                step_fn=finetune._check_vocab(lambda p, o, b: step(p, o, b, reference), config.vocab_size),
+                params=params, opt_state=opt_state, batches=batches,
+                settings=loop.LoopConfig(train_steps, start_step, on_nonfinite=train.on_nonfinite),
+                schedule=run_setup.schedule, checkpointer=ckpt, logger=logger, preemption=guard)
+    finally:
+        batches.close()
+        try:
+            logger.close()
+        finally:
+            ckpt.close()
+    result["preference"] = {**dataclasses.asdict(preference), "reference": described, "data": data.path,
+                            "task": name, "pairs": counts[0], "pairs_longer_than_length": counts[1],
+                            "chat_format": chat_format.describe()}
+    return finetune._summarize(result, model_dir, train_steps, start_step, time.time() - t_start,
+                               run_setup.num_params)
+
+
+def _chat_format(train: TrainConfig, config: LlamaConfig, model_dir: str):
+    """The initial checkpoint's own ChatFormat (the pairs are rendered as it was trained), recorded in
+    MODEL_DIR/tokenizer/ so eval and export of this run use it."""
+    try:
+        fmt = loader.resolve_chat_format(train.initial_checkpoint_path)
+    except FileNotFoundError as err:
+        raise RunConfigError(f"INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path} has no tokenizer recorded "
+                             f"({err}); the pairs must be rendered as that model was trained: use an HF directory with "
+                             "its tokenizer files or a sciriff-jax run's MODEL_DIR") from None
+    fmt.check_fits(config.vocab_size, "of this run")
+    record = paths.resolve(model_dir) / tokenizer_files.SUBDIR
+    if (record / tokenizer_files.RECORD).is_file():
+        if tokenizer_files.read_record(record)["fingerprint"] != fmt.fingerprint:
+            raise RunConfigError(f"MODEL_DIR={model_dir} was trained with the tokenizer in {record}, not "
+                                 f"{fmt.describe()}: use a new MODEL_DIR")
+    elif jax.process_index() == 0:
+        tokenizer_files.write_format(record, fmt)
+    return fmt
+
+
+def _plan(train: TrainConfig, data: PreferenceDataConfig, name: str) -> tuple[int, int | None, tuple[int, int]]:
+    """(updates, passes over the pairs or None for an endless stream, (pairs that fit, pairs left out))."""
+    kept, dropped = preferences.count_pairs(name, data)
+    _log(f"preference data {data.path} ({data.split}): {kept} pairs fit rows of {data.length} tokens"
+         + (f", {dropped} longer left out (raise PREFERENCE_LENGTH to keep them)" if dropped else ""))
+    if train.train_steps is not None:
+        return train.train_steps, None, (kept, dropped)
+    per_epoch = kept // train.batch_size
+    if per_epoch == 0:
+        raise RunConfigError(f"{kept} preference pairs make no update of BATCH_SIZE={train.batch_size} pairs: lower "
+                             "BATCH_SIZE, or build more pairs")
+    steps = max(int(math.ceil(train.num_epochs * per_epoch)), 1)
+    _log(f"{steps} updates = {train.num_epochs} epochs x {per_epoch} updates of {train.batch_size} pairs")
+    return steps, int(math.ceil(train.num_epochs)), (kept, dropped)
+
+
+def _reference(preference: DPOConfig, train: TrainConfig, run_setup: setup.TrainSetup, params, start_step: int):
+    """(the reference's params, what it is): the starting policy, frozen (a copy at step 0, INITIAL_CHECKPOINT_PATH
+    again on a resume); None for a reference-free loss."""
+    if not preference.needs_reference:
+        return None, "none (reference-free)"
+    what = f"INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}, frozen"
+    if start_step == 0:  # the step donates the policy's buffers: the reference is its own copy
+        return jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=run_setup.sharding.params)(params), what
+    return loader.load(train.initial_checkpoint_path, shardings=run_setup.sharding.params,
+                       with_tokenizer=False).params, what
+
+
+def _step(preference: DPOConfig, run_setup: setup.TrainSetup):
+    """The jitted preference step of the run's model, optimizer and shardings."""
+    logps = make_logprob_fn(run_setup.model)
+    loss_sums = make_preference_loss(preference, logps, lambda params, reference, batch: logps(reference, batch))
+    sharding = run_setup.sharding
+    reference_sharding = sharding.params if preference.needs_reference else None
+    return make_preference_step(loss_sums, run_setup.tx, microbatches=run_setup.microbatches,
+                                shardings=(sharding.params, sharding.opt_state, sharding.batch, reference_sharding),
+                                context=sharding.context)

@@ -1,0 +1,107 @@
+"""Preference tasks and the DPO run: pairs rendered by the checkpoint's chat format, loss on assistant turns only;
+a run from an HF directory logs rewards and starts at ln 2; a run from a finetune run's MODEL_DIR; SimPO."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from sciriff_jax.data.preferences import PreferenceDataConfig  # noqa: E402
+from sciriff_jax.io import loader  # noqa: E402
+from sciriff_jax.parallel.sharding import MeshConfig  # noqa: E402
+from sciriff_jax.train.dpo import dpo  # noqa: E402
+from sciriff_jax.train.dpo_loss import DPOConfig  # noqa: E402
+from sciriff_jax.train.finetune import TrainConfig  # noqa: E402
+from sciriff_jax.train.optim import OptimizerConfig  # noqa: E402
+from tests import hf_dirs  # noqa: E402
+
+PAIRS = [("List the genes.", '["BRCA1", "TP53"]', '["hello"]'),
+         ("Is the claim supported?", '{"verdict": "SUPPORT", "evidence": [1]}', "Nothing else."),
+         ("Return a JSON array of entities.", '["EGFR"]', "And what else?"),
+         ("hello world", "The claim is supported by the evidence.", "world")]
+
+
+def write_prefs(folder, task="demo_task", split="train"):
+    path = folder / task / f"{split}-00000-of-00001.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for i, (prompt, chosen, rejected) in enumerate(PAIRS):
+            f.write(json.dumps({"_instance_id": f"{task}:{split}:{i}", "input": prompt, "chosen": chosen,
+                                "rejected": rejected}) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                      tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(d)
+    hf_dirs.byte_bpe_tokenizer(d)
+    return d
+
+
+def test_pairs_are_rendered_by_the_checkpoints_chat_format_with_loss_on_the_assistant_turn(hf_dir, tmp_path):
+    from seqio_tasks import preferences
+
+    fmt = loader.resolve_chat_format(hf_dir)
+    name = preferences.register(write_prefs(tmp_path / "prefs"), fmt)
+    batch = next(preferences.get_pair_dataset(name, split="train", length=64, pairs=4, shuffle=False)
+                 .as_numpy_iterator())
+    assert batch["decoder_target_tokens"].shape == (8, 64)
+    for i, (prompt, chosen, rejected) in enumerate(PAIRS):
+        for row, answer in ((2 * i, chosen), (2 * i + 1, rejected)):
+            enc = fmt.encode_chat([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
+            n = len(enc.ids) - 1
+            np.testing.assert_array_equal(batch["decoder_input_tokens"][row, :n], enc.ids[:-1])
+            np.testing.assert_array_equal(batch["decoder_target_tokens"][row, :n], enc.ids[1:])
+            np.testing.assert_array_equal(batch["decoder_loss_weights"][row, :n], enc.mask[1:])
+            assert batch["decoder_loss_weights"][row, n:].sum() == 0 and batch["decoder_segment_ids"][row, n:].sum() == 0
+            answer_ids = [t for t, m in zip(enc.ids, enc.mask) if m]
+            assert fmt.decode(answer_ids).startswith(answer)  # the answer and its end of turn, nothing of the prompt
+    assert preferences.count_pairs(name, split="train", length=64) == (4, 0)
+    assert preferences.count_pairs(name, split="train", length=12)[1] > 0  # longer pairs are counted, left out
+
+
+def _run(model_dir, initial, prefs, preference=DPOConfig(beta=0.1), steps=3):
+    return dpo(TrainConfig(model_dir=str(model_dir), train_steps=steps, batch_size=4, initial_checkpoint_path=str(initial),
+                           checkpoint_period=steps, log_every=1, tensorboard=False, async_checkpoints=False),
+               PreferenceDataConfig(path=str(prefs), length=64), preference,
+               optimizer=OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, schedule="constant"),
+               mesh=MeshConfig(layout="fsdp"))  # 8 rows over the 8 test devices
+
+
+def test_dpo_from_an_hf_directory_starts_at_ln2_logs_rewards_and_learns(hf_dir, tmp_path):
+    summary = _run(tmp_path / "run", hf_dir, write_prefs(tmp_path / "prefs"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, last = records[0], records[-1]
+    assert abs(first["loss"] - math.log(2)) < 1e-5 and first["rewards/margins"] == 0.0
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy", "grad_norm"):
+        assert key in last
+    assert last["loss"] < math.log(2) and last["rewards/margins"] > 0
+    assert summary["preference"]["reference"].startswith("INITIAL_CHECKPOINT_PATH=")
+    assert summary["preference"]["pairs"] == 4
+    # The run's MODEL_DIR records the checkpoint's format: eval / export use it as for a finetune run.
+    assert loader.resolve_chat_format(tmp_path / "run") == loader.resolve_chat_format(hf_dir)
+    resumed = _run(tmp_path / "run", hf_dir, write_prefs(tmp_path / "prefs"), steps=4)  # resumes: reference reloaded
+    assert resumed["start_step"] == 3 and resumed["steps"] == 1
+
+
+def test_simpo_needs_no_reference_and_learns(hf_dir, tmp_path):
+    summary = _run(tmp_path / "run", hf_dir, write_prefs(tmp_path / "prefs"), DPOConfig("simpo", beta=2.0))
+    assert summary["preference"]["reference"].startswith("none")
+    assert summary["last_loss"] < summary["first_loss"]
+
+
+def test_dpo_gin_checks_its_macros_against_the_config_fields():
+    from sciriff_jax.run import main as main_lib
+
+    required = ['MODEL_DIR="/x"', 'INITIAL_CHECKPOINT_PATH="/y"', 'PREFERENCE_DATA="/z"']
+    main_lib.parse_gin([str(main_lib.GIN_CONFIGS_DIR / "runs" / "dpo.gin")], required)
+    with pytest.raises(main_lib.GinConfigError, match="LOSS='ipo': expected one of 'dpo', 'simpo'"):
+        main_lib.parse_gin([str(main_lib.GIN_CONFIGS_DIR / "runs" / "dpo.gin")], required + ['LOSS="ipo"'])
