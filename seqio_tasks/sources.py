@@ -23,6 +23,8 @@ from seqio_tasks import catalog, sample
 from seqio_tasks.vocab import cache_dir
 
 DATA_DIR_ENV = "SCIRIFF_JAX_DATA_DIR"
+# Set (not 0) by `sciriff-jax --verbose` (sciriff_jax.run.quiet): TFDS's own banner and progress bars are shown.
+VERBOSE_ENV = "SCIRIFF_JAX_VERBOSE"
 # HF_ENDPOINT is the Hugging Face hub's own variable for mirrors; tests point it at a local server.
 HUB_ENDPOINT_ENV = "HF_ENDPOINT"
 
@@ -167,6 +169,14 @@ class Sciriff(tfds.core.GeneratorBasedBuilder):
         self.empty_outputs: dict[str, dict[str, int]] = {}  # split -> task -> skipped (filled while preparing)
         super().__init__(**kwargs)
 
+    def _log_download_bytes(self):  # TFDS's "Downloading and preparing dataset Unknown size ...": get_builder says it
+        if _verbose():
+            super()._log_download_bytes()
+
+    def _log_download_done(self):
+        if _verbose():
+            super()._log_download_done()
+
     def _info(self):
         text = tfds.features.Text()
         return self.dataset_info_from_configs(
@@ -253,6 +263,7 @@ def get_builder(config: int, source_dir=None) -> Sciriff:
     if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
         print(f"sciriff-jax: preparing SciRIFF {config} from {source_dir or 'the Hugging Face hub'} "
               f"-> {builder.data_dir}", flush=True)
+        tfds.display_progress_bar(_verbose() or source_dir is None)  # bars for a download, not for local seconds
         builder.download_and_prepare()
         with tf.io.gfile.GFile(os.path.join(builder.data_dir, EMPTY_OUTPUTS_FILE), "w") as f:
             f.write(json.dumps(builder.empty_outputs))
@@ -260,6 +271,10 @@ def get_builder(config: int, source_dir=None) -> Sciriff:
 
 
 EMPTY_OUTPUTS_FILE = "empty_outputs.json"
+
+
+def _verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def empty_outputs(config: int, split: str, source_dir=None) -> dict[str, int]:

@@ -6,7 +6,7 @@ import sys
 from typing import Sequence
 
 from sciriff_jax.io import checksums, paths
-from sciriff_jax.run import errors
+from sciriff_jax.run import errors, quiet
 from sciriff_jax.scoring import score
 
 # Each subcommand imports its own stack when it runs (inside its function), so `sciriff-jax score` and `--help` start
@@ -29,6 +29,7 @@ tools:
   aot     ahead-of-time compile for a TPU topology: aot --gin_file=... --topology=v5p-128
 
 An error is one `error: ...` line on stderr and exit status 2; add --debug to any subcommand for its traceback.
+TensorFlow's, absl's, XLA's and TFDS's start-up messages are hidden; add --verbose (or set SCIRIFF_JAX_VERBOSE=1).
 """
 
 
@@ -139,10 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command in RUN_FILES:  # run/main.py parses --debug itself
+    if is_process:  # before any subcommand loads TensorFlow or JAX
+        quiet.start(quiet.VERBOSE_FLAG in rest)
+    if command in RUN_FILES:  # run/main.py parses --debug and --verbose itself
         return _run_mode(command, rest, exit_process=is_process)
     if command in TOOLS:
-        rest, debug = errors.split_debug(rest)
+        rest, debug = errors.split_debug(quiet.split_verbose(rest)[0])
         return errors.run_reporting(lambda: TOOLS[command](rest) or 0, debug=debug, exit_process=is_process)
     print(f"sciriff-jax: unknown subcommand {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

@@ -12,6 +12,8 @@ import re
 import sys
 from typing import Callable, Sequence
 
+from sciriff_jax.run import quiet
+
 EXIT_ERROR = 2  # any error that stops a command (README, Running jobs); 1 is a verdict (verify: corrupt, aot: no fit)
 DEBUG_FLAG = "--debug"
 # gin appends "  In call to configurable 'finetune' (<function ...>)" lines to exceptions raised under it.
@@ -75,11 +77,12 @@ def run_reporting(command: Callable[[], int], *, debug: bool, exit_process: bool
 
 
 def exit_now(code: int) -> None:
-    """End the process with `code` after flushing stdout, stderr and the log handlers."""
+    """End the process with `code` after flushing stdout, stderr, the log handlers and the stderr filter (quiet)."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
+    quiet.stop()
     os._exit(code)

@@ -18,11 +18,8 @@ from typing import Sequence
 import gin
 
 from sciriff_jax.parallel import distributed
-from sciriff_jax.run import errors, gin_compat, gin_setup
+from sciriff_jax.run import errors, gin_compat, gin_setup, quiet
 from sciriff_jax.run import macros as macro_checks
-
-# Quiet TensorFlow's C++ start-up chatter (the data layer imports it); set before TF loads.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 GIN_CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin_configs"
 MODES = ("train", "eval", "infer")
@@ -60,6 +57,8 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max_examples", type=int, default=None,
                         help="quick runs: decode at most this many examples per task (same as --gin.MAX_EXAMPLES=N)")
     parser.add_argument(errors.DEBUG_FLAG, action="store_true", help="show the traceback of an error")
+    parser.add_argument(quiet.VERBOSE_FLAG, action="store_true", help="show TensorFlow's, absl's, XLA's and TFDS's "
+                        f"start-up messages and progress bars (or set {quiet.VERBOSE_ENV}=1)")
     known, rest = parser.parse_known_args(list(argv))
     known.gin_bindings.extend(gin_flag_bindings(parser, rest))
     if known.max_examples is not None:
@@ -160,8 +159,10 @@ def main(argv: Sequence[str] | None = None, *, exit_process: bool | None = None)
     (the traceback with --debug). `exit_process` (default: argv is None, the call is the process): an error ends the
     process at once."""
     flags = parse_flags(sys.argv[1:] if argv is None else argv)
-    return errors.run_reporting(lambda: _main(flags), debug=flags.debug,
-                                exit_process=argv is None if exit_process is None else exit_process)
+    exit_process = argv is None if exit_process is None else exit_process
+    if exit_process:  # the whole process: keep the libraries' start-up chatter off its stderr
+        quiet.start(flags.verbose)
+    return errors.run_reporting(lambda: _main(flags), debug=flags.debug, exit_process=exit_process)
 
 
 def _main(flags: argparse.Namespace) -> int:
