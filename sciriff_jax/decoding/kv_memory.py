@@ -1,9 +1,11 @@
 """KV-cache memory for decoding: bytes per token, the memory a device has left, and the page pool to allocate.
 
-The pool is sized before anything is allocated: enough pages for the `slots` longest sequences at once when
-that fits the budget; fewer when it does not (then prompts wait for pages: the batch is split over time);
-and a clear refusal when even the longest single sequence does not fit. So decoding never runs out of
-memory halfway through an eval.
+The pool is sized before anything is allocated, to the work and no larger: the pages the `slots` longest
+sequences (prompt + new tokens) need at once, rounded up to one of 8 sizes per power of two (at most 1/8
+more, so pools of similar work share compiled programs). When that exceeds the budget it gets the budget
+(then prompts wait for pages: the batch is split over time), and when even the longest single sequence does
+not fit it refuses with the numbers. So decoding never runs out of memory halfway through an eval, and a
+small model on a few prompts never holds a pool sized for the device.
 """
 from __future__ import annotations
 
@@ -58,14 +60,23 @@ class PoolPlan:
         return self.num_pages * self.page_size * self.bytes_per_token
 
     def describe(self, slots: int) -> str:
+        """The log line: the pool's size, and why it is that size (the work, or the budget)."""
         gib = 2.0 ** 30
         budget = "no budget known" if self.budget_bytes is None else f"budget {self.budget_bytes / gib:.2f} GiB/device"
         line = (f"KV cache: {self.num_pages} pages x {self.page_size} tokens x {self.bytes_per_token / 1024:.1f} KiB "
                 f"= {self.bytes / gib:.3f} GiB ({self.bytes / self.shards / gib:.3f} GiB/device; {budget}); {slots} slots")
         if self.num_pages < self.concurrent_needed:
-            line += (f"; the {slots} longest sequences at once would need {self.concurrent_needed} pages, so rows "
-                     "wait for pages (the batch is split over time)")
-        return line
+            return line + (f"; capped by the budget: the {slots} longest sequences at once would need "
+                           f"{self.concurrent_needed} pages, so rows wait for pages (the batch is split over time)")
+        return line + (f"; sized to the work: the {slots} longest sequences (prompt + new tokens) at once need "
+                       f"{self.concurrent_needed} pages")
+
+
+def round_pool(pages: int) -> int:
+    """`pages` rounded up to one of 8 sizes per power of two (its top three bits): at most 1/8 more than the work
+    needs, and a bounded number of pool shapes (each shape compiles its own decode programs)."""
+    low_bits = max(0, int(pages).bit_length() - 3)
+    return -(-int(pages) >> low_bits) << low_bits
 
 
 def plan_pool(config, needs: list[int], *, slots: int, page_size: int, dtype, budget_bytes: int | None,
@@ -78,8 +89,7 @@ def plan_pool(config, needs: list[int], *, slots: int, page_size: int, dtype, bu
     per_token = bytes_per_token(config, dtype)
     pages = sorted((pages_for(n, page_size) for n in needs), reverse=True)
     concurrent = 1 + sum(pages[:slots])
-    # Powers of two: pools for different prompt sets share compiled programs.
-    wanted = 1 << max(1, concurrent - 1).bit_length()
+    wanted = round_pool(concurrent)
     if budget_bytes is None:
         return PoolPlan(wanted, page_size, per_token, None, concurrent, shards)
     affordable = int(budget_bytes * shards // (page_size * per_token))

@@ -37,6 +37,28 @@ class WorkCount:
     generated: int = 0          # tokens produced (the first from prefill, EOS/stop included)
     prefill_calls: int = 0
     decode_calls: int = 0
+    prefill_s: float = 0.0      # host time of prefill calls (the first one compiles)
+    decode_s: float = 0.0
+    prefill_warm: tuple = (0, 0.0)  # (tokens, seconds) of the prefill calls after the first: the steady rate
+    decode_warm: tuple = (0, 0.0)   # (new tokens, seconds) of the decode calls after the first
+
+    def time_call(self, kind: str, tokens: int, seconds: float) -> None:
+        """Count the host time of one device call of `kind` ("prefill" or "decode") that did `tokens` tokens."""
+        first = getattr(self, f"{kind}_calls") <= 1
+        setattr(self, f"{kind}_s", getattr(self, f"{kind}_s") + seconds)
+        if not first:
+            n, t = getattr(self, f"{kind}_warm")
+            setattr(self, f"{kind}_warm", (n + tokens, t + seconds))
+
+    def prefill_rate(self) -> float | None:
+        """Prompt tokens/s over the prefill calls after the first (None before there are any)."""
+        n, t = self.prefill_warm
+        return n / t if t > 0 else None
+
+    def decode_rate(self) -> float | None:
+        """New tokens/s over the decode calls after the first (None before there are any)."""
+        n, t = self.decode_warm
+        return n / t if t > 0 else None
 
     @property
     def useful_fraction(self) -> float:
