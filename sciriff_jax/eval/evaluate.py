@@ -337,6 +337,7 @@ def load_checkpoint(checkpoint_path: str, vocabulary_path: str | None, dtype: st
     if sharding is not None:
         print(f"[eval] params sharded over mesh {dict(sharding.mesh.shape)} ({mesh.layout})", flush=True)
     print(f"[eval] tokenizer: {model.chat_format.describe()}", flush=True)
+    print(f"[eval] params in {model.config.param_dtype}, compute in {model.config.dtype} (DTYPE={dtype!r})", flush=True)
     return model, sharding
 
 
@@ -349,7 +350,7 @@ def default_output_dir(checkpoint_path: str, mixture_or_task_name: str):
 
 
 def evaluate_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), output_dir: str | None = None,
-                 vocabulary_path: str | None = None, dtype: str = "bfloat16", mesh: MeshConfig | None = None,
+                 vocabulary_path: str | None = None, dtype: str = "auto", mesh: MeshConfig | None = None,
                  judge_url: str | None = None, judge_model: str | None = None,
                  judge_protocol: str | None = None) -> dict:
     """The `eval` mode: load a checkpoint (Orbax or Hugging Face), decode the tasks, score, write the table.
@@ -365,14 +366,15 @@ def evaluate_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig()
     with sharding.context() if sharding is not None else contextlib.nullcontext():
         summary = evaluate_tasks(model.config, model.params, names, fmt, eval_config=eval_config,
                                  judge=judge, output_dir=out, sharding=sharding,
-                                 settings={"checkpoint": str(checkpoint_path), "dtype": dtype,
+                                 settings={"checkpoint": str(checkpoint_path), "dtype": model.config.param_dtype,
+                                           "compute_dtype": model.config.dtype,
                                            "tokenizer": fmt.describe()})
     print(summary_markdown(summary), flush=True)
     return summary
 
 
 def infer_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), output_dir: str | None = None,
-              vocabulary_path: str | None = None, dtype: str = "bfloat16", mesh: MeshConfig | None = None) -> dict:
+              vocabulary_path: str | None = None, dtype: str = "auto", mesh: MeshConfig | None = None) -> dict:
     """The `infer` mode: decode and write predictions/<task>.jsonl only (score them later with `sciriff-jax score`)."""
     name = eval_config.mixture_or_task_name
     out = paths.resolve(output_dir) if output_dir else default_output_dir(checkpoint_path, name)
@@ -382,6 +384,7 @@ def infer_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), o
     with sharding.context() if sharding is not None else contextlib.nullcontext():
         records = predict_tasks(model.config, model.params, loaded, model.chat_format, eval_config=eval_config,
                                 output_dir=out, sharding=sharding, label=name,
-                                settings={"checkpoint": str(checkpoint_path), "dtype": dtype,  # as evaluate_run's,
+                                settings={"checkpoint": str(checkpoint_path), "dtype": model.config.param_dtype,
+                                           "compute_dtype": model.config.dtype,  # as evaluate_run's,
                                           "tokenizer": model.chat_format.describe()})  # so eval scores these
     return {"output_dir": str(out), "predictions": {name: len(rows) for name, rows in records.items()}}

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.flax import save_file
 
 from sciriff_jax.io import paths
-from sciriff_jax.model.config import ARCHITECTURES, LlamaConfig
+from sciriff_jax.model.config import ARCHITECTURES, LlamaConfig, compute_dtype_for
 from sciriff_jax.model.llama import param_shapes
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -213,9 +213,8 @@ def load_hf_config(hf_dir, dtype: str = "float32") -> LlamaConfig:
     if architectures is not None and architectures != [SUPPORTED_ARCHITECTURES[model_type]]:
         raise ValueError(f"{path}: architectures={architectures!r} does not match model_type={model_type!r} "
                          f"(expected [{SUPPORTED_ARCHITECTURES[model_type]!r}])")
-    compute = "float32" if dtype == "float32" else "bfloat16"
     try:
-        return LlamaConfig.from_hf_config(hf, param_dtype=dtype, dtype=compute)
+        return LlamaConfig.from_hf_config(hf, param_dtype=dtype, dtype=compute_dtype_for(dtype))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: not a usable Llama config ({type(err).__name__}: {err})") from None
 

@@ -24,7 +24,7 @@ import numpy as np
 from sciriff_jax.chat.format import AUTO, ChatFormat, resolve_template
 from sciriff_jax.decoding.generate import GenerationConfig, Sampling, generate
 from sciriff_jax.io import checkpoint, hf, paths, tokenizer_files
-from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.model.config import LlamaConfig, compute_dtype_for, resolve_dtype
 from sciriff_jax.model.llama import Llama
 
 
@@ -110,11 +110,11 @@ def resolve_chat_format(path, vocabulary_path=None, template: str | None = None)
 
 
 def _cast(params, config: LlamaConfig, dtype: str | None):
-    """Params in `dtype` (None: as they are), with compute in float32 for float32 params and bfloat16 otherwise."""
+    """Params in `dtype` (None: as they are), computing in float32 / float16 for such params, bfloat16 otherwise."""
     if dtype is None:
         return params, config
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
-    return params, config.replace(param_dtype=dtype, dtype="float32" if dtype == "float32" else "bfloat16")
+    return params, config.replace(param_dtype=dtype, dtype=compute_dtype_for(dtype))
 
 
 @dataclasses.dataclass
@@ -160,12 +160,13 @@ def load(path, *, dtype: str | None = None, vocabulary_path=None, template: str 
          shardings=None, with_tokenizer: bool = True) -> Loaded:
     """Load a Hugging Face directory or an Orbax checkpoint (step dir or MODEL_DIR, local or URL).
 
-    `dtype`: the params' dtype (None: as stored for Orbax, float32 for Hugging Face), with compute in float32 for
-    float32 params and bfloat16 otherwise. `shardings`: a pytree of shardings to place the params on a mesh.
+    `dtype`: the params' dtype (None: as stored for Orbax, float32 for Hugging Face; "auto": the platform's, float32
+    on a CPU and bfloat16 elsewhere), computing in float32 / float16 for such params and bfloat16 otherwise. `shardings`: a pytree of shardings to place the params on a mesh.
     `vocabulary_path` / `template`: None (or "auto") for the checkpoint's own (`chat_format`), resolved before the
     weights are read unless `with_tokenizer=False` (the weights alone: a finetune's initial checkpoint, logits).
     """
     _require(path)
+    dtype = resolve_dtype(dtype)
     p = paths.resolve(path)
     kind = "hf" if is_hf_dir(p) else "orbax"
     fmt = None

@@ -6,12 +6,33 @@ import json
 import logging
 from typing import Any
 
+import jax
+
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # Hugging Face model_type -> its architectures entry: the Llama family this model covers.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM"}
 QK_NORMS = (None, "head", "projection")  # Qwen3: RMSNorm per head over head_dim; OLMo 2: over the whole projection
 ATTENTION_BACKENDS = ("auto", "reference", "blockwise", "cudnn", "splash", "ring")
+DTYPES = ("float32", "bfloat16", "float16")
+AUTO_DTYPE = "auto"  # the platform's default: float32 on a CPU (bf16 is emulated there, slower), bfloat16 elsewhere
+
+
+def platform_dtype(platform: str | None = None) -> str:
+    """The default compute dtype of `platform` (None: JAX's default backend): float32 on a CPU, else bfloat16."""
+    if platform is None:
+        platform = jax.default_backend()
+    return "float32" if platform == "cpu" else "bfloat16"
+
+
+def resolve_dtype(dtype: str | None, platform: str | None = None) -> str | None:
+    """`dtype` with "auto" resolved to `platform_dtype` (None stays None: the caller's own default)."""
+    return platform_dtype(platform) if dtype == AUTO_DTYPE else dtype
+
+
+def compute_dtype_for(param_dtype: str) -> str:
+    """The compute dtype of params held in `param_dtype`: float32 and float16 compute as held, others in bfloat16."""
+    return param_dtype if param_dtype in ("float32", "float16") else "bfloat16"
 
 
 # Field markers. SHAPE fields fix the parameter shapes: a run on top of a checkpoint must match them.
@@ -45,8 +66,9 @@ class LlamaConfig:
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False
     max_position: int = dataclasses.field(default=4096, metadata=RUNTIME)
-    dtype: str = dataclasses.field(default="bfloat16", metadata=RUNTIME)
-    param_dtype: str = "float32"
+    # Compute dtype; "auto" becomes the platform's (platform_dtype) when the config is made.
+    dtype: str = dataclasses.field(default="bfloat16", metadata={**RUNTIME, "choices": DTYPES + (AUTO_DTYPE,)})
+    param_dtype: str = dataclasses.field(default="float32", metadata={**RUNTIME, "choices": DTYPES})
     scan_layers: bool = True
     remat_policy: str = dataclasses.field(default="none", metadata={**RUNTIME, "choices": REMAT_POLICIES})
     attention_backend: str = dataclasses.field(default="auto", metadata={**RUNTIME, "choices": ATTENTION_BACKENDS})
@@ -66,6 +88,11 @@ class LlamaConfig:
         return self.replace(**{k: getattr(other, k) for k in self.fields_of_kind(RUNTIME)})
 
     def __post_init__(self):
+        self.dtype = resolve_dtype(self.dtype)
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"LlamaConfig.{name}={getattr(self, name)!r}; choose one of {DTYPES}"
+                                 + (f" or {AUTO_DTYPE!r}" if name == "dtype" else "") + ".")
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
                 raise ValueError(

@@ -29,7 +29,7 @@ from typing import Callable
 from sciriff_jax.parallel.sharding import MeshConfig
 from sciriff_jax.train.finetune import TrainConfig
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": float32 on a CPU, bfloat16 on GPU / TPU
 # Run-function parameters (evaluate_run, infer_run) that their annotation alone does not describe.
 ARGUMENT_CHECKS: dict[str, Callable] = {}
 PRESET_SHAPE, PRESET_MICROBATCHES = "MESH_", "MICROBATCHES_"

@@ -15,12 +15,13 @@ from jax.experimental import multihost_utils
 from sciriff_jax.data.batches import DataConfig
 from sciriff_jax.eval import evaluate
 from sciriff_jax.io import checkpoint, loader, paths, run_lock, tokenizer_files, writes
-from sciriff_jax.model.config import RUNTIME, LlamaConfig
+from sciriff_jax.model.config import RUNTIME, LlamaConfig, resolve_dtype
 from sciriff_jax.model.llama import init_params
 from sciriff_jax.parallel import distributed
 from sciriff_jax.parallel.sharding import MeshConfig
 from sciriff_jax.train import loop, run_log, setup
 from sciriff_jax.train.preemption import PreemptionGuard
+from sciriff_jax.train.losses import LOSS_NORMALIZATIONS
 from sciriff_jax.train.optim import OptimizerConfig
 from sciriff_jax.train.step import make_loss_fn
 
@@ -48,9 +49,15 @@ class TrainConfig:
     log_every: int = dataclasses.field(default=10, metadata={"min": 1})
     tensorboard: bool = True
     on_nonfinite: str = dataclasses.field(default="stop", metadata={"choices": loop.NONFINITE_POLICIES})
+    # "tokens": every target token of an update counts the same; "microbatch": open-instruct's (each group of
+    # loss_microbatch_rows rows averages its own target tokens, then the groups are averaged; None: the whole batch).
+    loss_normalization: str = dataclasses.field(default="tokens", metadata={"choices": LOSS_NORMALIZATIONS})
+    loss_microbatch_rows: int | None = dataclasses.field(default=None, metadata={"min": 1})
+    check_memory: bool = True  # stop before the first step when XLA's estimate exceeds the free host/device memory
     lock_lease_s: float = run_lock.DEFAULT_LEASE_S  # MODEL_DIR's run lock: how long a silent holder keeps it
-    # The model's RUNTIME fields this run changes, by LlamaConfig field name (finetune.gin: ATTENTION_BACKEND,
-    # REMAT_POLICY); a None value keeps the model file's or the initial checkpoint's choice.
+    # The model's RUNTIME fields this run changes, by LlamaConfig field name (finetune.gin: DTYPE, PARAM_DTYPE,
+    # ATTENTION_BACKEND, REMAT_POLICY, MAX_POSITION); a None value keeps the model file's or the initial checkpoint's
+    # choice; DTYPE "auto" is the platform's (float32 on a CPU, bfloat16 on GPU / TPU).
     model_overrides: dict = dataclasses.field(default_factory=dict, metadata={"overrides": LlamaConfig})
 
     def __post_init__(self):
@@ -59,9 +66,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.model_overrides names {unknown}: a run may change only the model's RUNTIME "
                              f"fields {LlamaConfig.fields_of_kind(RUNTIME)}")
 
-    def apply_overrides(self, config: LlamaConfig) -> LlamaConfig:
-        """`config` with the RUNTIME fields this run sets."""
-        overrides = {k: v for k, v in self.model_overrides.items() if v is not None}
+    def apply_overrides(self, config: LlamaConfig, platform: str | None = None) -> LlamaConfig:
+        """`config` with the RUNTIME fields this run sets ("auto" dtypes resolved for `platform`, None: JAX's)."""
+        overrides = {k: resolve_dtype(v, platform) for k, v in self.model_overrides.items() if v is not None}
         return config.replace(**overrides) if overrides else config
 
 
@@ -80,8 +87,10 @@ class TrainEvalConfig:
     decode: evaluate.EvalConfig | None = None
 
 
-def resolve_model_config(model: LlamaConfig | None, train: TrainConfig) -> LlamaConfig:
-    """The run's LlamaConfig: the initial checkpoint's shapes (when given) + the RUNTIME fields of `model`."""
+def resolve_model_config(model: LlamaConfig | None, train: TrainConfig, platform: str | None = None) -> LlamaConfig:
+    """The run's LlamaConfig: the initial checkpoint's shapes (when given) + the RUNTIME fields of `model`, except
+    its context: a run from a checkpoint keeps the checkpoint's max_position (a Tulu 2 start keeps 8,192) unless
+    MAX_POSITION sets it; then the RUNTIME fields the run's macros set (TrainConfig.model_overrides)."""
     config = model
     if train.initial_checkpoint_path:
         stored = loader.load_config(train.initial_checkpoint_path)
@@ -92,12 +101,13 @@ def resolve_model_config(model: LlamaConfig | None, train: TrainConfig) -> Llama
                     f"finetune's model config does not match INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}: "
                     f"{ {k: f'config {a} vs checkpoint {b}' for k, (a, b) in diff.items()} }. Include the model gin "
                     "file that matches the checkpoint, or leave the model unset to use the checkpoint's.")
-            stored = stored.with_runtime_of(model)
+            # A model file states its family's context (Llama 2: 4,096); the checkpoint knows its own.
+            stored = stored.with_runtime_of(model).replace(max_position=stored.max_position)
         config = stored
     if config is None:
         raise ValueError("finetune needs a model: set finetune.model (include a gin_configs/models/*.gin) "
                          "or INITIAL_CHECKPOINT_PATH.")
-    return train.apply_overrides(config)
+    return train.apply_overrides(config, platform)
 
 
 def _teacher_forced_eval(run_setup: setup.TrainSetup, make_batches, steps: int):
@@ -163,8 +173,10 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
     chat_format, data = _chat_format(train, data, config, model_dir)  # before anything reads the mixture
     train_steps, epochs = _plan_updates(train, data)
     run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
-                            microbatches=train.microbatches)
+                            microbatches=train.microbatches,
+                            loss=(train.loss_normalization, train.loss_microbatch_rows))
     run_setup.check_batch(train.batch_size)  # before any batch is built
+    run_setup = _compile_checked(run_setup, train, data.length)  # before any batch or weight is read
     batches = data.batches(sharding=run_setup.sharding.batch, global_batch_size=train.batch_size, seed=train.seed,
                            vocab_size=config.vocab_size, epochs=epochs)
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
@@ -172,7 +184,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
                                         before_save=lock.check if lock is not None else None, log=_log)
     start_step, params, opt_state = _start(train, run_setup, ckpt, batches, model_dir)
     sharding, length = run_setup.sharding, data.length
-    _log(f"{run_setup.num_params / 1e6:.2f}M params, mesh {dict(sharding.mesh.shape)} ({sharding.layout}), global "
+    _log(f"{run_setup.num_params / 1e6:.2f}M params ({config.param_dtype}; compute in {config.dtype}), mesh {dict(sharding.mesh.shape)} ({sharding.layout}), global "
          f"batch {train.batch_size} x {length} tokens, {train.microbatches} microbatch(es), steps "
          f"{start_step}->{train_steps}")
     run_log.save_operative_config(model_dir, operative_config)
@@ -195,7 +207,21 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
             logger.close()
         finally:
             ckpt.close()  # even when the logger's last write failed
-    return _summarize(result, model_dir, train_steps, start_step, time.time() - t_start, run_setup.num_params)
+    return _summarize(result, model_dir, train_steps, start_step, time.time() - t_start, run_setup.num_params,
+                      run_setup)
+
+
+def _compile_checked(run_setup: setup.TrainSetup, train: TrainConfig, length: int) -> setup.TrainSetup:
+    """The setup with its step compiled ahead of time, after its memory estimate is logged and checked against
+    the free host / device memory (a step that will not fit stops here, not in swap or the OOM killer)."""
+    t0 = time.time()
+    compiled = run_setup.compile_step(train.batch_size, length)
+    estimate = setup.estimate_memory(compiled, run_setup.sharding.mesh.devices.flat)
+    _log(f"compiled the step in {time.time() - t0:.1f}s; {estimate.describe()}")
+    if train.check_memory:
+        setup.check_memory(estimate, microbatches=train.microbatches, batch_size=train.batch_size, length=length,
+                           remat_policy=run_setup.config.remat_policy)
+    return run_setup.with_compiled_step(compiled)
 
 
 def _plan_updates(train: TrainConfig, data: DataConfig) -> tuple[int, int | None]:
@@ -242,7 +268,8 @@ def _start(train: TrainConfig, run_setup: setup.TrainSetup, ckpt, batches, model
              "batches)")
         return start_step, params, opt_state
     if train.initial_checkpoint_path:
-        params = loader.load(train.initial_checkpoint_path, shardings=sharding.params, with_tokenizer=False).params
+        params = loader.load(train.initial_checkpoint_path, dtype=run_setup.config.param_dtype,
+                             shardings=sharding.params, with_tokenizer=False).params
         source = f"INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}"
     else:
         params = jax.jit(init_params, static_argnums=0, out_shardings=sharding.params)(
@@ -263,12 +290,18 @@ def _run_all(hooks: list) -> Callable:
     return run_evals
 
 
-def _summarize(result: dict, model_dir: str, train_steps: int, start_step: int, seconds: float, n_params: int) -> dict:
-    """The run's summary (logged, and written to MODEL_DIR/train_summary.json by process 0)."""
+def _summarize(result: dict, model_dir: str, train_steps: int, start_step: int, seconds: float, n_params: int,
+               run_setup: setup.TrainSetup | None = None) -> dict:
+    """The run's summary (logged, and written to MODEL_DIR/train_summary.json by process 0); with `run_setup`, the
+    dtypes, context and loss normalisation the step ran with."""
     summary = {k: v for k, v in result.items() if k not in ("params", "opt_state")}
     summary.update(model_dir=model_dir, train_steps=train_steps, seconds_total=seconds,
                    checkpoint=checkpoint.checkpoint_path_for_step(model_dir, result["final_step"]),
                    num_params=n_params)
+    if run_setup is not None:
+        c = run_setup.config
+        summary.update(compute_dtype=c.dtype, param_dtype=c.param_dtype, max_position=c.max_position,
+                       loss_normalization=run_setup.loss[0], loss_microbatch_rows=run_setup.loss[1])
     if "first_loss" in summary:
         _log(f"done: steps {start_step}->{result['final_step']} in {result['seconds']:.1f}s, loss "
              f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f}; checkpoint {summary['checkpoint']}")

@@ -35,6 +35,7 @@ class TrainSetup:
     param_shapes: Any            # pytree of ShapeDtypeStruct (unsharded)
     microbatches: int
     step: Callable               # train.step.make_train_step(...)
+    loss: tuple = ("tokens", None)  # (normalization, rows per loss group): train.step.loss_weights
 
     @property
     def num_params(self) -> int:
@@ -71,8 +72,24 @@ class TrainSetup:
     def with_step_config(self, config: LlamaConfig) -> "TrainSetup":
         """The same setup whose step runs `config` (same shapes; e.g. the attention backend of another platform)."""
         model = Llama(config, mesh=self.sharding.mesh)
-        step = make_train_step(model, self.tx, microbatches=self.microbatches, sharding=self.sharding)
+        step = make_train_step(model, self.tx, microbatches=self.microbatches, sharding=self.sharding,
+                               loss_normalization=self.loss[0], loss_group_rows=self.loss[1])
         return dataclasses.replace(self, config=config, model=model, step=step)
+
+    def compile_step(self, batch_size: int, length: int):
+        """The step compiled ahead of time for this batch shape (XLA's memory analysis is read from it)."""
+        abstract = (self.abstract_params(), self.abstract_opt_state(), self.abstract_batch(batch_size, length))
+        with self.sharding.context():
+            return self.step.jitted.lower(*abstract).compile()
+
+    def with_compiled_step(self, compiled) -> "TrainSetup":
+        """The same setup whose step runs `compiled` (no second compilation at the first step)."""
+        def run(params, opt_state, batch):
+            with self.sharding.context():
+                return compiled(params, opt_state, batch)
+        run.jitted = self.step.jitted
+        run.compiled = compiled
+        return dataclasses.replace(self, step=run)
 
 
 def check_platform(config: LlamaConfig, platform: str) -> None:
@@ -86,13 +103,78 @@ def check_platform(config: LlamaConfig, platform: str) -> None:
 
 
 def build(config: LlamaConfig, *, mesh: MeshConfig, optimizer: OptimizerConfig, train_steps: int,
-          microbatches: int = 1, devices=None) -> TrainSetup:
-    """The setup for `config` on `mesh` (over `devices`, default all), optimised for `train_steps` updates."""
+          microbatches: int = 1, devices=None, loss: tuple = ("tokens", None)) -> TrainSetup:
+    """The setup for `config` on `mesh` (over `devices`, default all), optimised for `train_steps` updates, its loss
+    normalised as `loss` = (normalization, rows per loss group) says (train.step.loss_weights)."""
     sharding = Sharding.create(config, mesh, devices=devices)
     check_platform(config, sharding.mesh.devices.flat[0].platform)
     tx, schedule = optimizer.make(train_steps)
     shapes = param_shapes(config)
     sharding = sharding.with_optimizer(tx, shapes)
     model = Llama(config, mesh=sharding.mesh)
-    step = make_train_step(model, tx, microbatches=microbatches, sharding=sharding)
-    return TrainSetup(config, sharding, model, tx, schedule, shapes, microbatches, step)
+    step = make_train_step(model, tx, microbatches=microbatches, sharding=sharding, loss_normalization=loss[0],
+                           loss_group_rows=loss[1])
+    return TrainSetup(config, sharding, model, tx, schedule, shapes, microbatches, step, tuple(loss))
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """What the compiled step needs per device (XLA's memory analysis) and what the devices have."""
+
+    arguments: int            # params + optimizer state + batch
+    temporaries: int          # activations, gradients, loss chunks ...
+    outputs: int              # new params / optimizer state not written in place (donation aliases the rest)
+    devices: int              # devices sharing the memory: every local CPU device shares the host's RAM
+    available: int | None     # bytes free for them (host MemAvailable; an accelerator's bytes_limit), None: unknown
+    where: str                # "host RAM" or "device memory"
+
+    @property
+    def needed(self) -> int:
+        return (self.arguments + self.temporaries + self.outputs) * self.devices
+
+    def describe(self) -> str:
+        gb = lambda b: f"{b / 1e9:.1f} GB"  # noqa: E731
+        per = f" ({self.devices} devices)" if self.devices > 1 else ""
+        have = "unknown" if self.available is None else gb(self.available)
+        return (f"the training step needs about {gb(self.needed)} of {self.where}{per}: params + optimizer state + "
+                f"batch {gb(self.arguments * self.devices)}, temporaries {gb(self.temporaries * self.devices)}, "
+                f"new state {gb(self.outputs * self.devices)} (XLA's estimate); available: {have}")
+
+
+def _host_available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def estimate_memory(compiled, devices) -> MemoryEstimate:
+    """The compiled step's footprint next to the free memory of the devices it runs on."""
+    mem = compiled.memory_analysis()
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    outputs = max(0, mem.output_size_in_bytes - mem.alias_size_in_bytes)
+    if local[0].platform == "cpu":
+        return MemoryEstimate(mem.argument_size_in_bytes, mem.temp_size_in_bytes, outputs, len(local),
+                              _host_available_bytes(), "host RAM")
+    stats = local[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    available = None if limit is None else limit - stats.get("bytes_in_use", 0)
+    return MemoryEstimate(mem.argument_size_in_bytes, mem.temp_size_in_bytes, outputs, 1, available,
+                          "device memory per device")
+
+
+def check_memory(estimate: MemoryEstimate, *, microbatches: int, batch_size: int, length: int,
+                 remat_policy: str) -> None:
+    """Stop before the first step when the step will not fit, with the numbers and the settings that shrink it."""
+    if estimate.available is None or estimate.needed <= 0.95 * estimate.available:
+        return
+    rows = batch_size // microbatches
+    remat = "" if remat_policy == "full" else f", REMAT_POLICY='\"full\"' (now {remat_policy!r})"
+    raise RunConfigError(
+        f"{estimate.describe()}: it will not fit. Raise MICROBATCHES (now {microbatches}: {rows} rows of {length} "
+        f"tokens per forward pass){remat}, or shorten TASK_FEATURE_LENGTHS (now {length}); CHECK_MEMORY=False "
+        "runs it anyway.")
