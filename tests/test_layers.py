@@ -43,6 +43,7 @@ DEFERRABLE = {
     "tensorboardX": "tensorboardX (imports torch where it is installed: ~1 s)",
     "fsspec": "fsspec (not a core dependency: it comes with gcsfs / s3fs, for URLs)",
     "pyarrow": "pyarrow (~0.4 s at start-up; only .parquet files need it)",
+    "qwix": "qwix (optional: the qlora extra; ~2 s at import; only a quantized LoRA base needs it)",
 }
 
 # (file, imported module) -> why it stays inside its function although the rule above does not cover it.

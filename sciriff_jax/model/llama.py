@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sciriff_jax.model import attention_paged
+from sciriff_jax.model import attention_paged, lora as lora_lib
 from sciriff_jax.model.attention import attention
 from sciriff_jax.model.config import LlamaConfig
 from sciriff_jax.model.rope import apply_rope, inverse_frequencies, positions_from_segments
@@ -34,7 +34,8 @@ def _constrain(x, axes):
 
 def _param(module: nn.Module, name: str, shape, axes, init=_INIT):
     c = module.config
-    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(c.param_dtype))
+    # A QLoRA base holds its kernels quantized (model/lora.py): they are dequantized here, one layer at a time.
+    return lora_lib.dense(module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(c.param_dtype)))
 
 
 def _rms(x, scale, eps: float, dtype, axes=(-1,)):
@@ -60,6 +61,7 @@ class Attention(nn.Module):
 
     config: LlamaConfig
     mesh: Any = None
+    lora: Any = None  # model/lora.py's LoraConfig: adapters on this module's kernels
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, cache=None, cache_index=None, page_table=None, layer=None):
@@ -90,6 +92,7 @@ class Attention(nn.Module):
         with jax.named_scope("o_proj"):
             out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
             y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
+            y = lora_lib.adapt(self, "o_proj", out, y, wo.shape, ("heads", "head_dim", "embed"), 2)
         return y, new_cache
 
 
@@ -102,6 +105,9 @@ def _project(module: Attention, x, wq, wk, wv):
     q = jnp.einsum("bld,dhk->blhk", x, wq.astype(dt))
     k = jnp.einsum("bld,dhk->blhk", x, wk.astype(dt))
     v = jnp.einsum("bld,dhk->blhk", x, wv.astype(dt))
+    q = lora_lib.adapt(module, "q_proj", x, q, wq.shape, ("embed", "heads", "head_dim"), 1)
+    k = lora_lib.adapt(module, "k_proj", x, k, wk.shape, ("embed", "kv_heads", "head_dim"), 1)
+    v = lora_lib.adapt(module, "v_proj", x, v, wv.shape, ("embed", "kv_heads", "head_dim"), 1)
     if c.attention_bias:  # Qwen2
         zeros = nn.initializers.zeros
         q = q + _param(module, "q_bias", (h, hd), ("heads", "head_dim"), zeros).astype(dt)
@@ -126,6 +132,7 @@ class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
     config: LlamaConfig
+    lora: Any = None  # model/lora.py's LoraConfig
 
     @nn.compact
     def __call__(self, x):
@@ -134,9 +141,10 @@ class MLP(nn.Module):
         gate = _param(self, "gate_proj", (c.hidden_size, c.intermediate_size), ("embed", "mlp"))
         up = _param(self, "up_proj", (c.hidden_size, c.intermediate_size), ("embed", "mlp"))
         down = _param(self, "down_proj", (c.intermediate_size, c.hidden_size), ("mlp", "embed"))
-        hidden = jax.nn.silu(x @ gate.astype(dt)) * (x @ up.astype(dt))
-        hidden = _constrain(hidden, ("activation_batch", "activation_length", "activation_mlp"))
-        return hidden @ down.astype(dt)
+        g = lora_lib.adapt(self, "gate_proj", x, x @ gate.astype(dt), gate.shape, ("embed", "mlp"), 1)
+        u = lora_lib.adapt(self, "up_proj", x, x @ up.astype(dt), up.shape, ("embed", "mlp"), 1)
+        hidden = _constrain(jax.nn.silu(g) * u, ("activation_batch", "activation_length", "activation_mlp"))
+        return lora_lib.adapt(self, "down_proj", hidden, hidden @ down.astype(dt), down.shape, ("mlp", "embed"), 1)
 
 
 class DecoderLayer(nn.Module):
@@ -149,19 +157,20 @@ class DecoderLayer(nn.Module):
 
     config: LlamaConfig
     mesh: Any = None
+    lora: Any = None  # model/lora.py's LoraConfig
 
     @nn.compact
     def __call__(self, carry, layer, positions, segment_ids, cache_index=None, page_table=None):
         x, pool = carry
         c = self.config
         h = x if c.post_norms else RMSNorm(c, name="input_norm")(x)
-        a, pool = Attention(c, self.mesh, name="attn")(h, positions, segment_ids, pool, cache_index, page_table, layer)
+        a, pool = Attention(c, self.mesh, self.lora, name="attn")(h, positions, segment_ids, pool, cache_index, page_table, layer)
         if c.post_norms:  # OLMo 2: each sublayer's output is normalized before the residual add
             x = x + RMSNorm(c, name="attn_out_norm")(a)
-            x = x + RMSNorm(c, name="mlp_out_norm")(MLP(c, name="mlp")(x))
+            x = x + RMSNorm(c, name="mlp_out_norm")(MLP(c, self.lora, name="mlp")(x))
         else:
             x = x + a
-            x = x + MLP(c, name="mlp")(RMSNorm(c, name="post_attn_norm")(x))
+            x = x + MLP(c, self.lora, name="mlp")(RMSNorm(c, name="post_attn_norm")(x))
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         return (x, pool), None
 
@@ -184,6 +193,7 @@ class Llama(nn.Module):
 
     config: LlamaConfig
     mesh: Any = None
+    lora: Any = None  # model/lora.py's LoraConfig: apply to {"params": base, "lora": adapters}; without "lora", the base
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, *, cache=None, cache_index=None, page_table=None,
@@ -236,13 +246,13 @@ def _decoder_layers(module: Llama, x, pool, positions, segment_ids, cache_index,
     if c.scan_layers:
         index = None if pool is None else jnp.arange(c.num_layers, dtype=jnp.int32)
         scanned = nn.scan(
-            layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+            layer_cls, variable_axes={"params": 0, lora_lib.COLLECTION: 0}, split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast if index is None else 0,) + (nn.broadcast,) * len(args), length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"})
-        (x, pool), _ = scanned(c, module.mesh, name="layers")((x, pool), index, *args)
+        (x, pool), _ = scanned(c, module.mesh, module.lora, name="layers")((x, pool), index, *args)
         return x, pool
     for i in range(c.num_layers):
-        (x, pool), _ = layer_cls(c, module.mesh, name=f"layers_{i}")((x, pool), None if pool is None else i, *args)
+        (x, pool), _ = layer_cls(c, module.mesh, module.lora, name=f"layers_{i}")((x, pool), None if pool is None else i, *args)
     return x, pool
 
 

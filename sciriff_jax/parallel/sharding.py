@@ -20,13 +20,15 @@ import optax
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from sciriff_jax.model import lora as lora_lib
 from sciriff_jax.model.llama import logical_axes
 
 MESH_AXES = ("data", "fsdp", "tensor", "context")
 LAYOUTS = ("data", "fsdp", "fsdp_tp", "fsdp_tp_cp")
 BATCH_AXES = ("data", "fsdp")
 
-_PARAM_NAMES = ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm", "layers")
+# "lora_rank": a LoRA adapter's rank axis (model/lora.py), replicated by every layout.
+_PARAM_NAMES = ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm", "layers", "lora_rank")
 _ACT_NAMES = ("activation_batch", "activation_length", "activation_embed", "activation_heads",
               "activation_kv_heads", "activation_head_dim", "activation_mlp", "activation_vocab")
 
@@ -150,8 +152,9 @@ class Sharding:
 
     layout: str
     mesh: Mesh
-    params: Any                 # pytree of NamedSharding matching the model's params
+    params: Any                 # pytree of NamedSharding matching the model's params (LoRA: the adapters)
     opt_state: Any = None       # pytree of NamedSharding matching the optimizer state (`with_optimizer`)
+    base: Any = None            # LoRA (`for_lora`): the frozen base's shardings; `params` are then the adapters'
 
     @classmethod
     def create(cls, config, mesh_config: MeshConfig = MeshConfig(), devices=None) -> "Sharding":
@@ -159,6 +162,25 @@ class Sharding:
         mesh = make_mesh(mesh_config.layout, mesh_config.shape, devices=devices)
         params = nn.logical_to_mesh_sharding(logical_axes(config), mesh, logical_rules(mesh_config.layout))
         return cls(mesh_config.layout, mesh, params)
+
+    def for_lora(self, config, lora) -> "Sharding":
+        """This mesh and table for LoRA training: `params` become the adapters' shardings (the trainable tree; each
+        adapter split as its kernel's axes, the rank axis replicated) and `base` the frozen base's."""
+        axes = lora_lib.adapter_axes(logical_axes(config), lora)
+        adapters = nn.logical_to_mesh_sharding(axes, self.mesh, self.rules)
+        return dataclasses.replace(self, params=adapters, opt_state=None, base=self.params)
+
+    def quantized(self, abstract_base) -> Any:
+        """Shardings for a QLoRA base (`abstract_base`: its eval_shape, qwix QArrays for the kernels): a kernel's
+        integers as the kernel, its scales likewise except the axes they do not span (size 1, or blocks)."""
+        def place(sharding, leaf):
+            if not lora_lib.is_quantized(leaf):
+                return sharding
+            spec = tuple(sharding.spec) + (None,) * (leaf.qvalue.ndim - len(sharding.spec))
+            scale_spec = P(*(a if n == full else None for a, n, full in zip(spec, leaf.scale.shape, leaf.qvalue.shape)))
+            return jax.tree.unflatten(jax.tree.structure(leaf), [sharding, NamedSharding(self.mesh, scale_spec)])
+        base = self.base if self.base is not None else self.params
+        return jax.tree.map(place, base, abstract_base, is_leaf=lambda x: isinstance(x, NamedSharding))
 
     @property
     def rules(self) -> tuple:
