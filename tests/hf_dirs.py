@@ -55,8 +55,10 @@ def byte_bpe_tokenizer(directory, *, bos: bool = True, template: str | None = CH
     return directory
 
 
-def sentencepiece_tokenizer(directory, *, template: str | None = None, vocab_size: int = 300) -> pathlib.Path:
-    """A Llama-2 style tokenizer.json: BPE with byte fallback over `▁`-joined words, BOS added first."""
+def sentencepiece_tokenizer(directory, *, template: str | None = None, vocab_size: int = 300,
+                            corpus: list[str] | None = None) -> pathlib.Path:
+    """A Llama-2 style tokenizer.json: BPE with byte fallback over `▁`-joined words, BOS added first; trained on
+    `corpus` (default: CORPUS)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
 
     directory = pathlib.Path(directory)
@@ -66,8 +68,8 @@ def sentencepiece_tokenizer(directory, *, template: str | None = None, vocab_siz
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     byte_pieces = [f"<0x{i:02X}>" for i in range(256)]
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=vocab_size + 256,
-                                                        special_tokens=["<unk>", "<s>", "</s>"] + byte_pieces))
+    tok.train_from_iterator(corpus or CORPUS, trainers.BpeTrainer(vocab_size=vocab_size + 256,
+                                                                  special_tokens=["<unk>", "<s>", "</s>"] + byte_pieces))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
     tok.save(str(directory / "tokenizer.json"))

@@ -86,11 +86,11 @@ def test_tulu_ids_and_loss_are_open_instructs_with_the_hf_tokenizer(llama2_like)
     ids, mask = render.tokenize_messages(SYSTEM_CHAT, llama2_like, "tulu")
     assert ids == want and ids[0] == hf.bos_token_id
     theirs = open_instruct_mask(SYSTEM_CHAT, tokenize)
-    # The same tokens are trained, except the whitespace open-instruct also trains after an earlier turn's EOS.
-    differ = [k for k in range(len(ids)) if mask[k] != theirs[k]]
-    assert differ and all(theirs[k] and not mask[k] for k in differ)
-    assert all(ids[differ[0] - 1] == hf.eos_token_id and hf.convert_ids_to_tokens(ids[k]) in ("▁", "<0x0A>")
-               for k in differ)
+    # The same tokens are trained, the newline open-instruct trains after an earlier turn's EOS included.
+    assert mask == theirs
+    after_eos = [k for k in range(1, len(ids)) if ids[k - 1] == hf.eos_token_id or (k > 1 and ids[k - 2] ==
+                 hf.eos_token_id and hf.convert_ids_to_tokens(ids[k - 1]) == "▁")]
+    assert after_eos and all(mask[k] and hf.convert_ids_to_tokens(ids[k]) in ("▁", "<0x0A>") for k in after_eos)
 
 
 @pytest.mark.parametrize("template", sorted(render.TEMPLATES))
@@ -111,11 +111,16 @@ def test_answers_do_not_start_with_a_spurious_sentencepiece_space(vocab):
     assert vocab.decode(targets) == answer
 
 
-def test_loss_mask_covers_assistant_turns_and_their_eos_only(vocab):
+def test_loss_mask_covers_assistant_turns_their_eos_and_tulus_newline_after_a_non_final_one(vocab):
     enc = render.encode_chat(CHAT, vocab)
-    assert [vocab.decode(enc.ids[s:e]) for s, e in enc.spans] == ['["BRCA1"]', "[]"]
-    assert [enc.ids[e - 1] for _, e in enc.spans] == [vocab.eos_id] * 2
+    assert [vocab.decode(enc.ids[s:e]).strip() for s, e in enc.spans] == ['["BRCA1"]', "[]"]
+    (_, first), (_, last) = enc.spans
+    eos_at = enc.ids.index(vocab.eos_id)
+    assert eos_at < first - 1 and vocab.decode(enc.ids[eos_at + 1:first]).strip(" ") == "\n"  # open-instruct's
+    assert enc.ids[last - 1] == vocab.eos_id and last == len(enc.ids)
     assert sum(enc.mask) == sum(e - s for s, e in enc.spans)
+    plain = render.encode_chat(CHAT, vocab, "plain")  # a template that does not train it: content + EOS only
+    assert [plain.ids[e - 1] for _, e in plain.spans] == [vocab.eos_id] * 2
     inputs, targets, in_mask = render.split_ids(CHAT, vocab)
     assert vocab.decode([i for i, m in zip(inputs, in_mask) if m]) == '["BRCA1"]'
     assert vocab.decode(targets) == "[]"

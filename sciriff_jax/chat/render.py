@@ -5,7 +5,8 @@ A conversation is rendered to a single string (the built-in templates below, or 
 its own, so no answer starts with a piece (SentencePiece's `▁`) that the one-pass text would not have. The loss
 covers each assistant turn's content and its end-of-turn token: the turn starts where
 `render(messages[:i], add_generation_prompt=True)` ends and stops after the last special token of
-`render(messages[:i + 1])`; both must be prefixes of the whole text at token boundaries, else the template is
+`render(messages[:i + 1])` (tulu, as open-instruct's labels: after the newline that follows it where another
+message follows); both must be prefixes of the whole text at token boundaries, else the template is
 refused (TemplateError). The TensorFlow pipeline (seqio_tasks.tasks.split_chat_tf) runs this same code through
 `tf.numpy_function`.
 """
@@ -32,6 +33,9 @@ class Template:
     generation: str
     adds_bos: bool = True
     strip_text: bool = False   # strip the whole text (open-instruct's encode_with_messages_format does)
+    # Train on the rest of an assistant turn's suffix after EOS when another message follows (open-instruct's
+    # labels: a user turn's mask starts where the text before it ends, after the `</s>\n` of the answer before).
+    trains_turn_end: bool = False
     bos: str = ""
     eos: str = "</s>"
 
@@ -62,7 +66,8 @@ def _role(m: dict, i: int) -> str:
 TEMPLATES = {
     # open-instruct's encode_with_messages_format (Tulu 2, SciTulu): contents stripped, the whole text stripped.
     "tulu": Template("tulu", {"system": ("<|system|>\n", "\n"), "user": ("<|user|>\n", "\n"),
-                              "assistant": ("<|assistant|>\n", "{eos}\n")}, "<|assistant|>\n", strip_text=True),
+                              "assistant": ("<|assistant|>\n", "{eos}\n")}, "<|assistant|>\n", strip_text=True,
+                     trains_turn_end=True),
     # Llama-2 chat as its Hugging Face template writes it: <s>[INST] <<SYS>>..<</SYS>>\n\nQ [/INST] A </s>
     "llama2": Template("llama2", {"system": ("", ""), "user": ("{bos}[INST] ", " [/INST]"),
                                   "assistant": (" ", " {eos}")}, "", adds_bos=False),
@@ -277,6 +282,7 @@ def encode_chat(messages: list[dict], vocab, template="tulu") -> Encoded:
                                 f"no end-of-turn token (looked for {eots}); the model could never learn to stop")
         eot_start, eot_len = max(ends)
         end = len(before) + eot_start + eot_len
+        end += _turn_end(t, text, end, i < len(messages) - 1)
         spans.append((boundary(len(before), f"the start of assistant turn {i}"),
                       boundary(end, f"the end of assistant turn {i}")))
         char_spans.append((len(before), len(before) + eot_start, end))
@@ -286,8 +292,19 @@ def encode_chat(messages: list[dict], vocab, template="tulu") -> Encoded:
     return Encoded(ids, mask, spans, text, char_spans)
 
 
+def _turn_end(template, text: str, end: int, followed: bool) -> int:
+    """How many characters after an assistant turn's EOS its loss also covers: the rest of the template's assistant
+    suffix (tulu: the newline) where another message follows and the template trains it (open-instruct's)."""
+    if not (followed and getattr(template, "trains_turn_end", False)):
+        return 0
+    rest = template.roles["assistant"][1].format_map({"eos": template.eos, "bos": template.bos})
+    rest = rest[rest.find(template.eos) + len(template.eos):] if template.eos and template.eos in rest else ""
+    return len(rest) if rest and text.startswith(rest, end) else 0
+
+
 def tokenize_messages(messages: list[dict], vocab, template="tulu") -> tuple[list[int], list[int]]:
-    """Token ids and loss mask (1 on assistant tokens and the end-of-turn token closing each assistant turn)."""
+    """Token ids and loss mask (1 on assistant tokens and the end-of-turn token closing each assistant turn; tulu,
+    as open-instruct: also the newline after the EOS of each assistant turn another message follows)."""
     enc = encode_chat(messages, vocab, template)
     return enc.ids, enc.mask
 
