@@ -159,7 +159,11 @@ def run_sciriff(args, model: pathlib.Path, work: pathlib.Path) -> dict:
         rows = [json.loads(line) for line in open(out / "predictions" / f"sciriff_4096_{task}.jsonl")]
         prompts = our_prompts(model, task, args.limit, env)
         found[task] = {r["_instance_id"]: (prompts.get(r["_instance_id"]), r["prediction"]) for r in rows}
+        CUTS[task] = json.loads((out / "summary.json").read_text())["prompts"]
     return found
+
+
+CUTS: dict = {}  # per task: sciriff-jax's summary.json "prompts" (budget, prompts cut)
 
 
 OUR_PROMPTS = """
@@ -189,7 +193,10 @@ def compare(theirs: dict, ours: dict) -> dict:
         same_pred = [i for i in ids if rows[i][1] == ours[task][i][1]]
         diffs = [{"_instance_id": i, "lm_eval": rows[i][1][:300], "sciriff_jax": ours[task][i][1][:300]}
                  for i in ids if i not in same_pred][:3]
+        cuts = CUTS.get(task, {})
         report[task] = {"instances": len(ids), "only_lm_eval": len(rows) - len(ids),
+                        "prompt_budget": cuts.get("budget"),
+                        "prompts_cut": sum(t.get("n_cut", 0) for t in cuts.get("tasks", {}).values()),
                         "only_sciriff_jax": len(ours.get(task, {})) - len(ids), "prompts_equal": len(same_prompt),
                         "predictions_equal": len(same_pred), "first_differences": diffs}
     return report
@@ -219,8 +226,9 @@ def main(argv=None) -> int:
         model = random_llama(work / "random_llama", args.lmeval_python, args.seed)
     theirs = run_lmeval(args, model, work)
     ours = run_sciriff(args, model, work)
-    version = subprocess.run([args.lmeval_python, "-c", "import lm_eval, transformers, torch; print(lm_eval.__version__,"
-                              " transformers.__version__, torch.__version__)"], capture_output=True, text=True).stdout
+    version = subprocess.run([args.lmeval_python, "-c", "from importlib.metadata import version as v; "
+                              "print(*(v(p) for p in ('lm_eval', 'transformers', 'torch')))"],
+                             capture_output=True, text=True).stdout
     result = {"benchmark": "lmeval_parity", "model": name, "tasks": compare(theirs, ours), "limit": args.limit,
               "max_new_tokens": args.max_new_tokens, "lm_eval_backend": "hf, float32, batch 1, cpu",
               "sciriff_jax": "eval, protocol release, template tulu, float32",
