@@ -4,7 +4,7 @@ directory and instances (protocol release, template tulu, float32, greedy), coun
 
 lm-eval needs its own environment (transformers 4.x); make it once:
     python3 -m venv /tmp/lmeval-venv
-    /tmp/lmeval-venv/bin/pip install "lm-eval==0.4.4" "transformers>=4.40,<5" "torch==2.13.0"
+    /tmp/lmeval-venv/bin/pip install "lm-eval==0.4.4" "transformers>=4.40,<5" "torch==2.13.0" sentencepiece protobuf
 Then, from the repository root with the project's venv:
     .venv/bin/python benchmarks/lmeval_parity.py --model random --limit 8 --max_new_tokens 48
     .venv/bin/python benchmarks/lmeval_parity.py --model /path/to/hf_dir --name demo --limit 8
