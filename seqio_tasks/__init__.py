@@ -9,10 +9,12 @@ from TensorFlow when it starts).
 """
 import hashlib
 
+import seqio
+
 from sciriff_jax.chat import render
 from sciriff_jax.chat.format import ChatFormat, resolve_template
 from sciriff_jax.chat.render import render_prompt, split_chat, tokenize_messages
-from seqio_tasks import mixtures, sources, tasks
+from seqio_tasks import lists, mixtures, sources, tasks
 from seqio_tasks.catalog import EVAL_TASKS, FAMILIES, TASKS, TaskInfo, get_task_info
 from seqio_tasks.converter import OVERLONG_COUNTS, OVERLONG_POLICIES, ChatFeatureConverter
 from seqio_tasks.datasets import get_dataset, get_provider, raw_examples, task_names
@@ -47,25 +49,40 @@ def register(prefix: str, vocabulary=None, template: str | None = None, *,
 def name_for(mixture_or_task_name: str, chat_format: ChatFormat) -> str:
     """The name of `mixture_or_task_name` tokenized with `chat_format`: the name itself when it already is, else
     the same task or mixture of a task set registered for that format (`sciriff_4096_scitulu` ->
-    `sciriff_f<hash>_4096_scitulu`, registered on first use). A task or mixture registered outside the task sets
-    cannot be re-tokenized: that stops, naming both. Whether a run may re-tokenize a set someone configured is the
-    caller's decision (a finetune re-tokenizes only the unconfigured default set; see is_configured)."""
+    `sciriff_f<hash>_4096_scitulu`, registered on first use). A task list gets each of its names so
+    (`a,b:2` -> `A,B:2`), and a mixture registered outside the task sets from their tasks becomes the task list of
+    its tasks so, at its rates: the format is chosen when the data is read, whatever was registered first. A task
+    registered outside the task sets cannot be re-tokenized: that stops, naming both. Whether a run may re-tokenize
+    a set someone configured is the caller's decision (a finetune re-tokenizes only the unconfigured default set;
+    see is_configured)."""
     if chat_format_of(mixture_or_task_name) == chat_format:
         return mixture_or_task_name
-    task_set = task_set_of(mixture_or_task_name)
+    name = _name_for(mixture_or_task_name, chat_format)
+    print(f"seqio_tasks: {mixture_or_task_name} is read as {name}: the vocabulary {describe(chat_format.vocabulary)}, "
+          f"template {chat_format.template!r}", flush=True)
+    return name
+
+
+def _name_for(name: str, chat_format: ChatFormat) -> str:
+    if lists.is_list(name):
+        return lists.SEPARATOR.join(_name_for(item, chat_format) + ("" if rate is None else f":{rate:g}")
+                                    for item, rate in lists.parse(name))
+    task_set = task_set_of(name)
     if task_set is None:
         raise ValueError(
-            f"{mixture_or_task_name} was registered outside seqio_tasks' task sets and tokenizes with "
-            f"{chat_format_of(mixture_or_task_name).describe()}, not {chat_format.describe()}: register it for that "
+            f"{name} was registered outside seqio_tasks' task sets and tokenizes with "
+            f"{chat_format_of(name).describe()}, not {chat_format.describe()}: register it for that "
             "format (seqio_tasks.register(prefix=..., chat_format=...)) or use one of the sciriff_* names.")
     key = hashlib.sha256(repr(chat_format.identity).encode()).hexdigest()[:8]
     prefix = f"{tasks.DEFAULT_PREFIX}_f{key}"
     if prefix not in TASK_SETS:
         _register(TaskSet(prefix, chat_format, chat_format))
-    name = prefix + mixture_or_task_name[len(task_set.prefix):]
-    print(f"seqio_tasks: {mixture_or_task_name} is read as {name}: the vocabulary {describe(chat_format.vocabulary)}, "
-          f"template {chat_format.template!r}", flush=True)
-    return name
+    if name.startswith(task_set.prefix + "_"):
+        same = prefix + name[len(task_set.prefix):]
+        if same in seqio.TaskRegistry.names() or same in seqio.MixtureRegistry.names():
+            return same
+    provider = get_provider(name)  # a mixture of someone's, of task-set tasks: its tasks, each in the format
+    return lists.SEPARATOR.join(f"{_name_for(t.name, chat_format)}:{provider.get_rate(t):g}" for t in provider.tasks)
 
 
 def is_configured(mixture_or_task_name: str) -> bool:

@@ -3,23 +3,14 @@
 Every mixture samples by rate but does not stop when one task runs out (SeqIO's default does), so with
 `num_epochs=N` each example of each task is read exactly N times; rates only decide the interleaving.
 """
-import functools
-
 import seqio
-import tensorflow as tf
 
 from seqio_tasks import catalog, sample
+from seqio_tasks.lists import SAMPLE_FN, TRAIN_RATE_CAP, capped_rate
 from seqio_tasks.tasks import (DEFAULT_PREFIX, SCITULU_PER_TASK, chat_task_name, sample_task_name, sciriff_task_name,
                                scitulu_task_name)
 
-TRAIN_RATE_CAP = 5000  # default of SETTINGS.train_rate_cap: examples-proportional, capped
-# Exact epochs: keep sampling from the tasks that still have examples when another one is exhausted.
-SAMPLE_FN = functools.partial(tf.data.Dataset.sample_from_datasets, stop_on_empty_dataset=False)
-
-
-def capped_rate(n: int, cap: int | None = TRAIN_RATE_CAP) -> float:
-    """Mixing rate of a task with n examples: n, capped (t5-style examples-proportional mixing)."""
-    return float(min(n, cap) if cap else n)
+__all__ = ["SAMPLE_FN", "TRAIN_RATE_CAP", "capped_rate", "family_mixture_name", "register_all"]
 
 
 def family_mixture_name(config: int, family: str, prefix: str = DEFAULT_PREFIX) -> str:

@@ -312,6 +312,26 @@ def _shuffled_shard(n: int, shuffle: bool, seed, shard_info) -> np.ndarray:
     return idx
 
 
+def missing_task_message(config: int, task: str, split: str, source_dir=None) -> str:
+    """Why a task cannot be read, with what the release copy holds: for a SciRIFF-Eval task, which of the nine are
+    missing and the task list that names the ones present (a run takes it as MIXTURE_OR_TASK_NAME)."""
+    where = (f"{source_dir}/{config}/{split}-*-of-*" if source_dir else
+             f"allenai/SciRIFF on the hub ({hub_endpoint()}), config {config}")
+    present = task_ranges(config, split, source_dir)
+    text = f"SciRIFF task {task!r} has no {split!r} instances in {where}"
+    if task in catalog.EVAL_TASKS:
+        missing = [t for t in catalog.EVAL_TASKS if t not in present]
+        there = [f"sciriff_{config}_{t}" for t in catalog.EVAL_TASKS if t in present]
+        text += f", which lacks {len(missing)} of the {len(catalog.EVAL_TASKS)} SciRIFF-Eval tasks ({', '.join(missing)})"
+        if there:
+            text += (f"; to evaluate the {len(there)} it holds, name them: --gin.MIXTURE_OR_TASK_NAME="
+                     f"\\\"{','.join(there)}\\\"")
+    else:
+        text += f" (it holds {len(present)} of the {len(catalog.TASKS)} tasks; `sciriff-jax data stats` lists them)"
+    return (text + f"; or point ${DATA_DIR_ENV} (or seqio_tasks.configure(source_dir=...)) at a complete copy of "
+            "the release.")
+
+
 class SciriffTaskSource(seqio.DataSource):
     """One SciRIFF task of one context config, read from the prepared TFDS dataset by slicing."""
 
@@ -336,11 +356,7 @@ class SciriffTaskSource(seqio.DataSource):
         start, stop = task_ranges(self.config, split, source_dir).get(self.task, (0, 0))
         builder = get_builder(self.config, source_dir)
         if stop == start:
-            where = (f"{source_dir}/{self.config}/{split}-*-of-*" if source_dir else
-                     f"allenai/SciRIFF on the hub ({hub_endpoint()}), config {self.config}")
-            raise ValueError(
-                f"SciRIFF task {self.task!r} has no {split!r} instances in {where}; point ${DATA_DIR_ENV} (or "
-                "seqio_tasks.configure(source_dir=...)) at a complete copy of the release, or leave the task out.")
+            raise ValueError(missing_task_message(self.config, self.task, split, source_dir))
         # Slicing reads only this task's records; sharding and shuffling act on those indices.
         ds = builder.as_dataset(split=f"{split}[{start}:{stop}]", shuffle_files=False)
         ds = ds.map(lambda x: {k: x[k] for k in RELEASE_FIELDS})

@@ -17,7 +17,7 @@ from sciriff_jax.scoring import judge as judge_lib
 from sciriff_jax.scoring import metrics
 from sciriff_jax.chat import render
 from sciriff_jax.chat.format import ChatFormat
-from seqio_tasks import catalog, sample, sources
+from seqio_tasks import catalog, lists, sample, sources
 from seqio_tasks.converter import INPUTS_LOSS_MASK
 from seqio_tasks.vocab import MissingVocabulary, SampleVocabulary, configured_vocabulary
 
@@ -273,14 +273,29 @@ def register_tasks(task_set: TaskSet, scitulu_per_task: int = SCITULU_PER_TASK, 
 
 
 def get_provider(name: str):
-    """The registered SeqIO task or mixture `name`; unknown names fail listing close matches."""
-    try:
-        return seqio.get_mixture_or_task(name)
-    except ValueError:
-        known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
-        raise KeyError(catalog.unknown_name_message("SeqIO task or mixture", name, known)
-                       + " (`import seqio_tasks` registers sciriff_sample, sciriff_<4096|8192|16384>_<task>, "
-                       "sciriff_<ctx>_train|scitulu|eval|family_<family>)") from None
+    """The SeqIO task or mixture `name`, or the mixture of a task list ("a,b:2", see lists.py), as the registry holds
+    it now: a mixture built before its tasks were registered again is rebuilt from their names and rates, so the
+    order of registrations never matters. Unknown names fail listing close matches."""
+    if name in seqio.MixtureRegistry.names():
+        return _current(seqio.MixtureRegistry.get(name))
+    if name in seqio.TaskRegistry.names():
+        return seqio.TaskRegistry.get(name)
+    if lists.is_list(name):
+        return lists.register(name, get_provider, SETTINGS.train_rate_cap)
+    known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+    raise KeyError(catalog.unknown_name_message("SeqIO task or mixture", name, known)
+                   + " (`import seqio_tasks` registers sciriff_sample, sciriff_<4096|8192|16384>_<task>, "
+                   "sciriff_<ctx>_train|scitulu|eval|family_<family>; several: 'name,name' or 'name:2,name:1')")
+
+
+def _current(mixture: seqio.Mixture) -> seqio.Mixture:
+    registered = seqio.TaskRegistry.names()
+    if all(t.name in registered and seqio.TaskRegistry.get(t.name) is t for t in mixture.tasks):
+        return mixture
+    task_rates = [(t.name, mixture.get_rate(t)) for t in mixture.tasks]
+    sample_fn = getattr(mixture, "_sample_fn", lists.SAMPLE_FN)  # seqio keeps it private; the mixture's own choice
+    seqio.MixtureRegistry.remove(mixture.name)
+    return seqio.MixtureRegistry.add(mixture.name, task_rates, sample_fn=sample_fn)
 
 
 def task_set_of(mixture_or_task_name: str) -> TaskSet | None:
@@ -294,7 +309,13 @@ def task_set_of(mixture_or_task_name: str) -> TaskSet | None:
 def chat_format_of(mixture_or_task_name: str) -> ChatFormat:
     """The ChatFormat a registered task or mixture tokenizes with: what a checkpoint trained on it records."""
     task_set = task_set_of(mixture_or_task_name)
-    vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
+    provider = get_provider(mixture_or_task_name)
+    vocabs = {id(t.output_features["targets"].vocabulary): t.name for t in getattr(provider, "tasks", [provider])}
+    if len(vocabs) > 1:
+        raise ValueError(f"{mixture_or_task_name} mixes tasks tokenized with different vocabularies (e.g. "
+                         f"{', '.join(vocabs.values())}): list tasks of one task set; the built-in sample's tasks "
+                         "have a vocabulary of their own unless $SCIRIFF_JAX_VOCAB or a checkpoint gives one")
+    vocab = provider.output_features["targets"].vocabulary
     if task_set is None:  # a task registered outside seqio_tasks.register: its vocabulary, the tulu template
         return ChatFormat(vocab, "tulu", f"{mixture_or_task_name}: its vocabulary, template 'tulu'")
     return task_set.sample_format if vocab is task_set.sample_format.vocabulary else task_set.chat_format
