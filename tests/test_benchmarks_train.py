@@ -10,7 +10,8 @@ from benchmarks import train_step
 
 def test_train_step_benchmark_times_both_stacks_on_one_batch(tmp_path):
     out = tmp_path / "train.json"
-    train_step.main(FAST + ["--remat", "none", "--profile", str(tmp_path / "trace"), "--out", str(out)])
+    train_step.main(FAST + ["--remat", "none", "--microbatches", "2", "--profile", str(tmp_path / "trace"),
+                            "--out", str(out)])
     payload = _read(out)
     systems = [r["system"] for r in payload["rows"]]
     assert systems[0].startswith("transformers") and systems[1].startswith("sciriff-jax")
@@ -22,6 +23,10 @@ def test_train_step_benchmark_times_both_stacks_on_one_batch(tmp_path):
     # Both stacks built the same model: their own parameter counts match the config's.
     assert [r["params"] for r in payload["rows"]] == [payload["num_params"]] * 2
     assert payload["rows"][0]["vs_transformers"] == pytest.approx(1.0)
+    # Each system's own peak memory (a child process each), the ratio, and the machine's load while timing.
+    assert all(r["peak_rss_gb"] > 0.1 for r in payload["rows"]) and payload["rows"][1]["rss_vs_transformers"] > 0
+    assert len(payload["load_avg_before"]) == 3 and payload["microbatches"] == 2
+    assert "loss=chunked" in systems[1] and payload["rows"][1]["temp_gb"] > 0  # XLA's memory analysis of the step
     # The traced steps left a trace and a ranking of the ops that took the time.
     top = payload["rows"][1]["profile_top"]
     assert top and all(r["ms_per_call"] > 0 for r in top) and sum(r["share"] for r in top) <= 1.0 + 1e-9
