@@ -79,6 +79,14 @@ def sample(logits, rng, sampling: Sampling):
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def token_logprobs(logits, tokens, sampling: Sampling):
+    """[B] float32 log-probability of `tokens` [B] under logits [B, V] / temperature (1 when greedy), before the
+    nucleus cut: the policy an RL objective differentiates (train.grpo recomputes exactly this)."""
+    scale = sampling.temperature if sampling.temperature > 0.0 else 1.0
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / scale, axis=-1)
+    return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+
+
 def _ends_with_stop(out, i, stops):
     """[B] bool: out[:, :i + 1] ends with one of the (static) stop sequences (-1 entries never match)."""
     hit = jnp.zeros(out.shape[0], bool)
@@ -89,24 +97,29 @@ def _ends_with_stop(out, i, stops):
     return hit
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampling"), donate_argnames=("pool",))
-def _prefill(params, pool, tokens, start, last, page_table, rng, *, config, sampling: Sampling):
+@functools.partial(jax.jit, static_argnames=("config", "sampling", "logprobs"), donate_argnames=("pool",))
+def _prefill(params, pool, tokens, start, last, page_table, rng, *, config, sampling: Sampling, logprobs=False):
     """Write a chunk of each row's prompt (at positions start + i) into its pages; return the pool and the token
-    drawn from the logits at chunk index `last` (only the final chunk's is used)."""
+    drawn from the logits at chunk index `last` (only the final chunk's is used), and with `logprobs` its
+    log-probability (`token_logprobs`)."""
     positions = start[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
     logits, pool = Llama(config).apply({"params": params}, tokens, positions=positions, cache=pool,
                                        cache_index=start, page_table=page_table, logits_index=last)
-    return pool, sample(logits[:, 0], rng, sampling)
+    first = sample(logits[:, 0], rng, sampling)
+    if logprobs:
+        return pool, first, token_logprobs(logits[:, 0], first, sampling)
+    return pool, first
 
 
 class DecodeProgram(NamedTuple):
     """What one compiled decode program is specialised to (static): the model, steps per call at most, how tokens
-    are drawn and the token stop sequences."""
+    are drawn, the token stop sequences, and whether the drawn tokens' log-probabilities come back too."""
 
     config: object
     steps: int
     sampling: Sampling
     stops: tuple
+    logprobs: bool = False
 
 
 @functools.partial(jax.jit, static_argnames=("program",), donate_argnames=("pool",))
@@ -115,38 +128,45 @@ def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, 
 
     rows.tokens [B]: each row's last token (fed next, at position rows.length [B]); tail [B, T]: each row's last T
     generated tokens (that one included), to spot a stop sequence that began before this call. Returns (pool, new
-    tokens [B, steps] (-1 where a row did not run), steps taken, the rows after them, finished [B], real row-steps).
+    tokens [B, steps] (-1 where a row did not run), steps taken, the rows after them, finished [B], real row-steps),
+    and with `program.logprobs` also the new tokens' log-probabilities [B, steps] (`token_logprobs`).
     """
-    config, steps, sampling, stops = program
+    config, steps, sampling, stops, with_logprobs = program
     model = Llama(config)
     max_new, live = rows.limit, rows.live
     t = tail.shape[1]
     out = jnp.concatenate([tail, jnp.full((tail.shape[0], steps), -1, jnp.int32)], axis=1)
+    lps = jnp.zeros((tail.shape[0], steps if with_logprobs else 0), jnp.float32)
 
     def cond(state):
-        i, _, _, _, _, _, finished, _, _ = state
+        i, _, _, _, _, _, finished, _, _, _ = state
         running = live & ~finished
         return (i < steps) & jnp.any(running) & ~(stop_on_finish & jnp.any(live & finished))
 
     def body(state):
-        i, pool, out, tokens, length, generated, finished, real, rng = state
+        i, pool, out, tokens, length, generated, finished, real, rng, lps = state
         logits, pool = model.apply({"params": params}, tokens[:, None], positions=length[:, None], cache=pool,
                                    cache_index=length, page_table=page_table)
         rng, sub = jax.random.split(rng)
         nxt = sample(logits[:, -1], sub, sampling)
         run = live & ~finished
         out = jax.lax.dynamic_update_slice_in_dim(out, jnp.where(run, nxt, -1)[:, None], t + i, axis=1)
+        if with_logprobs:
+            lps = jax.lax.dynamic_update_slice_in_dim(lps, token_logprobs(logits[:, -1], nxt, sampling)[:, None], i,
+                                                      axis=1)
         generated = generated + run
         stop = (nxt == eos_id) | (generated >= max_new)
         if stops:
             stop = stop | _ends_with_stop(out, t + i, stops)
         finished = finished | (run & stop)
         return (i + 1, pool, out, jnp.where(run, nxt, tokens), length + run, generated, finished,
-                real + jnp.sum(run), rng)
+                real + jnp.sum(run), rng, lps)
 
-    init = (jnp.int32(0), pool, out, rows.tokens, rows.length, rows.generated, jnp.zeros_like(live), jnp.int32(0), rng)
-    i, pool, out, tokens, length, generated, finished, real, _ = jax.lax.while_loop(cond, body, init)
-    return pool, out[:, t:], i, rows._replace(tokens=tokens, length=length, generated=generated), finished, real
+    init = (jnp.int32(0), pool, out, rows.tokens, rows.length, rows.generated, jnp.zeros_like(live), jnp.int32(0), rng,
+            lps)
+    i, pool, out, tokens, length, generated, finished, real, _, lps = jax.lax.while_loop(cond, body, init)
+    result = (pool, out[:, t:], i, rows._replace(tokens=tokens, length=length, generated=generated), finished, real)
+    return result + (lps,) if with_logprobs else result
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "dtype", "sharding"))
@@ -181,6 +201,7 @@ class ContinuousBatcher:
         self.params = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), params)
         self.work = WorkCount()
         self.plan: kv_memory.PoolPlan | None = None
+        self.logprobs: list[list[float]] | None = None  # the last run's, when it was asked for them
 
     def _context(self):
         return self.sharding.context() if self.sharding is not None else contextlib.nullcontext()
@@ -208,8 +229,13 @@ class ContinuousBatcher:
                                    budget_bytes=budget, shards=self._tensor_shards())
 
     def run(self, prompts: list[list[int]], max_new: list[int], rng=None,
-            on_finish: Callable[[int, list[int]], None] | None = None) -> list[list[int]]:
-        """Tokens generated for each prompt (input order; EOS left out, a final stop sequence kept)."""
+            on_finish: Callable[[int, list[int]], None] | None = None, logprobs: bool = False) -> list[list[int]]:
+        """Tokens generated for each prompt (input order; EOS left out, a final stop sequence kept).
+
+        With `logprobs`, `self.logprobs[i]` holds the log-probability of each token drawn for prompt i
+        (`token_logprobs`, float32 on the device): one more entry than its tokens when it ended on EOS (EOS's own).
+        """
+        self.logprobs = [] if logprobs else None
         if not prompts:
             return []
         needs = [len(p) + m for p, m in zip(prompts, max_new)]
@@ -221,7 +247,8 @@ class ContinuousBatcher:
                           prefill_rows=self.prefill_rows)
         self.work = sched.work
         with self._context():
-            state = _RunState(self, sched, prompts, needs, jax.random.PRNGKey(0) if rng is None else rng, on_finish)
+            state = _RunState(self, sched, prompts, needs, jax.random.PRNGKey(0) if rng is None else rng, on_finish,
+                              logprobs)
             while not sched.done:
                 admitted = sched.admit()
                 for group in sched.prefill_groups(admitted):
@@ -231,15 +258,20 @@ class ContinuousBatcher:
                 elif not admitted:
                     raise RuntimeError("decode: no row is running and no prompt could be admitted; the page pool "
                                        "is smaller than the plan promised (a bug in kv_memory.plan_pool).")
+        if logprobs:
+            self.logprobs = state.logprob_results
         return state.results
 
 
 class _RunState:
     """One `ContinuousBatcher.run`: the pool, the host copy of every slot's state, the outputs so far."""
 
-    def __init__(self, batcher: ContinuousBatcher, sched: Scheduler, prompts, needs, rng, on_finish):
+    def __init__(self, batcher: ContinuousBatcher, sched: Scheduler, prompts, needs, rng, on_finish, logprobs=False):
         c, b = batcher.config, batcher.slots
         self.batcher, self.sched, self.prompts, self.rng, self.on_finish = batcher, sched, prompts, rng, on_finish
+        # With logprobs: each running prompt's drawn-token log-probabilities, and each finished one's.
+        self.lps: dict[int, list[float]] | None = {} if logprobs else None
+        self.logprob_results: list[list[float] | None] = [None] * len(prompts)
         # Table width: enough pages for the longest sequence, a power of two (bounded shapes) of key blocks.
         blocks = -(-max(max(needs), c.max_position) // (batcher.page_size * BLOCK_PAGES))
         self.table = np.zeros((b, (1 << max(0, blocks - 1).bit_length()) * BLOCK_PAGES), np.int32)
@@ -271,8 +303,13 @@ class _RunState:
             for j, (r, n) in enumerate(zip(pending, real)):
                 chunk[j, :n] = self.prompts[r.index][r.prefilled:r.prefilled + n]
                 start[j], last[j], table[j] = r.prefilled, n - 1, self.table[r.slot]
-            self.pool, first = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(),
-                                        config=bt.config, sampling=bt.sampling)
+            if self.lps is None:
+                self.pool, first = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(),
+                                            config=bt.config, sampling=bt.sampling)
+            else:
+                self.pool, first, first_lp = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(),
+                                                      config=bt.config, sampling=bt.sampling, logprobs=True)
+                first_lp = np.asarray(first_lp)
             first = np.asarray(first)
             for j, (r, n) in enumerate(zip(pending, real)):
                 r.prefilled += n
@@ -281,6 +318,8 @@ class _RunState:
                 r.generated = 1
                 sched.work.generated += 1
                 self.outputs[r.index] = [int(first[j])]
+                if self.lps is not None:
+                    self.lps[r.index] = [float(first_lp[j])]
                 slot = self.rows
                 slot.tokens[r.slot], slot.length[r.slot], slot.generated[r.slot] = first[j], r.length, 1
                 slot.limit[r.slot], slot.live[r.slot] = r.max_new, True
@@ -296,10 +335,12 @@ class _RunState:
         for r in active:
             prev = self.outputs[r.index][-t:] if t else []
             tail[r.slot, t - len(prev):] = prev
-        self.pool, out, steps, rows, finished, real = _decode(
+        result = _decode(
             bt.params, self.pool, self.table, self.rows, tail, np.bool_(bool(sched.waiting)), np.int32(bt.eos_id),
-            self._split(), program=DecodeProgram(bt.config, bt.steps, bt.sampling, bt.stops))
+            self._split(), program=DecodeProgram(bt.config, bt.steps, bt.sampling, bt.stops, self.lps is not None))
+        self.pool, out, steps, rows, finished, real = result[:6]
         out, finished = np.asarray(out), np.asarray(finished)
+        lps = np.asarray(result[6]) if self.lps is not None else None
         # Host copies the next admissions write into; limit and live did not change on the device.
         self.rows = self.rows._replace(tokens=np.array(rows.tokens), length=np.array(rows.length),
                                        generated=np.array(rows.generated))
@@ -307,6 +348,8 @@ class _RunState:
         for r in active:
             new = [int(x) for x in out[r.slot] if x >= 0]
             self.outputs[r.index].extend(new)
+            if lps is not None:
+                self.lps[r.index].extend(float(x) for x in lps[r.slot, :len(new)])
             r.generated += len(new)
             sched.work.generated += len(new)
             if finished[r.slot]:
@@ -319,6 +362,8 @@ class _RunState:
 
     def _finish(self, r) -> None:
         toks = self.outputs.pop(r.index)
+        if self.lps is not None:
+            self.logprob_results[r.index] = self.lps.pop(r.index)
         if toks and toks[-1] == self.batcher.eos_id:
             toks = toks[:-1]
         self.results[r.index] = toks

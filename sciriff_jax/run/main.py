@@ -88,22 +88,6 @@ def _model_from_checkpoint_without_a_model_file() -> None:
         gin.parse_config("finetune.model = None")  # finetune says what to set when there is no checkpoint either
 
 
-def _join_task_lists() -> None:
-    """A gin list bound where a mixture name is taken (MIXTURE_OR_TASK_NAME = ["a", "b:2"], or [("a", 1), ("b", 2)])
-    becomes the task-list text the data layer reads ("a,b:2", seqio_tasks/lists.py)."""
-    macros = gin_compat.defined_macros()
-    for _, _, param, _, macro in gin_compat.macro_bindings():
-        value = gin_compat.resolve_macro(macros.get(macro), macros)
-        if param == "mixture_or_task_name" and isinstance(value, (list, tuple)):
-            from seqio_tasks import lists  # the data layer (TensorFlow): only where a run names a task list
-
-            try:
-                joined = lists.join(value)
-            except ValueError as err:
-                raise GinConfigError(f"gin macro {macro}: {err}") from None
-            gin.bind_parameter(f"{macro}/gin.macro.value", joined)
-
-
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parse gin files then bindings; unknown macros, unknown configurables and missing required macros fail by name."""
     gin.clear_config()
@@ -131,7 +115,6 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
         except (ValueError, SyntaxError, tokenize.TokenError) as err:
             raise GinConfigError(f"--gin.{binding}: {err}") from err
     _model_from_checkpoint_without_a_model_file()
-    _join_task_lists()
     macros = gin_compat.defined_macros()
     missing = sorted(name for name, value in macros.items() if gin_compat.is_required(value))
     if missing:
@@ -153,16 +136,22 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
         raise GinConfigError(str(err)) from None
 
 
+TRAINERS = ("finetune", "grpo")  # what the train mode runs (run.trainer; runs/grpo.gin sets "grpo")
+
+
 @gin.configurable
-def run(modes: Sequence[str] = gin.REQUIRED) -> dict:
+def run(modes: Sequence[str] = gin.REQUIRED, trainer: str = "finetune") -> dict:
     """Run the configured modes in order; returns their summaries by mode."""
+    if trainer not in TRAINERS:
+        raise GinConfigError(f"run.trainer={trainer!r}; expected one of {TRAINERS}")
     results: dict[str, dict] = {}
     for mode in modes:
         if mode not in MODES:
             raise GinConfigError(f"run.modes: unknown mode {mode!r}; expected some of {MODES}")
         started = time.time()
         if mode == "train":
-            results[mode] = gin_setup.finetune(operative_config=gin.config_str())
+            train_fn = gin_setup.grpo if trainer == "grpo" else gin_setup.finetune
+            results[mode] = train_fn(operative_config=gin.config_str())
         elif mode == "eval":
             results[mode] = gin_setup.evaluate_run()
         else:
@@ -198,6 +187,9 @@ def summarize(results: dict) -> str:
     train = results.get("train") or {}
     if "first_loss" in train and "last_loss" in train:
         lines.append(f"loss: first {train['first_loss']:.4f} -> last {train['last_loss']:.4f} over {train.get('steps', '?')} steps")
+    if "first_reward" in train:  # GRPO
+        lines.append(f"mean reward of the sampled answers: first update {train['first_reward']:.4f} -> last "
+                     f"{train['last_reward']:.4f}")
     before = train.get("initial_eval", {}).get("json_parse_rate")
     after = (results.get("eval") or {}).get("json_parse_rate")
     if before is not None or after is not None:
