@@ -88,6 +88,22 @@ def _model_from_checkpoint_without_a_model_file() -> None:
         gin.parse_config("finetune.model = None")  # finetune says what to set when there is no checkpoint either
 
 
+def _join_task_lists() -> None:
+    """A gin list bound where a mixture name is taken (MIXTURE_OR_TASK_NAME = ["a", "b:2"], or [("a", 1), ("b", 2)])
+    becomes the task-list text the data layer reads ("a,b:2", seqio_tasks/lists.py)."""
+    macros = gin_compat.defined_macros()
+    for _, _, param, _, macro in gin_compat.macro_bindings():
+        value = gin_compat.resolve_macro(macros.get(macro), macros)
+        if param == "mixture_or_task_name" and isinstance(value, (list, tuple)):
+            from seqio_tasks import lists  # the data layer (TensorFlow): only where a run names a task list
+
+            try:
+                joined = lists.join(value)
+            except ValueError as err:
+                raise GinConfigError(f"gin macro {macro}: {err}") from None
+            gin.bind_parameter(f"{macro}/gin.macro.value", joined)
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parse gin files then bindings; unknown macros, unknown configurables and missing required macros fail by name."""
     gin.clear_config()
@@ -115,6 +131,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
         except (ValueError, SyntaxError, tokenize.TokenError) as err:
             raise GinConfigError(f"--gin.{binding}: {err}") from err
     _model_from_checkpoint_without_a_model_file()
+    _join_task_lists()
     macros = gin_compat.defined_macros()
     missing = sorted(name for name, value in macros.items() if gin_compat.is_required(value))
     if missing:
