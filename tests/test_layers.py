@@ -44,6 +44,7 @@ DEFERRABLE = {
     "fsspec": "fsspec (not a core dependency: it comes with gcsfs / s3fs, for URLs)",
     "pyarrow": "pyarrow (~0.4 s at start-up; only .parquet files need it)",
     "qwix": "qwix (optional: the qlora extra; ~2 s at import; only a quantized LoRA base needs it)",
+    "matplotlib": "matplotlib (~1 s at start-up; only a run's report draws)",
 }
 
 # (file, imported module) -> why it stays inside its function although the rule above does not cover it.

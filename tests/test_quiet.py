@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from sciriff_jax.run import quiet
+from tests.test_report import check_report
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "sciriff-jax")
 needs_script = pytest.mark.skipif(not os.path.exists(SCRIPT), reason="sciriff-jax is not installed (pip install -e .)")
@@ -107,12 +108,17 @@ def test_a_command_that_loads_tensorflow_is_quiet_unless_verbose(verbose):
 
 
 @needs_script
-def test_a_two_step_demo_prints_no_library_line(tmp_path):
+def test_a_two_step_demo_prints_no_library_line_and_ends_with_its_report(tmp_path):
     model_dir = tmp_path / "demo"
     done = subprocess.run([SCRIPT, "demo", f'--gin.MODEL_DIR="{model_dir}"', "--gin.TRAIN_STEPS=2",
                            "--gin.CHECKPOINT_PERIOD=2", "--gin.LOG_EVERY=1", "--gin.MAX_EXAMPLES=1",
-                           "--gin.MAX_NEW_TOKENS=16"], capture_output=True, text=True, timeout=600, env=_env(),
-                          cwd=REPO_ROOT)
+                           "--gin.MAX_NEW_TOKENS=16", "--gin.EVAL_EVERY=2"], capture_output=True, text=True,
+                          timeout=600, env=_env(), cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "=== summary ===" in done.stdout
     assert _library_lines(done.stderr) == [], done.stderr[-3000:]
+    # Issue 26, point 5 on the demo itself: its decoding evals over steps (0 and 2) and the eval after training.
+    assert f"[sciriff-jax] report: {model_dir / 'report' / 'index.html'}" in done.stdout
+    page = check_report(model_dir)
+    assert "decode_eval.png" in page.images and "loss.png" in page.images
+    assert {"Decoding eval at step 0", "Decoding eval at step 2", "Eval sciriff_sample"} <= set(page.headings)

@@ -26,6 +26,7 @@ tools:
   convert Hugging Face Llama directory -> Orbax checkpoint: convert HF_DIR OUT_DIR
   export  Orbax checkpoint -> Hugging Face directory: export CKPT_DIR HF_DIR
   verify  check a checkpoint's files against their checksums: verify MODEL_DIR|STEP_DIR [--seal]
+  report  plots (PNG) and one HTML page of a run: report MODEL_DIR (a training run writes it when it ends)
   aot     ahead-of-time compile for a TPU topology: aot --gin_file=... --topology=v5p-128
 
 An error is one `error: ...` line on stderr and exit status 2; add --debug to any subcommand for its traceback.
@@ -123,13 +124,20 @@ def _sample_scorers() -> dict:
     return SAMPLE_SCORERS
 
 
+def _report(argv: list[str]) -> int:
+    from sciriff_jax.run import report  # lazy: matplotlib (and JAX)
+
+    return report.main(argv)
+
+
 def _aot(argv: list[str]) -> int:
     from sciriff_jax.run import aot  # lazy: JAX (and the TPU compiler)
 
     return aot.main(argv)
 
 
-TOOLS = {"score": _score, "data": _data, "convert": _convert, "export": _export, "verify": _verify, "aot": _aot}
+TOOLS = {"score": _score, "data": _data, "convert": _convert, "export": _export, "verify": _verify, "report": _report,
+         "aot": _aot}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import tokenize
 from typing import Sequence
 
 import gin
+import jax
 
 from sciriff_jax.parallel import distributed
 from sciriff_jax.run import errors, gin_compat, gin_setup, quiet
@@ -192,10 +193,26 @@ def _main(flags: argparse.Namespace) -> int:
     parse_gin(flags.gin_file, flags.gin_bindings, flags.gin_search_path)
     distributed.maybe_initialize()
     results = run(modes=flags.mode) if flags.mode else run()
+    write_run_report(results)
     summary = summarize(results)
     if summary:
         print(summary, flush=True)
     return 0
+
+
+def write_run_report(results: dict) -> None:
+    """After a training run (and the evals after it), MODEL_DIR/report/: its plots and page (run/report.py). A failure
+    here loses nothing of the run and does not fail it: it is said on stderr with the command that retries it."""
+    model_dir = (results.get("train") or {}).get("model_dir")
+    if not model_dir or jax.process_index() != 0:
+        return
+    try:
+        from sciriff_jax.run import report  # matplotlib: only when a training run ends
+
+        print(f"[sciriff-jax] report: {report.write_report(model_dir)}", flush=True)
+    except (OSError, ValueError, ImportError) as err:
+        print(f"[sciriff-jax] the run's report was not written ({errors.message(err)}); the run and its records are "
+              f"complete: `sciriff-jax report {model_dir}` writes it", file=sys.stderr, flush=True)
 
 
 def summarize(results: dict) -> str:
