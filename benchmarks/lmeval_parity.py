@@ -158,7 +158,8 @@ def run_sciriff(args, model: pathlib.Path, work: pathlib.Path) -> dict:
         print(f"[parity] sciriff-jax eval {task}: {time.time() - start:.0f} s", flush=True)
         rows = [json.loads(line) for line in open(out / "predictions" / f"sciriff_4096_{task}.jsonl")]
         prompts = our_prompts(model, task, args.limit, env)
-        found[task] = {r["_instance_id"]: (prompts.get(r["_instance_id"]), r["prediction"]) for r in rows}
+        found[task] = {r["_instance_id"]: (*prompts.get(r["_instance_id"], (None, None)), r["prediction"])
+                       for r in rows}
         CUTS[task] = json.loads((out / "summary.json").read_text())["prompts"]
     return found
 
@@ -168,36 +169,57 @@ CUTS: dict = {}  # per task: sciriff-jax's summary.json "prompts" (budget, promp
 
 OUR_PROMPTS = """
 import json, sys
-from sciriff_jax.chat.format import ChatFormat
 from sciriff_jax.eval import evaluate
-name, limit = sys.argv[1], int(sys.argv[2])
+from sciriff_jax.io import loader
+model, name, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fmt = loader.resolve_chat_format(model, template="tulu")
 loaded = evaluate.load_examples([name], "validation")
-examples, texts = evaluate.task_prompts(loaded, ChatFormat(None, "tulu"),
-                                        evaluate.EvalConfig(name, max_examples=limit))[name]
-print(json.dumps({ex["_instance_id"]: t for ex, t in zip(examples, texts)}))
+examples, texts = evaluate.task_prompts(loaded, fmt, evaluate.EvalConfig(name, max_examples=limit))[name]
+print(json.dumps({ex["_instance_id"]: [t, fmt.encode(t)] for ex, t in zip(examples, texts)}))
+"""
+# lm-eval's HF backend tokenizes a context so (tok_batch_encode: no special tokens for a causal model).
+THEIR_TOKENS = """
+import json, sys
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1], use_fast=True)
+texts = json.load(sys.stdin)
+print(json.dumps({k: tok(t, add_special_tokens=False).input_ids for k, t in texts.items()}))
 """
 
 
 def our_prompts(model, task: str, limit: int, env: dict) -> dict:
-    done = subprocess.run([sys.executable, "-c", OUR_PROMPTS, f"sciriff_4096_{task}", str(limit)], env=env, cwd=REPO,
+    """{_instance_id: [prompt text, its token ids]} as sciriff-jax eval writes and tokenizes them."""
+    done = subprocess.run([sys.executable, "-c", OUR_PROMPTS, str(model), f"sciriff_4096_{task}", str(limit)],
+                          env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def their_tokens(args, model, texts: dict) -> dict:
+    """{_instance_id: token ids} of lm-eval's contexts as its HF backend tokenizes them."""
+    done = subprocess.run([args.lmeval_python, "-c", THEIR_TOKENS, str(model)], input=json.dumps(texts),
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def compare(theirs: dict, ours: dict) -> dict:
-    """Per task: instances, prompts equal, predictions equal (as text), and the first differences."""
+def compare(theirs: dict, ours: dict, tokens: dict) -> dict:
+    """Per task: instances, prompts equal (as text, and as the tokens each feeds its model: the last `budget`
+    ids), predictions equal (as text), and the first differences. theirs: {task: {id: (prompt, prediction)}};
+    ours: {task: {id: (prompt, ids, prediction)}}; tokens: lm-eval's ids {task: {id: ids}}."""
     report = {}
     for task, rows in theirs.items():
         ids = [i for i in rows if i in ours.get(task, {})]
+        budget = CUTS.get(task, {}).get("budget") or 0
         same_prompt = [i for i in ids if rows[i][0] == ours[task][i][0]]
-        same_pred = [i for i in ids if rows[i][1] == ours[task][i][1]]
-        diffs = [{"_instance_id": i, "lm_eval": rows[i][1][:300], "sciriff_jax": ours[task][i][1][:300]}
-                 for i in ids if i not in same_pred][:3]
+        same_tokens = [i for i in ids if (ours[task][i][1] or [])[-budget:] == tokens[task].get(i, [])[-budget:]]
+        same_pred = [i for i in ids if rows[i][1] == ours[task][i][2]]
+        diffs = [{"_instance_id": i, "lm_eval": rows[i][1][:300], "sciriff_jax": ours[task][i][2][:300],
+                  "prompt_tokens_equal": i in same_tokens} for i in ids if i not in same_pred][:3]
         cuts = CUTS.get(task, {})
         report[task] = {"instances": len(ids), "only_lm_eval": len(rows) - len(ids),
                         "prompt_budget": cuts.get("budget"),
                         "prompts_cut": sum(t.get("n_cut", 0) for t in cuts.get("tasks", {}).values()),
                         "only_sciriff_jax": len(ours.get(task, {})) - len(ids), "prompts_equal": len(same_prompt),
+                        "prompt_tokens_equal": len(same_tokens),
                         "predictions_equal": len(same_pred), "first_differences": diffs}
     return report
 
@@ -229,7 +251,8 @@ def main(argv=None) -> int:
     version = subprocess.run([args.lmeval_python, "-c", "from importlib.metadata import version as v; "
                               "print(*(v(p) for p in ('lm_eval', 'transformers', 'torch')))"],
                              capture_output=True, text=True).stdout
-    result = {"benchmark": "lmeval_parity", "model": name, "tasks": compare(theirs, ours), "limit": args.limit,
+    tokens = {task: their_tokens(args, model, {i: r[0] for i, r in rows.items()}) for task, rows in theirs.items()}
+    result = {"benchmark": "lmeval_parity", "model": name, "tasks": compare(theirs, ours, tokens), "limit": args.limit,
               "max_new_tokens": args.max_new_tokens, "lm_eval_backend": "hf, float32, batch 1, cpu",
               "sciriff_jax": "eval, protocol release, template tulu, float32",
               "lm_eval/transformers/torch": version.strip(), "load": os.getloadavg()[0],
@@ -238,7 +261,8 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     for task, r in result["tasks"].items():
         print(f"{task}: {r['predictions_equal']}/{r['instances']} predictions equal, "
-              f"{r['prompts_equal']}/{r['instances']} prompts equal")
+              f"{r['prompts_equal']}/{r['instances']} prompts equal as text, "
+              f"{r['prompt_tokens_equal']}/{r['instances']} as tokens")
     print(f"[parity] wrote {out}")
     return 0
 
