@@ -82,7 +82,7 @@ def test_dpo_loss_equals_the_loss_by_hand_from_transformers_logprobs(models):
     beta = 0.3
     want = -np.mean(logsigmoid(beta * ((pi[0::2] - ref[0::2]) - (pi[1::2] - ref[1::2]))))
     logps = make_logprob_fn(Llama(config))
-    loss_sums = make_preference_loss(DPOConfig(beta=beta), logps, lambda p, r, b: logps(r, b))
+    loss_sums = make_preference_loss(DPOConfig(beta=beta), lambda p, r, b: logps(p, b), lambda p, r, b: logps(r, b))
     total, (sums, tokens) = jax.jit(loss_sums)(params, ref_params, batch)
     assert abs(float(total) / 2 - want) < 1e-5 * max(1.0, abs(want)), (float(total) / 2, want)
     assert float(tokens) == sum(map(len, ANSWERS))
@@ -97,14 +97,15 @@ def test_simpo_loss_equals_the_loss_by_hand_without_a_reference(models):
     pi, n = torch_row_logps(policy, batch)
     beta, ratio = 2.0, 0.5
     want = -np.mean(logsigmoid(beta * (pi[0::2] / n[0::2] - pi[1::2] / n[1::2]) - beta * ratio))
-    loss_sums = make_preference_loss(DPOConfig("simpo", beta, ratio), make_logprob_fn(Llama(config)))
+    logps = make_logprob_fn(Llama(config))
+    loss_sums = make_preference_loss(DPOConfig("simpo", beta, ratio), lambda p, r, b: logps(p, b))
     total, _ = jax.jit(loss_sums)(params, None, batch)
     assert abs(float(total) / 2 - want) < 1e-5 * max(1.0, abs(want)), (float(total) / 2, want)
 
 
 def _step(config, microbatches):
     logps = make_logprob_fn(Llama(config))
-    loss_sums = make_preference_loss(DPOConfig(beta=0.1), logps, lambda p, r, b: logps(r, b))
+    loss_sums = make_preference_loss(DPOConfig(beta=0.1), lambda p, r, b: logps(p, b), lambda p, r, b: logps(r, b))
     return make_preference_step(loss_sums, optax.sgd(1e-2), microbatches=microbatches, donate=False)
 
 

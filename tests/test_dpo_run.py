@@ -68,12 +68,12 @@ def test_pairs_are_rendered_by_the_checkpoints_chat_format_with_loss_on_the_assi
     assert preferences.count_pairs(name, split="train", length=12)[1] > 0  # longer pairs are counted, left out
 
 
-def _run(model_dir, initial, prefs, preference=DPOConfig(beta=0.1), steps=3):
+def _run(model_dir, initial, prefs, preference=DPOConfig(beta=0.1), steps=3, lora=None):
     return dpo(TrainConfig(model_dir=str(model_dir), train_steps=steps, batch_size=4, initial_checkpoint_path=str(initial),
                            checkpoint_period=steps, log_every=1, tensorboard=False, async_checkpoints=False),
                PreferenceDataConfig(path=str(prefs), length=64), preference,
                optimizer=OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, schedule="constant"),
-               mesh=MeshConfig(layout="fsdp"))  # 8 rows over the 8 test devices
+               mesh=MeshConfig(layout="fsdp"), lora=lora)  # 8 rows over the 8 test devices
 
 
 def test_dpo_from_an_hf_directory_starts_at_ln2_logs_rewards_and_learns(hf_dir, tmp_path):
@@ -90,6 +90,24 @@ def test_dpo_from_an_hf_directory_starts_at_ln2_logs_rewards_and_learns(hf_dir, 
     assert loader.resolve_chat_format(tmp_path / "run") == loader.resolve_chat_format(hf_dir)
     resumed = _run(tmp_path / "run", hf_dir, write_prefs(tmp_path / "prefs"), steps=4)  # resumes: reference reloaded
     assert resumed["start_step"] == 3 and resumed["steps"] == 1
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_lora_dpo_trains_adapters_only_with_the_base_without_adapters_as_reference(hf_dir, tmp_path, quantize):
+    import jax
+
+    from sciriff_jax.model.lora import LoraConfig
+
+    if quantize:
+        pytest.importorskip("qwix")
+    lora = LoraConfig(rank=4, alpha=8.0, quantize=quantize)
+    summary = _run(tmp_path / "run", hf_dir, write_prefs(tmp_path / "prefs"), lora=lora)
+    assert summary["preference"]["reference"] == "the base without adapters"
+    assert abs(summary["first_loss"] - math.log(2)) < 1e-5  # B = 0: the starting policy is the reference
+    assert summary["last_loss"] < summary["first_loss"]
+    # The trained (and checkpointed, optimizer-stated) tree is the adapters only, not a copy of the base.
+    base = sum(x.size for x in jax.tree.leaves(loader.load(hf_dir, with_tokenizer=False).params))
+    assert 0 < summary["num_params"] < base / 5, (summary["num_params"], base)
 
 
 def test_simpo_needs_no_reference_and_learns(hf_dir, tmp_path):

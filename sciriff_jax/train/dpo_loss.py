@@ -44,16 +44,25 @@ class DPOConfig:
         return self.loss == "dpo"
 
 
-def make_logprob_fn(model, chunk_size: int | None = None) -> Callable:
-    """`logps(params, batch) -> (per-row sum of log p(target) * weight, per-row weight)`, float32 [rows], through
-    train/losses.py's chunked token log-probabilities (never the whole [rows, length, vocab] logits)."""
-    def logps(params, batch):
-        token = losses.model_token_logprobs(model, params, batch["decoder_input_tokens"],
-                                            batch["decoder_target_tokens"], segment_ids=batch["decoder_segment_ids"],
-                                            positions=batch["decoder_positions"], chunk_size=chunk_size)
+def make_variables_logprob_fn(model, chunk_size: int | None = None) -> Callable:
+    """`logps(variables, batch) -> (per-row sum of log p(target) * weight, per-row weight)`, float32 [rows], for a
+    Llama applied to a whole variables dict ({"params": ...}; LoRA: {"params": base, "lora": adapters}, and the base
+    alone is the model without adapters), through train/losses.py's chunked token log-probabilities (never the
+    whole [rows, length, vocab] logits)."""
+    def logps(variables, batch):
+        hidden = model.apply(variables, batch["decoder_input_tokens"], segment_ids=batch["decoder_segment_ids"],
+                             positions=batch["decoder_positions"], return_hidden=True)
+        token = losses.token_logprobs(hidden, losses.output_head(variables["params"], model.config),
+                                      batch["decoder_target_tokens"], chunk_size=chunk_size)
         w = batch["decoder_loss_weights"].astype(jnp.float32)
         return jnp.sum(token * w, axis=-1), jnp.sum(w, axis=-1)
     return logps
+
+
+def make_logprob_fn(model, chunk_size: int | None = None) -> Callable:
+    """`logps(params, batch)`: `make_variables_logprob_fn` of a plain parameter tree."""
+    logps = make_variables_logprob_fn(model, chunk_size)
+    return lambda params, batch: logps({"params": params}, batch)
 
 
 def pair_losses(config: DPOConfig, logps, counts, ref_logps=None):
@@ -94,14 +103,15 @@ def _split_pairs(batch, microbatches: int):
 
 
 def make_preference_loss(config: DPOConfig, policy_logps: Callable, reference_logps: Callable | None = None):
-    """`loss_sums(params, reference, batch) -> (sum of pair losses, (metric sums, target tokens))`; the reference's
-    log-probabilities carry no gradient (`reference_logps(params, reference, batch)`, e.g. a frozen copy's or the
-    base model's without adapters)."""
-    def loss_sums(params, reference, batch):
-        logps, counts = policy_logps(params, batch)
+    """`loss_sums(params, frozen, batch) -> (sum of pair losses, (metric sums, target tokens))` with `params` the
+    trained tree and `frozen` what the step holds fixed (full DPO: the reference's params; LoRA: the base, which
+    without adapters is the reference): `policy_logps(params, frozen, batch)`, `reference_logps(params, frozen,
+    batch)`, whose log-probabilities carry no gradient."""
+    def loss_sums(params, frozen, batch):
+        logps, counts = policy_logps(params, frozen, batch)
         ref = None
         if config.needs_reference:
-            ref = jax.lax.stop_gradient(reference_logps(params, reference, batch)[0])
+            ref = jax.lax.stop_gradient(reference_logps(params, frozen, batch)[0])
         total, sums, tokens = _pair_sums(config, logps, counts, ref)
         return total, (sums, tokens)
     return loss_sums
