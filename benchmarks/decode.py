@@ -191,7 +191,7 @@ def sciriff_case(args) -> dict:
 
     import jax
 
-    from sciriff_jax.decoding.generate import GenerationConfig, generate
+    from sciriff_jax.decoding.generate import DecodeHooks, GenerationConfig, generate
     from sciriff_jax.model.llama import init_params
 
     shape = common.TINY if args.tiny else SMOLLM_135M
@@ -234,7 +234,8 @@ def sciriff_case(args) -> dict:
         gc.collect()
     if "jax" in systems:
         def run():
-            return generate(config, params, prompts, GenerationConfig(answer_lens, -1), batch_size=args.batch, log=None)
+            return generate(config, params, prompts, GenerationConfig(answer_lens, -1), batch_size=args.batch,
+                            hooks=DecodeHooks(log=None))
 
         t0 = time.perf_counter()
         first = run()

@@ -7,11 +7,12 @@ work goes to padding or to rows that have finished. Importable without TensorFlo
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 
 from sciriff_jax.decoding.batcher import ContinuousBatcher, Sampling
+from sciriff_jax.decoding.scheduler import WorkCount
 from sciriff_jax.model.config import LlamaConfig
 
 MAX_NEW_TOKENS = 1024
@@ -53,21 +54,33 @@ class GenerationConfig:
     sampling: Sampling = Sampling()
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeHooks:
+    """What a decode tells its caller as it goes: `on_finish(index, tokens)` as each prompt completes,
+    `on_step(work)` after every device call with the `scheduler.WorkCount` so far (prompt tokens prefilled, tokens
+    generated, call times), and `log(line)` for its one-time lines (the KV-cache plan); None for silence."""
+
+    on_finish: Callable[[int, list[int]], None] | None = None
+    on_step: Callable[[WorkCount], None] | None = None
+    log: Callable[[str], None] | None = print
+
+
 def generate(config: LlamaConfig, params, prompts: list[list[int]], generation: GenerationConfig, *, rng=None,
-             batch_size: int = 32, sharding=None, kv_cache_bytes: int | None = None, on_finish=None,
-             log=print) -> list[list[int]]:
+             batch_size: int = 32, sharding=None, kv_cache_bytes: int | None = None,
+             hooks: DecodeHooks = DecodeHooks()) -> list[list[int]]:
     """New tokens for each prompt (input order), without EOS and without a trailing stop sequence.
 
     `batch_size`: rows decoding at once (slots). `sharding`: a `parallel.sharding.Sharding` to run under (params
     may already be placed by it): rows split over data+fsdp, heads over tensor; a context axis only replicates (no
     ring attention for decoding). `kv_cache_bytes`: the KV cache's memory budget per device (None: half of what the
-    device has free). `on_finish(index, tokens)` is called as each prompt completes.
+    device has free). `hooks`: progress callbacks and the log (`DecodeHooks`).
     """
     limits = check_arguments(prompts, generation.max_new_tokens)
     batcher = ContinuousBatcher(config, params, eos_id=generation.eos_id, slots=batch_size,
                                 sampling=generation.sampling, stop_sequences=generation.stop_sequences,
-                                sharding=sharding, kv_cache_bytes=kv_cache_bytes, log=log)
+                                sharding=sharding, kv_cache_bytes=kv_cache_bytes, log=hooks.log)
     stops = batcher.stops
+    on_finish = hooks.on_finish
     done = None if on_finish is None else (lambda i, toks: on_finish(i, strip_stop(toks, stops)))
     out = batcher.run(prompts, limits, rng=jax.random.PRNGKey(0) if rng is None else rng, on_finish=done)
     return [strip_stop(tokens, stops) for tokens in out]

@@ -19,7 +19,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from sciriff_jax.decoding.generate import GenerationConfig, generate
+from sciriff_jax.decoding.generate import DecodeHooks, GenerationConfig, generate
 from sciriff_jax.scoring import metrics
 from sciriff_jax.scoring import judge as judge_lib
 from sciriff_jax.chat.format import AUTO, ChatFormat, resolve_template
@@ -97,10 +97,10 @@ def decode_texts(config, params, prompt_texts: list[str], chat_format: ChatForma
     """Greedy-decode each rendered prompt; returns the answer texts in input order, printing progress."""
     prompts = chat_format.encode_prompts(prompt_texts, add_bos=add_bos, max_position=getattr(config, "max_position", 0),
                                          max_new_tokens=max_new_tokens, label=label)
-    progress = Progress(len(prompts), label)
+    progress = Progress(len(prompts), label, work_total=(sum(map(len, prompts)), max_new_tokens * len(prompts)))
+    hooks = DecodeHooks(on_finish=lambda i, tokens: progress.update(len(tokens)), on_step=progress.step)
     generated = generate(config, params, prompts, GenerationConfig(max_new_tokens, chat_format.eos_id),
-                         batch_size=batch_size, sharding=sharding, kv_cache_bytes=kv_cache_bytes,
-                         on_finish=lambda i, tokens: progress.update(len(tokens)))
+                         batch_size=batch_size, sharding=sharding, kv_cache_bytes=kv_cache_bytes, hooks=hooks)
     return [chat_format.decode(tokens) for tokens in generated]
 
 
@@ -185,7 +185,8 @@ def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval
     for name, n in left.items():
         if n == 0:
             complete(name)
-    progress = Progress(len(jobs), label or f"{len(loaded)} task(s)", resumed=resumed)
+    progress = Progress(len(jobs), label or f"{len(loaded)} task(s)", resumed=resumed,
+                        work_total=(sum(len(job[3]) for job in jobs), eval_config.max_new_tokens * len(jobs)))
 
     def on_finish(j, tokens):
         name, i, base, _ = jobs[j]
@@ -199,7 +200,7 @@ def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval
 
     generate(config, params, [job[3] for job in jobs], GenerationConfig(eval_config.max_new_tokens, chat_format.eos_id),
              batch_size=eval_config.batch_size, sharding=sharding, kv_cache_bytes=eval_config.kv_cache_bytes,
-             on_finish=on_finish)
+             hooks=DecodeHooks(on_finish=on_finish, on_step=progress.step))
     return records
 
 

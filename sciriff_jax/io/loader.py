@@ -151,7 +151,7 @@ class Loaded:
     def generate(self, prompts: list[list[int]], *, max_new_tokens, eos_id: int, stop_sequences=(),
                  temperature: float = 0.0, top_p: float = 1.0, **engine) -> list[list[int]]:
         """New tokens per prompt (`sciriff_jax.decoding.generate.generate`; `engine`: its batch_size, sharding,
-        kv_cache_bytes, rng, on_finish, log)."""
+        kv_cache_bytes, rng, hooks)."""
         generation = GenerationConfig(max_new_tokens, eos_id, stop_sequences, Sampling(temperature, top_p))
         return generate(self.config, self.params, prompts, generation, **engine)
 
