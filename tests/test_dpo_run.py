@@ -123,3 +123,16 @@ def test_dpo_gin_checks_its_macros_against_the_config_fields():
     main_lib.parse_gin([str(main_lib.GIN_CONFIGS_DIR / "runs" / "dpo.gin")], required)
     with pytest.raises(main_lib.GinConfigError, match="LOSS='ipo': expected one of 'dpo', 'simpo'"):
         main_lib.parse_gin([str(main_lib.GIN_CONFIGS_DIR / "runs" / "dpo.gin")], required + ['LOSS="ipo"'])
+
+
+def test_sciriff_jax_dpo_runs_runs_dpo_gin_with_lora_from_an_hf_directory(hf_dir, tmp_path):
+    from sciriff_jax.run import cli
+
+    prefs = write_prefs(tmp_path / "prefs")
+    assert cli.main(["dpo", f'--gin.MODEL_DIR="{tmp_path / "run"}"', f'--gin.INITIAL_CHECKPOINT_PATH="{hf_dir}"',
+                     f'--gin.PREFERENCE_DATA="{prefs}"', "--gin.PREFERENCE_LENGTH=64", "--gin.TRAIN_STEPS=2",
+                     "--gin.BATCH_SIZE=4", '--gin.MESH_LAYOUT="fsdp"', "--gin.LEARNING_RATE=1e-2",
+                     "--gin.LORA=@LoraConfig()", "--gin.LoraConfig.rank=4", "--gin.LOG_EVERY=1"]) == 0
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["preference"]["lora"]["rank"] == 4 and summary["steps"] == 2
+    assert "rewards/accuracy" in json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])

@@ -11,7 +11,8 @@ from sciriff_jax.scoring import score
 
 # Each subcommand imports its own stack when it runs (inside its function), so `sciriff-jax score` and `--help` start
 # without JAX, and only `data` loads TensorFlow.
-RUN_FILES = {"train": "runs/finetune.gin", "eval": "runs/eval.gin", "infer": "runs/infer.gin", "demo": "runs/demo.gin"}
+RUN_FILES = {"train": "runs/finetune.gin", "eval": "runs/eval.gin", "infer": "runs/infer.gin", "demo": "runs/demo.gin",
+             "dpo": "runs/dpo.gin"}
 
 USAGE = """usage: sciriff-jax <subcommand> [args]
 
@@ -20,9 +21,10 @@ gin runs (same flags as `python -m sciriff_jax.main`; default --gin_file in brac
   eval    decode an eval mixture and score it    [runs/eval.gin]
   infer   decode and write predictions only      [runs/infer.gin]
   demo    the built-in end-to-end demo           [runs/demo.gin]
+  dpo     preference-tune (DPO / SimPO) a model  [runs/dpo.gin]
 tools:
   score   score predictions from any model: --task TASK --predictions FILE.jsonl
-  data    stats MIXTURE | show TASK
+  data    stats MIXTURE | show TASK | prefs --checkpoint C --mixture M --out DIR (preference pairs)
   convert Hugging Face Llama directory -> Orbax checkpoint: convert HF_DIR OUT_DIR
   export  Orbax checkpoint -> Hugging Face directory: export CKPT_DIR HF_DIR
   verify  check a checkpoint's files against their checksums: verify MODEL_DIR|STEP_DIR [--seal]
@@ -39,7 +41,7 @@ def _run_mode(mode: str, argv: list[str], exit_process: bool = False) -> int:
 
     if not any(a.startswith("--gin_file") for a in argv):
         argv = [f"--gin_file={RUN_FILES[mode]}", *argv]
-    if mode != "demo" and not any(a.startswith("--mode") for a in argv):
+    if mode not in ("demo", "dpo") and not any(a.startswith("--mode") for a in argv):
         argv = [*argv, f"--mode={mode}"]
     return main_lib.main(argv, exit_process=exit_process)
 
@@ -108,6 +110,10 @@ def _verify(argv: list[str]) -> int:
 
 
 def _data(argv: list[str]) -> int:
+    if argv[:1] == ["prefs"]:  # samples a model: JAX, above the data layer
+        from sciriff_jax.eval import prefs  # lazy: JAX and TensorFlow
+
+        return prefs.main(argv[1:])
     from seqio_tasks import tools  # lazy: TensorFlow and SeqIO
 
     return tools.main(argv)

@@ -154,7 +154,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
         raise GinConfigError(str(err)) from None
 
 
-TRAINERS = ("finetune", "grpo")  # what the train mode runs (run.trainer; runs/grpo.gin sets "grpo")
+TRAINERS = ("finetune", "grpo", "dpo")  # what the train mode runs (run.trainer; runs/grpo.gin, runs/dpo.gin set theirs)
 
 
 @gin.configurable
@@ -168,7 +168,7 @@ def run(modes: Sequence[str] = gin.REQUIRED, trainer: str = "finetune") -> dict:
             raise GinConfigError(f"run.modes: unknown mode {mode!r}; expected some of {MODES}")
         started = time.time()
         if mode == "train":
-            train_fn = gin_setup.grpo if trainer == "grpo" else gin_setup.finetune
+            train_fn = {"grpo": gin_setup.grpo, "dpo": gin_setup.dpo}.get(trainer, gin_setup.finetune)
             results[mode] = train_fn(operative_config=gin.config_str())
         elif mode == "eval":
             results[mode] = gin_setup.evaluate_run()
