@@ -352,7 +352,8 @@ def compile_from_gin(gin_files: Sequence[str], bindings: Sequence[str], devices)
     if train.initial_checkpoint_path == STUB:  # required but not given: the model file has the shapes
         train = dataclasses.replace(train, initial_checkpoint_path=None)
     try:
-        config = finetune_lib.resolve_model_config(s["model"], train)  # the model finetune would train
+        # The model finetune would train on the target: DTYPE "auto" is the target platform's, not this host's.
+        config = finetune_lib.resolve_model_config(s["model"], train, platform=devices[0].platform)
     except ValueError as err:
         raise AotError(str(err)) from err
     return compile_train_step(config, devices, mesh=s.get("mesh", MeshConfig()), batch_size=train.batch_size,
