@@ -56,6 +56,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("sciriff_jax/run/cli.py", "sciriff_jax.run.aot"): _DISPATCH,
     ("sciriff_jax/run/cli.py", "sciriff_jax.io.convert"): _DISPATCH,
     ("sciriff_jax/run/cli.py", "sciriff_jax.io.checkpoint"): _DISPATCH,
+    ("sciriff_jax/run/cli.py", "sciriff_jax.eval.prefs"): _DISPATCH,
 }
 
 
