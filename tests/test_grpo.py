@@ -50,7 +50,7 @@ def test_sampled_logprobs_equal_the_training_forward(params, temperature, top_p)
                                      max_new_tokens=24, chat_format=_Format, rng=jax.random.PRNGKey(1), slots=5)
     assert samples.tokens > 3 * len(prompts)
     rows = _rows(samples, prompts, 3)
-    recomputed = np.asarray(grpo.policy_logprobs(Llama(CONFIG), params, rows, temperature))
+    recomputed = np.asarray(grpo.policy_logprobs(Llama(CONFIG), {"params": params}, rows, temperature))
     mask = rows["mask"] > 0
     assert mask.sum() == samples.tokens
     np.testing.assert_allclose(recomputed[mask], rows["old_logprobs"][mask], atol=1e-4, rtol=0)
@@ -139,13 +139,47 @@ def test_loss_is_the_clipped_objective_by_hand(params):
     rows = {"inputs": tokens, "segment_ids": np.ones_like(tokens), "positions": np.tile(np.arange(3), (2, 1)),
             "targets": np.roll(tokens, -1, axis=1), "mask": np.array([[1, 1, 0], [1, 0, 0]], np.float32),
             "advantages": np.array([[1, 1, 1], [-1, -1, -1]], np.float32), "weights": np.full((2, 3), 0.25, np.float32)}
-    lp = np.asarray(grpo.policy_logprobs(Llama(CONFIG), params, rows, 0.7))
+    lp = np.asarray(grpo.policy_logprobs(Llama(CONFIG), {"params": params}, rows, 0.7))
     rows["old_logprobs"] = lp - 0.5
-    loss, stats = grpo.grpo_loss(params, rows, None, model=Llama(CONFIG), grpo=g)
+    loss, stats = grpo.grpo_loss({"params": params}, rows, None, model=Llama(CONFIG), grpo=g)
     assert float(loss) == pytest.approx(0.25 * (-1.2 - 1.2 + np.exp(0.5)), abs=1e-5)
     assert float(stats["clipped"]) == 2.0 and float(stats["tokens"]) == 3.0
     ref = lp + 0.1  # k3 KL: e^0.1 - 0.1 - 1 per token
-    loss_kl, stats = grpo.grpo_loss(params, rows, ref, model=Llama(CONFIG), grpo=dataclasses.replace(g, kl_coef=0.5))
+    loss_kl, stats = grpo.grpo_loss({"params": params}, rows, ref, model=Llama(CONFIG), grpo=dataclasses.replace(g, kl_coef=0.5))
     k3 = np.exp(0.1) - 0.1 - 1
     assert float(stats["kl"]) == pytest.approx(3 * k3, abs=1e-5)
     assert float(loss_kl) == pytest.approx(float(loss) + 0.25 * 0.5 * 3 * k3, abs=1e-5)
+
+
+def test_lora_policy_samples_with_its_adapters_and_the_base_is_the_reference(params):
+    """A LoRA policy (adapters beside the frozen base, never merged): the sampler's log-probabilities equal the LoRA
+    training forward's, differ from the base's, and one LoRA GRPO step updates the adapters only, with the KL
+    measured against the base without adapters (the same arrays)."""
+    import optax
+
+    from sciriff_jax.model import lora as lora_lib
+    from sciriff_jax.model.llama import param_shapes
+
+    lora = lora_lib.LoraConfig(rank=4, alpha=8.0)
+    adapters = lora_lib.init_adapters(param_shapes(CONFIG), lora, jax.random.PRNGKey(7))
+    adapters = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(8), x.shape), adapters)  # B != 0
+    variables = lora_lib.with_adapters(params, adapters)
+    prompts = _prompts()
+    samples = rollout.sample_answers(CONFIG, rollout.LoraPolicy(variables, lora), prompts, 2,
+                                     sampling=batcher.Sampling(1.0), max_new_tokens=12, chat_format=_Format,
+                                     rng=jax.random.PRNGKey(2), slots=8)
+    rows = _rows(samples, prompts, 2)
+    mask = rows["mask"] > 0
+    model = Llama(CONFIG, lora=lora)
+    np.testing.assert_allclose(np.asarray(grpo.policy_logprobs(model, variables, rows, 1.0))[mask],
+                               rows["old_logprobs"][mask], atol=1e-4, rtol=0)
+    base_lp = np.asarray(grpo.policy_logprobs(model, {"params": params}, rows, 1.0))[mask]
+    assert np.max(np.abs(base_lp - rows["old_logprobs"][mask])) > 1e-3  # the adapters changed the policy
+    g = grpo.GRPOConfig("t", prompts_per_update=4, samples_per_prompt=2, max_new_tokens=12, kl_coef=0.1)
+    tx = optax.adam(1e-2)
+    step = grpo.make_grpo_step(model, tx, g, lora=True)
+    before = jax.device_get(adapters)  # the step donates its inputs
+    new, _, m = step(adapters, tx.init(adapters), rows, params)
+    assert float(m["ratio_mean"]) == pytest.approx(1.0, abs=1e-4) and float(m["kl"]) > 0
+    assert jax.tree.structure(new) == jax.tree.structure(before)
+    assert any(np.max(np.abs(np.asarray(a) - b)) > 0 for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(before)))

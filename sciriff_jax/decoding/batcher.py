@@ -97,14 +97,24 @@ def _ends_with_stop(out, i, stops):
     return hit
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampling", "logprobs"), donate_argnames=("pool",))
-def _prefill(params, pool, tokens, start, last, page_table, rng, *, config, sampling: Sampling, logprobs=False):
+def _model(config, params, lora):
+    """(module, variables): the Llama, or with a LoRA config (model/lora.py) the LoRA Llama over `params` =
+    {"params": base, "lora": adapters} (the adapters applied beside the base, never merged)."""
+    if lora is None:
+        return Llama(config), {"params": params}
+    return Llama(config, lora=lora), params
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling", "logprobs", "lora"), donate_argnames=("pool",))
+def _prefill(params, pool, tokens, start, last, page_table, rng, *, config, sampling: Sampling, logprobs=False,
+             lora=None):
     """Write a chunk of each row's prompt (at positions start + i) into its pages; return the pool and the token
     drawn from the logits at chunk index `last` (only the final chunk's is used), and with `logprobs` its
     log-probability (`token_logprobs`)."""
     positions = start[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-    logits, pool = Llama(config).apply({"params": params}, tokens, positions=positions, cache=pool,
-                                       cache_index=start, page_table=page_table, logits_index=last)
+    model, variables = _model(config, params, lora)
+    logits, pool = model.apply(variables, tokens, positions=positions, cache=pool,
+                               cache_index=start, page_table=page_table, logits_index=last)
     first = sample(logits[:, 0], rng, sampling)
     if logprobs:
         return pool, first, token_logprobs(logits[:, 0], first, sampling)
@@ -120,6 +130,7 @@ class DecodeProgram(NamedTuple):
     sampling: Sampling
     stops: tuple
     logprobs: bool = False
+    lora: object = None  # a LoRA config: params are {"params": base, "lora": adapters}
 
 
 @functools.partial(jax.jit, static_argnames=("program",), donate_argnames=("pool",))
@@ -131,8 +142,8 @@ def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, 
     tokens [B, steps] (-1 where a row did not run), steps taken, the rows after them, finished [B], real row-steps),
     and with `program.logprobs` also the new tokens' log-probabilities [B, steps] (`token_logprobs`).
     """
-    config, steps, sampling, stops, with_logprobs = program
-    model = Llama(config)
+    config, steps, sampling, stops, with_logprobs, lora = program
+    model, variables = _model(config, params, lora)
     max_new, live = rows.limit, rows.live
     t = tail.shape[1]
     out = jnp.concatenate([tail, jnp.full((tail.shape[0], steps), -1, jnp.int32)], axis=1)
@@ -145,7 +156,7 @@ def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, 
 
     def body(state):
         i, pool, out, tokens, length, generated, finished, real, rng, lps = state
-        logits, pool = model.apply({"params": params}, tokens[:, None], positions=length[:, None], cache=pool,
+        logits, pool = model.apply(variables, tokens[:, None], positions=length[:, None], cache=pool,
                                    cache_index=length, page_table=page_table)
         rng, sub = jax.random.split(rng)
         nxt = sample(logits[:, -1], sub, sampling)
@@ -202,6 +213,8 @@ class ContinuousBatcher:
         self.work = WorkCount()
         self.plan: kv_memory.PoolPlan | None = None
         self.logprobs: list[list[float]] | None = None  # the last run's, when it was asked for them
+        # A LoRA config (model/lora.py) when `params` are {"params": base, "lora": adapters}: set before `run`.
+        self.lora = None
 
     def _context(self):
         return self.sharding.context() if self.sharding is not None else contextlib.nullcontext()
@@ -305,10 +318,11 @@ class _RunState:
                 start[j], last[j], table[j] = r.prefilled, n - 1, self.table[r.slot]
             if self.lps is None:
                 self.pool, first = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(),
-                                            config=bt.config, sampling=bt.sampling)
+                                            config=bt.config, sampling=bt.sampling, lora=bt.lora)
             else:
                 self.pool, first, first_lp = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(),
-                                                      config=bt.config, sampling=bt.sampling, logprobs=True)
+                                                      config=bt.config, sampling=bt.sampling, logprobs=True,
+                                                      lora=bt.lora)
                 first_lp = np.asarray(first_lp)
             first = np.asarray(first)
             for j, (r, n) in enumerate(zip(pending, real)):
@@ -335,9 +349,10 @@ class _RunState:
         for r in active:
             prev = self.outputs[r.index][-t:] if t else []
             tail[r.slot, t - len(prev):] = prev
+        program = DecodeProgram(bt.config, bt.steps, bt.sampling, bt.stops, self.lps is not None, bt.lora)
         result = _decode(
             bt.params, self.pool, self.table, self.rows, tail, np.bool_(bool(sched.waiting)), np.int32(bt.eos_id),
-            self._split(), program=DecodeProgram(bt.config, bt.steps, bt.sampling, bt.stops, self.lps is not None))
+            self._split(), program=program)
         self.pool, out, steps, rows, finished, real = result[:6]
         out, finished = np.asarray(out), np.asarray(finished)
         lps = np.asarray(result[6]) if self.lps is not None else None

@@ -31,6 +31,7 @@ from sciriff_jax.eval.protocol import Protocol
 from sciriff_jax.eval.progress import format_duration
 from sciriff_jax.io import checkpoint, loader, paths
 from sciriff_jax.model.config import LlamaConfig
+from sciriff_jax.model import lora as lora_lib
 from sciriff_jax.model.llama import init_params
 from sciriff_jax.parallel import distributed
 from sciriff_jax.parallel.sharding import MeshConfig
@@ -79,21 +80,22 @@ class GRPOConfig:
 # ----------------------------------------------------------------------------- the objective
 
 
-def policy_logprobs(model, params, rows: dict, temperature: float):
-    """[rows, length] float32 log-probability of each target under the model at `temperature`, what the sampler
-    computed for the tokens it drew (`decoding.batcher.token_logprobs`: log_softmax(logits / T)), through the
-    chunked head of train/losses.py (never [rows, length, vocab] logits at once): logits / T = (hidden / T) @ head."""
-    hidden = model.apply({"params": params}, rows["inputs"], segment_ids=rows["segment_ids"],
-                         positions=rows["positions"], return_hidden=True)
+def policy_logprobs(model, variables: dict, rows: dict, temperature: float):
+    """[rows, length] float32 log-probability of each target under the model (`variables`: {"params": ...}, plus
+    "lora" adapters for a LoRA model) at `temperature`, what the sampler computed for the tokens it drew
+    (`decoding.batcher.token_logprobs`: log_softmax(logits / T)), through the chunked head of train/losses.py
+    (never [rows, length, vocab] logits at once): logits / T = (hidden / T) @ head."""
+    hidden = model.apply(variables, rows["inputs"], segment_ids=rows["segment_ids"], positions=rows["positions"],
+                         return_hidden=True)
     if temperature > 0 and temperature != 1.0:
         hidden = hidden / jnp.asarray(temperature, hidden.dtype)
-    return losses.token_logprobs(hidden, losses.output_head(params, model.config), rows["targets"])
+    return losses.token_logprobs(hidden, losses.output_head(variables["params"], model.config), rows["targets"])
 
 
-def grpo_loss(params, rows: dict, ref_logprobs, *, model, grpo: GRPOConfig):
+def grpo_loss(variables: dict, rows: dict, ref_logprobs, *, model, grpo: GRPOConfig):
     """(sum over answer tokens of weight * (clipped PG + kl_coef * k3 KL), token sums of kl / clipped / entropy
     estimate / ratio for the metrics). `ref_logprobs`: the reference's, or None without a KL term."""
-    lp = policy_logprobs(model, params, rows, grpo.temperature)
+    lp = policy_logprobs(model, variables, rows, grpo.temperature)
     mask, adv = rows["mask"], rows["advantages"]
     ratio = jnp.exp(lp - rows["old_logprobs"])
     high = grpo.clip_eps if grpo.clip_eps_high is None else grpo.clip_eps_high
@@ -112,16 +114,21 @@ def grpo_loss(params, rows: dict, ref_logprobs, *, model, grpo: GRPOConfig):
 
 
 def make_grpo_step(model, tx: optax.GradientTransformation, grpo: GRPOConfig, *, microbatches: int = 1,
-                   sharding=None):
-    """Jitted `step(params, opt_state, rows, ref_params) -> (params, opt_state, metrics)`; `ref_params` None: no KL.
-    Microbatches accumulate the weighted token sums, which are already normalised over the whole update."""
-    def ref_lps(ref_params, rows):
-        if ref_params is None:
-            return None
-        return jax.lax.stop_gradient(policy_logprobs(model, ref_params, rows, grpo.temperature))
+                   sharding=None, lora: bool = False):
+    """Jitted `step(trainable, opt_state, rows, frozen) -> (trainable, opt_state, metrics)`.
 
-    def loss_fn(params, rows, ref_params):
-        return grpo_loss(params, rows, ref_lps(ref_params, rows), model=model, grpo=grpo)
+    Full-parameter: `trainable` are the params, `frozen` the KL reference's (None: no KL term). LoRA (`lora`, `model`
+    a LoRA Llama): `trainable` are the adapters, `frozen` the base, and the reference is the base without adapters
+    (the same arrays: no second copy). Microbatches accumulate the weighted token sums, which are already
+    normalised over the whole update."""
+    def ref_lps(frozen, rows):
+        if frozen is None or not grpo.kl_coef:
+            return None
+        return jax.lax.stop_gradient(policy_logprobs(model, {"params": frozen}, rows, grpo.temperature))
+
+    def loss_fn(trainable, rows, frozen):
+        variables = lora_lib.with_adapters(frozen, trainable) if lora else {"params": trainable}
+        return grpo_loss(variables, rows, ref_lps(frozen, rows), model=model, grpo=grpo)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -152,7 +159,7 @@ def make_grpo_step(model, tx: optax.GradientTransformation, grpo: GRPOConfig, *,
 
     kwargs = {}
     if sharding is not None:
-        ref = sharding.params if grpo.kl_coef > 0 else None  # without a KL term the reference argument is None
+        ref = sharding.base if lora else (sharding.params if grpo.kl_coef > 0 else None)  # None: no KL, no argument
         kwargs = dict(in_shardings=(sharding.params, sharding.opt_state, sharding.batch, ref),
                       out_shardings=(sharding.params, sharding.opt_state, None))
     return jax.jit(step, donate_argnums=(0, 1), **kwargs)
@@ -232,8 +239,8 @@ def _grpo(grpo_config, train, model, optimizer, mesh, operative_config, lock) ->
     judge = judge_lib.judge_from_env()
     stream = rollout.PromptStream(load_prompts(data.mixture_or_task_name, grpo_config, chat_format, config, judge),
                                   train.seed)
-    run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train.train_steps * grpo_config.inner_steps,
-                            microbatches=train.microbatches)
+    run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, microbatches=train.microbatches,
+                            train_steps=train.train_steps * grpo_config.inner_steps)
     _check_rows(grpo_config, train, run_setup)
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
                                         config=config, async_save=train.async_checkpoints,
@@ -307,7 +314,8 @@ def rollout_update(run: _Run, params, opt_state, step: int):
     train_s = time.time() - started
     real = float(np.sum(np.asarray(jax.device_get(rows["segment_ids"])))) * g.inner_steps
     metrics = {**rollout.reward_metrics(samples, prompts), "loss": m["loss"], "grad_norm": m["grad_norm"],
-               "kl": m["kl"], "clip_fraction": m["clip_fraction"], "entropy": m["entropy"], **first,
+               "kl": m["kl"] if run.ref_params is not None else None,  # no reference without a KL term
+               "clip_fraction": m["clip_fraction"], "entropy": m["entropy"], **first,
                "rollout_tokens_per_s": samples.tokens / max(samples.seconds, 1e-9),
                "train_tokens_per_s": real / max(train_s, 1e-9), "rollout_s": samples.seconds, "train_s": train_s,
                "zero_advantage_groups": float(np.mean(np.all(adv.reshape(-1, g.samples_per_prompt) == 0, axis=1))),
@@ -368,8 +376,9 @@ class GRPOLogger(run_log.RunLogger):
         pct = int(100.0 * step / max(self.total_steps, 1) // 5)
         if self.is_writer:
             m = metrics
+            kl = "-" if m.get("kl") is None else f"{m['kl']:.4f}"  # no reference without a KL term
             print(f"[{'#' * pct}{'.' * (20 - pct)}] step {step}/{self.total_steps} reward {m['reward_mean']:.4f} "
-                  f"(std {m['reward_std']:.3f}, parse {m['parse_rate']:.2f}) kl {m['kl']:.4f} clip "
+                  f"(std {m['reward_std']:.3f}, parse {m['parse_rate']:.2f}) kl {kl} clip "
                   f"{m['clip_fraction']:.3f} len {m['response_length_mean']:.0f} rollout "
                   f"{m['rollout_tokens_per_s']:,.0f} tok/s {m['rollout_s']:.1f}s train {m['train_tokens_per_s']:,.0f} "
                   f"tok/s {m['train_s']:.1f}s eta {eta}", flush=True)

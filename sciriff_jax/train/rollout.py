@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -59,6 +60,14 @@ class PromptStream:
         pass
 
 
+class LoraPolicy(NamedTuple):
+    """A LoRA policy for the sampler: {"params": base, "lora": adapters} and its model/lora.py LoraConfig (the
+    adapters applied beside the frozen base, never merged into a copy)."""
+
+    variables: dict
+    lora: object
+
+
 @dataclasses.dataclass
 class Samples:
     """One update's rollouts: per answer its prompt index, response tokens (EOS included when drawn), their
@@ -78,12 +87,14 @@ class Samples:
 
 def sample_answers(config, params, prompts: list[Prompt], group: int, *, sampling: Sampling, max_new_tokens: int,
                    chat_format, rng, slots: int = 32, sharding=None):
-    """`group` answers per prompt from the policy `params` (the training arrays themselves); returns Samples
-    without rewards. The answers of prompt p are rows p*group .. p*group+group-1."""
+    """`group` answers per prompt from the policy `params` (the training arrays themselves, or a LoraPolicy);
+    returns Samples without rewards. The answers of prompt p are rows p*group .. p*group+group-1."""
     start = time.time()
     rows = [list(p.tokens) for p in prompts for _ in range(group)]
-    batcher = ContinuousBatcher(config, params, eos_id=chat_format.eos_id, slots=slots, sampling=sampling,
-                                sharding=sharding, log=None)
+    lora = params.lora if isinstance(params, LoraPolicy) else None
+    batcher = ContinuousBatcher(config, params.variables if lora is not None else params, eos_id=chat_format.eos_id,
+                                slots=slots, sampling=sampling, sharding=sharding, log=None)
+    batcher.lora = lora
     tokens = batcher.run(rows, [max_new_tokens] * len(rows), rng=rng, logprobs=True)
     responses = [t + [chat_format.eos_id] if len(lp) == len(t) + 1 else list(t)
                  for t, lp in zip(tokens, batcher.logprobs)]
