@@ -15,8 +15,9 @@ venv's transformers, so the directory is a 4.x one. The release folder is ../sha
 release's task files: dataset_path/dataset_kwargs point at it), sciriff-jax through SCIRIFF_JAX_DATA_DIR.
 lm-eval runs its HF backend (the release ran vLLM; both: no BOS, left truncation to max_length - max_gen_toks,
 greedy, stop at the few-shot delimiter and EOS), batch size 1, on CPU. The result goes to
-benchmarks/results/lmeval_parity_<name>.json: per task, instances, prompts equal, predictions equal, and the first
-differences.
+benchmarks/results/lmeval_parity_<name>.json: per task, instances, prompts equal (as text and as the token ids each
+side feeds its model), predictions equal, predictions equal when transformers is fed sciriff-jax's own prompt ids
+(the model side alone), and the first differences.
 """
 from __future__ import annotations
 
@@ -165,6 +166,7 @@ def run_sciriff(args, model: pathlib.Path, work: pathlib.Path) -> dict:
 
 
 CUTS: dict = {}  # per task: sciriff-jax's summary.json "prompts" (budget, prompts cut)
+SAME: dict = {}  # per task: transformers' answers to sciriff-jax's prompt ids
 
 
 OUR_PROMPTS = """
@@ -194,6 +196,35 @@ def our_prompts(model, task: str, limit: int, env: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# transformers' greedy decoding fed sciriff-jax's own prompt ids (the model side alone, tokenization set aside),
+# cut as lm-eval cuts an answer: at the stop strings, then EOS's text.
+SAME_IDS = """
+import json, sys, torch, transformers
+model_dir, max_new, stops = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+tok = transformers.AutoTokenizer.from_pretrained(model_dir, use_fast=True)
+model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+out = {}
+for key, ids in json.load(sys.stdin).items():
+    gen = model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id
+                         if tok.pad_token_id is not None else tok.eos_token_id)
+    text = tok.decode(gen[0, len(ids):], skip_special_tokens=True)
+    for stop in stops + [tok.decode(tok.eos_token_id, skip_special_tokens=False)]:
+        text = text.split(stop)[0]
+    out[key] = text
+print(json.dumps(out))
+"""
+
+
+def same_ids_predictions(args, model, task: str, ours: dict) -> dict:
+    """{_instance_id: transformers' answer to sciriff-jax's prompt ids (the last `budget`)}."""
+    budget = CUTS.get(task, {}).get("budget") or 0
+    stops = ["\n\n\n"] if task == "evidence_inference" else ["\n\n--------------------\n\n"]
+    done = subprocess.run([args.lmeval_python, "-c", SAME_IDS, str(model), str(args.max_new_tokens), json.dumps(stops)],
+                          input=json.dumps({i: r[1][-budget:] for i, r in ours.items()}), capture_output=True,
+                          text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def their_tokens(args, model, texts: dict) -> dict:
     """{_instance_id: token ids} of lm-eval's contexts as its HF backend tokenizes them."""
     done = subprocess.run([args.lmeval_python, "-c", THEIR_TOKENS, str(model)], input=json.dumps(texts),
@@ -212,6 +243,7 @@ def compare(theirs: dict, ours: dict, tokens: dict) -> dict:
         same_prompt = [i for i in ids if rows[i][0] == ours[task][i][0]]
         same_tokens = [i for i in ids if (ours[task][i][1] or [])[-budget:] == tokens[task].get(i, [])[-budget:]]
         same_pred = [i for i in ids if rows[i][1] == ours[task][i][2]]
+        same_model = [i for i in ids if SAME[task].get(i) == ours[task][i][2]]
         diffs = [{"_instance_id": i, "lm_eval": rows[i][1][:300], "sciriff_jax": ours[task][i][2][:300],
                   "prompt_tokens_equal": i in same_tokens} for i in ids if i not in same_pred][:3]
         cuts = CUTS.get(task, {})
@@ -220,6 +252,7 @@ def compare(theirs: dict, ours: dict, tokens: dict) -> dict:
                         "prompts_cut": sum(t.get("n_cut", 0) for t in cuts.get("tasks", {}).values()),
                         "only_sciriff_jax": len(ours.get(task, {})) - len(ids), "prompts_equal": len(same_prompt),
                         "prompt_tokens_equal": len(same_tokens),
+                        "predictions_equal_fed_the_same_ids": len(same_model),
                         "predictions_equal": len(same_pred), "first_differences": diffs}
     return report
 
@@ -252,6 +285,7 @@ def main(argv=None) -> int:
                               "print(*(v(p) for p in ('lm_eval', 'transformers', 'torch')))"],
                              capture_output=True, text=True).stdout
     tokens = {task: their_tokens(args, model, {i: r[0] for i, r in rows.items()}) for task, rows in theirs.items()}
+    SAME.update({task: same_ids_predictions(args, model, task, ours[task]) for task in args.tasks})
     result = {"benchmark": "lmeval_parity", "model": name, "tasks": compare(theirs, ours, tokens), "limit": args.limit,
               "max_new_tokens": args.max_new_tokens, "lm_eval_backend": "hf, float32, batch 1, cpu",
               "sciriff_jax": "eval, protocol release, template tulu, float32",
@@ -262,7 +296,8 @@ def main(argv=None) -> int:
     for task, r in result["tasks"].items():
         print(f"{task}: {r['predictions_equal']}/{r['instances']} predictions equal, "
               f"{r['prompts_equal']}/{r['instances']} prompts equal as text, "
-              f"{r['prompt_tokens_equal']}/{r['instances']} as tokens")
+              f"{r['prompt_tokens_equal']}/{r['instances']} as tokens; fed sciriff-jax's ids, transformers "
+              f"answers {r['predictions_equal_fed_the_same_ids']}/{r['instances']} as sciriff-jax does")
     print(f"[parity] wrote {out}")
     return 0
 
