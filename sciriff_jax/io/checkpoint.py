@@ -253,13 +253,14 @@ class TrainCheckpointer:
     """
 
     def __init__(self, model_dir, *, period: int, keep: int | None = 3, config=None, async_save: bool = True,
-                 before_save=None, log=None):
+                 before_save=None, log=None, record: dict | None = None):
         self.model_dir = paths.resolve(model_dir)
         self.directory = self.model_dir / CHECKPOINTS_SUBDIR
         self.period = int(period) if period else 0
         self.config = _config_to_dict(config)
         self._model = config if isinstance(config, LlamaConfig) else None  # what a resume is checked against
         self.before_save = before_save
+        self.record = record  # a LoRA run's: its config and the base it belongs to (io/lora_files.py), item `lora`
         self.log = log or (lambda message: print(f"[sciriff-jax] {message}", flush=True))
         _quiet_orbax_save_errors()
         self.manager = ocp.CheckpointManager(
@@ -321,6 +322,7 @@ class TrainCheckpointer:
                     opt_state=ocp.args.StandardSave(opt_state),
                     train_state=ocp.args.JsonSave(dict(train_state, step=int(step))),
                     config=ocp.args.JsonSave(self.config),
+                    **({"lora": ocp.args.JsonSave(self.record)} if self.record is not None else {}),
                 ),
                 force=True,
             )

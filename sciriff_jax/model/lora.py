@@ -53,7 +53,8 @@ class LoraConfig:
     """Which linear maps get adapters and how (gin: LORA_RANK, LORA_ALPHA, LORA_DROPOUT, LORA_TARGETS,
     LORA_QUANTIZE); `quantize` holds the frozen base in int8 / int4 (QLoRA, with qwix)."""
 
-    rank: int = dataclasses.field(default=16, metadata={"min": 1})
+    # None: no adapters (finetune trains every parameter); the one switch of runs/finetune.gin (LORA_RANK).
+    rank: int | None = dataclasses.field(default=16, metadata={"min": 1})
     alpha: float = dataclasses.field(default=32.0, metadata={"min": 0, "above": True})
     dropout: float = dataclasses.field(default=0.0, metadata={"min": 0, "below": 1.0})
     targets: tuple = dataclasses.field(default=TARGETS, metadata={"check": _targets_problem})
@@ -65,7 +66,7 @@ class LoraConfig:
         problem = _targets_problem(self.targets)
         if problem:
             raise ValueError(f"LoraConfig.targets={list(self.targets)}: must be {problem} (LORA_TARGETS).")
-        if self.rank < 1:
+        if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
             raise ValueError(f"LoraConfig.rank={self.rank} must be >= 1 (LORA_RANK).")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"LoraConfig.dropout={self.dropout} must be in [0, 1) (LORA_DROPOUT).")

@@ -155,6 +155,7 @@ class Sharding:
     params: Any                 # pytree of NamedSharding matching the model's params (LoRA: the adapters)
     opt_state: Any = None       # pytree of NamedSharding matching the optimizer state (`with_optimizer`)
     base: Any = None            # LoRA (`for_lora`): the frozen base's shardings; `params` are then the adapters'
+    base_plain: Any = None      # LoRA: the base's shardings before quantization (QLoRA), as `create` made them
 
     @classmethod
     def create(cls, config, mesh_config: MeshConfig = MeshConfig(), devices=None) -> "Sharding":
@@ -168,7 +169,7 @@ class Sharding:
         adapter split as its kernel's axes, the rank axis replicated) and `base` the frozen base's."""
         axes = lora_lib.adapter_axes(logical_axes(config), lora)
         adapters = nn.logical_to_mesh_sharding(axes, self.mesh, self.rules)
-        return dataclasses.replace(self, params=adapters, opt_state=None, base=self.params)
+        return dataclasses.replace(self, params=adapters, opt_state=None, base=self.params, base_plain=self.params)
 
     def quantized(self, abstract_base) -> Any:
         """Shardings for a QLoRA base (`abstract_base`: its eval_shape, qwix QArrays for the kernels): a kernel's
@@ -179,7 +180,7 @@ class Sharding:
             spec = tuple(sharding.spec) + (None,) * (leaf.qvalue.ndim - len(sharding.spec))
             scale_spec = P(*(a if n == full else None for a, n, full in zip(spec, leaf.scale.shape, leaf.qvalue.shape)))
             return jax.tree.unflatten(jax.tree.structure(leaf), [sharding, NamedSharding(self.mesh, scale_spec)])
-        base = self.base if self.base is not None else self.params
+        base = self.base_plain if self.base_plain is not None else self.params
         return jax.tree.map(place, base, abstract_base, is_leaf=lambda x: isinstance(x, NamedSharding))
 
     @property

@@ -19,7 +19,9 @@ from sciriff_jax.model.config import RUNTIME, LlamaConfig, resolve_dtype
 from sciriff_jax.model.llama import init_params
 from sciriff_jax.parallel import distributed
 from sciriff_jax.parallel.sharding import MeshConfig
-from sciriff_jax.train import loop, run_log, setup
+from sciriff_jax.io import lora_files
+from sciriff_jax.model.lora import LoraConfig
+from sciriff_jax.train import lora_train, loop, run_log, setup
 from sciriff_jax.train.preemption import PreemptionGuard
 from sciriff_jax.train.losses import LOSS_NORMALIZATIONS
 from sciriff_jax.train.optim import OptimizerConfig
@@ -135,13 +137,16 @@ def _log(message: str) -> None:
 
 def finetune(train: TrainConfig, data: DataConfig, model: LlamaConfig | None = None,
              optimizer: OptimizerConfig = OptimizerConfig(), mesh: MeshConfig = MeshConfig(),
-             evals: TrainEvalConfig = TrainEvalConfig(), *, operative_config: str | None = None,
-             eval_fn: Callable | None = None) -> dict:
-    """Finetune a Llama on a SeqIO mixture; resumes from MODEL_DIR's latest checkpoint. Returns a summary dict."""
+             evals: TrainEvalConfig = TrainEvalConfig(), lora: LoraConfig | None = None, *,
+             operative_config: str | None = None, eval_fn: Callable | None = None) -> dict:
+    """Finetune a Llama on a SeqIO mixture; resumes from MODEL_DIR's latest checkpoint. Returns a summary dict.
+
+    With `lora` (its rank set: LORA_RANK), the base is frozen and LoRA adapters are trained (train/lora_train.py)."""
     distributed.maybe_initialize()
     lock = _lock_model_dir(train)
+    lora = lora if lora is not None and lora.rank else None  # LORA_RANK=None: every parameter is trained
     try:
-        return _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval_fn, lock)
+        return _finetune(train, data, model, optimizer, mesh, evals, (operative_config, lora), eval_fn, lock)
     finally:
         if lock is not None:
             lock.release()
@@ -164,24 +169,36 @@ def _lock_model_dir(train: TrainConfig) -> run_lock.RunLock | None:
     return lock
 
 
-def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval_fn, lock) -> dict:
+def _finetune(train, data, model, optimizer, mesh, evals, settings, eval_fn, lock) -> dict:
     """The run, in the order it happens: model and tokens, the update plan, the setup, the start (resumed or
-    fresh), the evaluations, the loop, the summary."""
+    fresh), the evaluations, the loop, the summary. `settings`: (operative gin config, LoraConfig or None)."""
+    operative_config, lora = settings
     t_start = time.time()
     model_dir = str(paths.resolve(train.model_dir))  # a local directory or a URL such as gs://bucket/run
     config = resolve_model_config(model, train)
     chat_format, data = _chat_format(train, data, config, model_dir)  # before anything reads the mixture
     train_steps, epochs = _plan_updates(train, data)
-    run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
-                            microbatches=train.microbatches,
-                            loss=(train.loss_normalization, train.loss_microbatch_rows))
+    loss = (train.loss_normalization, train.loss_microbatch_rows)
+    if lora is None:
+        run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
+                                microbatches=train.microbatches, loss=loss)
+    else:
+        run_setup = lora_train.build(config, lora, mesh=mesh, optimizer=optimizer, train_steps=train_steps,
+                                     microbatches=train.microbatches, loss=loss, seed=train.seed)
     run_setup.check_batch(train.batch_size)  # before any batch is built
     run_setup = _compile_checked(run_setup, train, data.length)  # before any batch or weight is read
     batches = data.batches(sharding=run_setup.sharding.batch, global_batch_size=train.batch_size, seed=train.seed,
                            vocab_size=config.vocab_size, epochs=epochs)
+    record = None
+    if lora is not None:  # the frozen base, loaded once (and its fingerprint, which the checkpoints record)
+        record = run_setup.load_base(train.initial_checkpoint_path, train.seed)
+        _log(f"LoRA rank {lora.rank} alpha {lora.alpha} on {list(lora.targets)}; frozen base in "
+             f"{lora.quantize or config.dtype} ({lora_train.base_bytes(run_setup) / 1e9:.2f} GB): "
+             f"{record['base']}")
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
                                         config=config, async_save=train.async_checkpoints,
-                                        before_save=lock.check if lock is not None else None, log=_log)
+                                        before_save=lock.check if lock is not None else None, log=_log,
+                                        record=record)
     start_step, params, opt_state = _start(train, run_setup, ckpt, batches, model_dir)
     sharding, length = run_setup.sharding, data.length
     _log(f"{run_setup.num_params / 1e6:.2f}M params ({config.param_dtype}; compute in {config.dtype}), mesh {dict(sharding.mesh.shape)} ({sharding.layout}), global "
@@ -192,6 +209,8 @@ def _finetune(train, data, model, optimizer, mesh, evals, operative_config, eval
         model_dir, total_steps=train_steps, start_step=start_step, tokens_per_step=train.batch_size * length,
         flops_per_token=config.flops_per_token(length), log_every=train.log_every, tensorboard=train.tensorboard)
     hooks = _eval_hooks(evals, run_setup, train, model_dir, chat_format) + ([eval_fn] if eval_fn is not None else [])
+    if lora is not None:  # evaluations see the merged model (a copy of the weights while they run)
+        hooks = [_on_merged(hook, run_setup) for hook in hooks]
     try:
         with PreemptionGuard() as guard:
             result = loop.train_loop(
@@ -249,6 +268,9 @@ def _start(train: TrainConfig, run_setup: setup.TrainSetup, ckpt, batches, model
     """(start step, params, optimizer state): MODEL_DIR's latest verified checkpoint (the input position
     restored into `batches`), else INITIAL_CHECKPOINT_PATH or a random init with a fresh optimizer."""
     sharding = run_setup.sharding
+    if ckpt.latest_step() is not None:
+        _check_lora_resume(ckpt.directory / str(ckpt.latest_step()), run_setup.holder.get("record")
+                           if isinstance(run_setup, lora_train.LoraSetup) else None)
     try:
         restored = ckpt.restore_latest(run_setup.param_shapes, run_setup.opt_state_shapes(), sharding.params,
                                        sharding.opt_state)
@@ -267,7 +289,10 @@ def _start(train: TrainConfig, run_setup: setup.TrainSetup, ckpt, batches, model
         _log(f"resumed from {ckpt.directory}/{start_step} (input position {train_state.get('batches_consumed')} "
              "batches)")
         return start_step, params, opt_state
-    if train.initial_checkpoint_path:
+    if isinstance(run_setup, lora_train.LoraSetup):
+        params = run_setup.init_adapters(train.seed)
+        source = f"fresh LoRA adapters (seed {train.seed}) over the frozen base"
+    elif train.initial_checkpoint_path:
         params = loader.load(train.initial_checkpoint_path, dtype=run_setup.config.param_dtype,
                              shardings=sharding.params, with_tokenizer=False).params
         source = f"INITIAL_CHECKPOINT_PATH={train.initial_checkpoint_path}"
@@ -278,6 +303,31 @@ def _start(train: TrainConfig, run_setup: setup.TrainSetup, ckpt, batches, model
     opt_state = jax.jit(run_setup.tx.init, out_shardings=sharding.opt_state)(params)
     _log(f"starting from {source}")
     return 0, params, opt_state
+
+
+def _check_lora_resume(step_dir, record: dict | None) -> None:
+    """A LoRA resume (`record`: this run's) continues adapters of this base and LoRA config only; a full one, no
+    adapters."""
+    recorded = lora_files.read_record(step_dir)
+    if record is None:
+        if recorded is not None:
+            raise RunConfigError(f"{step_dir} holds LoRA adapters ({recorded['lora']}), but this run trains every "
+                                 "parameter: use a new MODEL_DIR, or the LORA_* settings that trained them.")
+        return
+    if recorded is None:
+        raise RunConfigError(f"{step_dir} is a full-parameter checkpoint, but this run trains LoRA adapters "
+                             "(LORA_RANK): use a new MODEL_DIR, or LORA_RANK=None to resume it.")
+    try:
+        lora_files.check_same_base(recorded, record, str(step_dir))
+    except ValueError as err:
+        raise RunConfigError(str(err)) from None
+
+
+def _on_merged(hook: Callable, run_setup) -> Callable:
+    """An evaluation hook of a LoRA run: called with the base + adapters merged."""
+    def run(adapters, step):
+        return hook(run_setup.merged(adapters), step)
+    return run
 
 
 def _run_all(hooks: list) -> Callable:
@@ -302,6 +352,8 @@ def _summarize(result: dict, model_dir: str, train_steps: int, start_step: int, 
         c = run_setup.config
         summary.update(compute_dtype=c.dtype, param_dtype=c.param_dtype, max_position=c.max_position,
                        loss_normalization=run_setup.loss[0], loss_microbatch_rows=run_setup.loss[1])
+        if isinstance(run_setup, lora_train.LoraSetup):  # trainable = the adapters; the base they belong to
+            summary["lora"] = run_setup.holder["record"]
     if "first_loss" in summary:
         _log(f"done: steps {start_step}->{result['final_step']} in {result['seconds']:.1f}s, loss "
              f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f}; checkpoint {summary['checkpoint']}")
