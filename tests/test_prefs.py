@@ -64,3 +64,24 @@ def test_a_json_task_whose_samples_never_parse_makes_no_pairs_and_says_so(sample
     summary = json.loads((tmp_path / "prefs" / "prefs_summary.json").read_text())
     assert summary["tasks"]["sciriff_sample_ner"]["unparseable"] == 3
     assert summary["tasks"]["sciriff_sample_ner"]["unparseable_samples"] == 6
+
+
+def test_dpo_trains_from_a_finetune_runs_model_dir_on_pairs_built_from_its_samples(sample_run, tmp_path):
+    import math
+
+    from sciriff_jax.data.preferences import PreferenceDataConfig
+    from sciriff_jax.parallel.sharding import MeshConfig
+    from sciriff_jax.train.dpo import dpo
+    from sciriff_jax.train.finetune import TrainConfig
+    from sciriff_jax.train.optim import OptimizerConfig
+
+    settings = PrefsConfig(samples=4, max_new_tokens=48, max_examples=8, split="train", batch_size=32)
+    build(str(sample_run), "sciriff_sample_summarization", str(tmp_path / "prefs"), settings)
+    summary = dpo(TrainConfig(model_dir=str(tmp_path / "dpo"), train_steps=2, batch_size=4,
+                              initial_checkpoint_path=str(sample_run), log_every=1, tensorboard=False,
+                              async_checkpoints=False),
+                  PreferenceDataConfig(path=str(tmp_path / "prefs"), length=384),
+                  optimizer=OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.0, schedule="constant"),
+                  mesh=MeshConfig(layout="fsdp"))
+    assert abs(summary["first_loss"] - math.log(2)) < 1e-5 and summary["steps"] == 2
+    assert summary["preference"]["pairs"] > 0
