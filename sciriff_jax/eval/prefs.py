@@ -24,6 +24,11 @@ from sciriff_jax.scoring import judge as judge_lib
 from sciriff_jax.scoring import rewards
 
 SUMMARY = "prefs_summary.json"
+HELP = {"samples": "answers sampled per instance (at least 2)", "temperature": "sampling temperature",
+        "top_p": "nucleus sampling", "max_new_tokens": "tokens per answer at most",
+        "max_examples": "instances per task (default: all of the split)", "split": "the tasks' split to sample",
+        "protocol": "eval prompts: train (as the model was trained) or release (the paper's)",
+        "batch_size": "rows decoding at once", "seed": "the sampling seed"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +166,8 @@ def main(argv: list[str]) -> int:
     for field in dataclasses.fields(PrefsConfig):
         kind = int if field.name in ("samples", "max_new_tokens", "batch_size", "seed", "max_examples") else (
             float if field.name in ("temperature", "top_p") else str)
-        parser.add_argument(f"--{field.name}", type=kind, default=getattr(defaults, field.name))
+        parser.add_argument(f"--{field.name}", type=kind, default=getattr(defaults, field.name),
+                            help=f"{HELP[field.name]} (default: {getattr(defaults, field.name)})")
     args = parser.parse_args(argv)
     settings = PrefsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PrefsConfig)})
     if settings.samples < 2:
