@@ -78,3 +78,24 @@ def test_peft_made_adapter_imports_with_peft_logits(tmp_path):
     assert_close_to_scale(our_logits(base, adapters, config, lora), want)
     merged = Llama(config).apply({"params": lora_lib.merge(base, adapters, lora)}, TOKENS)
     assert_close_to_scale(np.asarray(merged), want)
+
+
+def test_lora_run_exports_a_peft_adapter_that_peft_loads_with_the_runs_logits(tmp_path):
+    from sciriff_jax.data.batches import DataConfig
+    from sciriff_jax.io import loader
+    from sciriff_jax.run import cli
+    from sciriff_jax.train import finetune as ft
+    from sciriff_jax.train.optim import OptimizerConfig
+
+    model = hf_model()
+    model.save_pretrained(tmp_path / "hf")
+    run_dir = tmp_path / "run"
+    train = ft.TrainConfig(model_dir=str(run_dir), train_steps=2, batch_size=8, checkpoint_period=2, log_every=1,
+                           tensorboard=False, async_checkpoints=False, initial_checkpoint_path=str(tmp_path / "hf"))
+    ft.finetune(train, DataConfig("sciriff_sample", {"targets": 16}, source="synthetic"), None,
+                OptimizerConfig(learning_rate=3e-2, warmup_ratio=0.0), lora=lora_lib.LoraConfig(rank=4, alpha=8.0))
+    assert cli.main(["export", "--peft", str(run_dir), str(tmp_path / "adapter")]) == 0
+    want = torch_logits(peft.PeftModel.from_pretrained(model, tmp_path / "adapter").eval())
+    assert np.abs(want - torch_logits(hf_model())).max() > 1e-3  # two steps moved the adapters
+    merged = loader.load(run_dir, dtype="float32", with_tokenizer=False)  # eval's view of a LoRA MODEL_DIR
+    assert_close_to_scale(np.asarray(merged.logits(TOKENS)), want)

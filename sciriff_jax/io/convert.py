@@ -19,7 +19,8 @@ import uuid
 from etils import epath
 
 from sciriff_jax.chat.jinja import read_template
-from sciriff_jax.io import checkpoint, checksums, hf, loader, paths, tokenizer_files
+from sciriff_jax.io import checkpoint, checksums, hf, loader, lora_files, paths, tokenizer_files
+from sciriff_jax.model import lora as lora_lib
 from sciriff_jax.model.config import LlamaConfig
 
 MARKER = "sciriff_output.json"  # {"command": "convert" | "export", "source": ..., "files": [top-level names]}
@@ -167,6 +168,26 @@ def import_hf(hf_dir, out_dir, dtype: str = "float32", progress: bool = True, ov
         print(f"hf import: wrote {config.num_params() / 1e6:.1f}M parameters to {out_dir} (its own tokenizer "
               f"({src}); template {fmt.template!r})", flush=True)
     return config
+
+
+def export_peft(ckpt_dir, out_dir, overwrite: bool = False) -> None:
+    """Write a LoRA run's adapters (step dir or MODEL_DIR) as a PEFT adapter directory (adapter_config.json +
+    adapter_model.safetensors) for the base its checkpoint names; out_dir as for export_hf."""
+    out_dir = hf.local_hf_dir(out_dir)
+    replace = check_output(out_dir, command="export", source=ckpt_dir, overwrite=overwrite)
+    step = checkpoint.resolve_checkpoint_dir(ckpt_dir)
+    record = lora_files.read_record(step)
+    if record is None:
+        raise ValueError(f"{step} is a full-parameter checkpoint: --peft exports a LoRA run's adapters (LORA_RANK); "
+                         "export it without --peft.")
+    adapters, config = checkpoint.load_params(step)  # verified first
+
+    def build(out):
+        lora_files.write_peft(adapters, config, lora_lib.LoraConfig.from_dict(record["lora"]), out,
+                              base_name=record["base"]["path"])
+        _mark(out, "export", ckpt_dir)
+
+    _write_into_place(epath.Path(out_dir), build, replace)
 
 
 def export_hf(ckpt_dir, hf_dir, dtype: str | None = None, max_shard_bytes: int = 5 * 2 ** 30,

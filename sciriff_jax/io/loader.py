@@ -23,9 +23,10 @@ import numpy as np
 
 from sciriff_jax.chat.format import AUTO, ChatFormat, resolve_template
 from sciriff_jax.decoding.generate import GenerationConfig, Sampling, generate
-from sciriff_jax.io import checkpoint, hf, paths, tokenizer_files
+from sciriff_jax.io import checkpoint, hf, lora_files, paths, tokenizer_files
 from sciriff_jax.model.config import LlamaConfig, compute_dtype_for, resolve_dtype
-from sciriff_jax.model.llama import Llama
+from sciriff_jax.model import lora as lora_lib
+from sciriff_jax.model.llama import Llama, init_params
 
 
 def is_hf_dir(path) -> bool:
@@ -176,12 +177,30 @@ def load(path, *, dtype: str | None = None, vocabulary_path=None, template: str 
         params, config = hf.load_hf_params(p, dtype=dtype or "float32")
         params = jax.device_put(params, shardings) if shardings is not None else jax.tree.map(jnp.asarray, params)
     else:
-        params, config = checkpoint.load_params(p, shardings=shardings)  # verifies first: a corrupt file is named
+        record = lora_files.read_record(checkpoint.resolve_checkpoint_dir(p))
+        if record is None:
+            params, config = checkpoint.load_params(p, shardings=shardings)  # verifies first: a corrupt file is named
+        else:  # a LoRA run's adapters: merged into the base they name
+            params, config = _merged_lora(p, record, shardings)
         params, config = _cast(params, config, dtype)
     loaded = Loaded(config, params, str(p), kind, vocabulary_path, template)
     if with_tokenizer:  # checked against the model's embedding rows now, not at the first prompt
         loaded.chat_format = (fmt or resolve_chat_format(p, vocabulary_path, template)).check_fits(config.vocab_size, p)
     return loaded
+
+
+def _merged_lora(path, record: dict, shardings):
+    """(the base named by a LoRA checkpoint's record with its adapters merged in, the run's LlamaConfig)."""
+    adapters, config = checkpoint.load_params(path)
+    lora_files.check_base(record, path)
+    base_path = record["base"]["path"]
+    if base_path:
+        base = load(base_path, dtype=config.param_dtype, with_tokenizer=False).params
+    else:  # a random base, as the run drew it from its seed
+        base = init_params(config, jax.random.PRNGKey(record["base"]["random_init_seed"]))
+    lora = lora_lib.LoraConfig.from_dict(record["lora"])
+    merged = jax.jit(lambda b, a: lora_lib.merge(b, a, lora, jnp.dtype(config.param_dtype)))(base, adapters)
+    return (jax.device_put(merged, shardings) if shardings is not None else merged), config
 
 
 def load_model(path, dtype: str = "float32") -> Loaded:

@@ -19,7 +19,7 @@ from etils import epath
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from sciriff_jax.io import checkpoint, checksums, hf, loader, paths, writes
+from sciriff_jax.io import checkpoint, checksums, hf, paths, writes
 from sciriff_jax.model import lora as lora_lib
 from sciriff_jax.model.config import LlamaConfig
 from sciriff_jax.model.llama import param_shapes
@@ -36,7 +36,7 @@ def fingerprint(path) -> str:
     is loaded), or over every weight file of a Hugging Face directory (read once)."""
     p = paths.resolve(path)
     h = hashlib.sha256()
-    if loader.is_hf_dir(p):
+    if (p / "config.json").is_file():  # a Hugging Face directory (loader.is_hf_dir)
         for f in hf._weight_files(hf.local_hf_dir(p)):
             h.update(f.name.encode())
             with open(f, "rb") as stream:
@@ -75,6 +75,15 @@ def read_record(step_dir) -> dict | None:
     if not f.exists():
         return None
     return json.loads(f.read_text())
+
+
+def check_base(record: dict, where) -> None:
+    """Stop when the base a LoRA checkpoint names no longer holds the weights its adapters were trained on."""
+    base = record["base"]
+    if base.get("path") and fingerprint(base["path"]) != base["fingerprint"]:
+        raise ValueError(f"{where} holds LoRA adapters for the base {base['path']} with fingerprint "
+                         f"{base['fingerprint']}, but that path now holds other weights: put the base back, or export "
+                         "the adapters alone with `sciriff-jax export --peft`.")
 
 
 def _layer_trees(adapters: dict, num_layers: int):

@@ -69,9 +69,15 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("ckpt_dir")
     parser.add_argument("hf_dir")
     parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP.format(command="export"))
+    parser.add_argument("--peft", action="store_true", help="a LoRA run: write its adapters as a PEFT adapter directory "
+                        "(adapter_config.json + adapter_model.safetensors) instead of the merged model")
     args = parser.parse_args(argv)
     from sciriff_jax.io import convert  # lazy: JAX
 
+    if args.peft:
+        convert.export_peft(args.ckpt_dir, args.hf_dir, overwrite=args.overwrite)  # errors: main's one line
+        print(f"wrote PEFT adapter directory to {args.hf_dir}")
+        return 0
     convert.export_hf(args.ckpt_dir, args.hf_dir, overwrite=args.overwrite)  # errors: main's one line
     print(f"wrote Hugging Face checkpoint to {args.hf_dir}")
     return 0
