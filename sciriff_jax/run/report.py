@@ -110,26 +110,35 @@ def _step_axis(ax) -> None:
 
 
 def train_plots(run: RunRecords) -> dict[str, bytes]:
-    """{file name: PNG} of each training metric the run logged, and overview.png with all of them."""
+    """{file name: PNG} of each training metric the run logged, and overview.png: all of them, and the decoding
+    evals' scores and parse rates over steps where the run has any."""
     out = {}
     for key in TRAIN_PLOTS:
         fig = Figure(figsize=(5, 3.2), layout="constrained")
         if _train_axes(fig.add_subplot(), run, key):
             out[f"{key}.png"] = _png(fig)
     if out:
-        fig = Figure(figsize=(9, 6), layout="constrained")
+        scores, parse = eval_table_over_steps(run)
+        cols = 3 if scores or parse else 2
+        fig = Figure(figsize=(4.5 * cols, 6), layout="constrained")
         fig.suptitle(f"{paths.resolve(run.model_dir).name}: {len(run.train)} logged steps", fontsize=11)
         for i, key in enumerate(TRAIN_PLOTS):
-            _train_axes(fig.add_subplot(2, 2, i + 1), run, key)
+            _train_axes(fig.add_subplot(2, cols, i + 1 + (i >= 2) * (cols - 2)), run, key)
+        if cols == 3:
+            _eval_axes(fig.add_subplot(2, 3, 3), scores, "decoding eval: score", legend=False)
+            _eval_axes(fig.add_subplot(2, 3, 6), parse, "decoding eval: JSON parse rate", legend=False)
         out["overview.png"] = _png(fig)
     return out
 
 
 def eval_table_over_steps(run: RunRecords) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]]:
-    """({task/metric: {step: score}}, {task: {step: JSON parse rate}}) of the decoding evals during training."""
+    """({task/metric: {step: score}}, {task: {step: JSON parse rate}}) of the decoding evals during training, and of
+    the evals into MODEL_DIR after it (at the run's final step, where no eval during training has that step)."""
     scores: dict[str, dict[int, float]] = {}
     parse: dict[str, dict[int, float]] = {}
-    for step, summary in run.decode_steps.items():
+    final_step = run.summary.get("final_step")
+    after = [(final_step, s) for s in run.final_evals.values()] if final_step not in (None, *run.decode_steps) else []
+    for step, summary in [*run.decode_steps.items(), *after]:
         for key, value in (summary.get("table") or {}).items():
             if _finite(value):
                 scores.setdefault(key, {})[step] = value
@@ -146,17 +155,21 @@ def decode_eval_plot(run: RunRecords) -> bytes | None:
     if not scores and not parse:
         return None
     fig = Figure(figsize=(11, 4.2), layout="constrained")
-    for ax, data, title in ((fig.add_subplot(1, 2, 1), scores, "decoding eval: score (task/metric)"),
-                            (fig.add_subplot(1, 2, 2), parse, "decoding eval: JSON parse rate")):
-        for name, by_step in sorted(data.items()):
-            ax.plot(list(by_step), list(by_step.values()), marker="o", markersize=4, label=name)
-        ax.set_title(title, fontsize=10)
-        _step_axis(ax)
-        if all(0 <= v <= 1 for by_step in data.values() for v in by_step.values()):
-            ax.set_ylim(-0.05, 1.05)
-        if data:
-            ax.legend(fontsize=6, loc="best")
+    _eval_axes(fig.add_subplot(1, 2, 1), scores, "decoding eval: score (task/metric)")
+    _eval_axes(fig.add_subplot(1, 2, 2), parse, "decoding eval: JSON parse rate")
     return _png(fig)
+
+
+def _eval_axes(ax, data: dict[str, dict[int, float]], title: str, legend: bool = True) -> None:
+    for name, by_step in sorted(data.items()):
+        points = sorted(by_step.items())
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=4, label=name)
+    ax.set_title(title, fontsize=10)
+    _step_axis(ax)
+    if all(0 <= v <= 1 for by_step in data.values() for v in by_step.values()):
+        ax.set_ylim(-0.05, 1.05)
+    if data and legend:
+        ax.legend(fontsize=6, loc="best")
 
 
 def write_report(model_dir) -> str:
