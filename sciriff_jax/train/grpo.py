@@ -37,7 +37,7 @@ from sciriff_jax.parallel import distributed
 from sciriff_jax.parallel.sharding import MeshConfig
 from sciriff_jax.scoring import judge as judge_lib
 from sciriff_jax.scoring import rewards
-from sciriff_jax.train import finetune, losses, loop, rollout, run_log, setup
+from sciriff_jax.train import dpo, finetune, losses, loop, rollout, run_log, setup
 from sciriff_jax.train.optim import OptimizerConfig
 from sciriff_jax.train.preemption import PreemptionGuard
 from sciriff_jax.train.step import _split_microbatches
@@ -197,14 +197,15 @@ def load_prompts(name: str, grpo: GRPOConfig, chat_format, config: LlamaConfig, 
 
 
 def grpo(rl: GRPOConfig, train: finetune.TrainConfig, model: LlamaConfig | None = None,
-         optimizer: OptimizerConfig = OptimizerConfig(), mesh: MeshConfig = MeshConfig(), *,
-         operative_config: str | None = None) -> dict:
+         optimizer: OptimizerConfig = OptimizerConfig(), mesh: MeshConfig = MeshConfig(),
+         lora: lora_lib.LoraConfig | None = None, *, operative_config: str | None = None) -> dict:
     """GRPO on `rl.mixture_or_task_name` for train.train_steps updates (each: one rollout, rl.inner_steps optimizer
-    steps), from train.initial_checkpoint_path; resumes from MODEL_DIR. Returns a summary (train_summary.json)."""
+    steps), from train.initial_checkpoint_path; resumes from MODEL_DIR. With `lora` (its rank set), adapters are
+    trained over the frozen base, which is also the KL reference. Returns a summary (train_summary.json)."""
     distributed.maybe_initialize()
     lock = finetune._lock_model_dir(train)
     try:
-        return _grpo(rl, train, model, optimizer, mesh, operative_config, lock)
+        return _grpo(rl, train, model, optimizer, mesh, (operative_config, lora), lock)
     finally:
         if lock is not None:
             lock.release()
@@ -212,7 +213,8 @@ def grpo(rl: GRPOConfig, train: finetune.TrainConfig, model: LlamaConfig | None 
 
 @dataclasses.dataclass
 class _Run:
-    """What the update loop reads: the settings, the model's setup, the format, the prompts, the reference."""
+    """What the update loop reads: the settings, the model's setup, the format, the prompts, the frozen params (the
+    KL reference's for full-parameter training, None without KL; the base for LoRA) and the LoRA config."""
 
     grpo: GRPOConfig
     train: finetune.TrainConfig
@@ -220,12 +222,21 @@ class _Run:
     chat_format: object
     stream: rollout.PromptStream
     step_fn: object
-    ref_params: object = None
+    frozen: object = None
     judge: object = None
+    lora: object = None
+
+    def policy(self, trainable):
+        """What the sampler runs: the params, or the LoRA adapters beside the frozen base."""
+        if self.lora is None:
+            return trainable
+        return rollout.LoraPolicy(lora_lib.with_adapters(self.frozen, trainable), self.lora)
 
 
-def _grpo(grpo_config, train, model, optimizer, mesh, operative_config, lock) -> dict:
+def _grpo(grpo_config, train, model, optimizer, mesh, settings, lock) -> dict:
     t_start = time.time()
+    operative_config, lora = settings
+    lora = lora if lora is not None and lora.rank else None
     model_dir = str(paths.resolve(train.model_dir))
     if train.train_steps is None:
         raise setup.RunConfigError("GRPO needs TRAIN_STEPS (the number of rollout + update rounds); set "
@@ -239,18 +250,25 @@ def _grpo(grpo_config, train, model, optimizer, mesh, operative_config, lock) ->
     judge = judge_lib.judge_from_env()
     stream = rollout.PromptStream(load_prompts(data.mixture_or_task_name, grpo_config, chat_format, config, judge),
                                   train.seed)
-    run_setup = setup.build(config, mesh=mesh, optimizer=optimizer, microbatches=train.microbatches,
-                            train_steps=train.train_steps * grpo_config.inner_steps)
+    if lora is not None and lora.quantize:
+        raise setup.RunConfigError("GRPO with a quantized base (LORA_QUANTIZE) is not supported yet: the sampler "
+                                   "runs the float base; set LoraConfig.quantize = None")
+    # LoRA: dpo's setup and start (adapters trained, the base loaded frozen and held apart: sharding.base).
+    run_setup = dpo._setup(config, mesh, optimizer, train.train_steps * grpo_config.inner_steps,
+                           train.microbatches, lora)
     _check_rows(grpo_config, train, run_setup)
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
                                         config=config, async_save=train.async_checkpoints,
                                         before_save=lock.check if lock is not None else None, log=_log)
-    start_step, params, opt_state = finetune._start(train, run_setup, ckpt, stream, model_dir)
+    if lora is None:
+        start_step, params, opt_state = finetune._start(train, run_setup, ckpt, stream, model_dir)
+        frozen = _reference(train, run_setup, params, start_step) if grpo_config.kl_coef > 0 else None
+    else:
+        start_step, params, opt_state, frozen = dpo._start_lora(train, run_setup, ckpt, stream, lora)
     step_fn = make_grpo_step(run_setup.model, run_setup.tx, grpo_config, microbatches=train.microbatches,
-                             sharding=run_setup.sharding)
-    run = _Run(grpo_config, train, run_setup, chat_format, stream, step_fn,
-               _reference(train, run_setup, params, start_step) if grpo_config.kl_coef > 0 else None, judge)
-    _log(f"GRPO: {run_setup.num_params / 1e6:.2f}M params, mesh {dict(run_setup.sharding.mesh.shape)}, "
+                             sharding=run_setup.sharding, lora=lora is not None)
+    run = _Run(grpo_config, train, run_setup, chat_format, stream, step_fn, frozen, judge, lora)
+    _log(f"GRPO: {run_setup.num_params / 1e6:.2f}M {'LoRA ' if lora else ''}params, mesh {dict(run_setup.sharding.mesh.shape)}, "
          f"{grpo_config.prompts_per_update} prompts x {grpo_config.samples_per_prompt} samples per update, "
          f"{grpo_config.inner_steps} optimizer step(s) each, updates {start_step}->{train.train_steps}")
     run_log.save_operative_config(model_dir, operative_config)
@@ -293,7 +311,7 @@ def rollout_update(run: _Run, params, opt_state, step: int):
     metrics as floats, whether every inner step was finite)."""
     g, prompts = run.grpo, run.stream.take(run.grpo.prompts_per_update)
     sharding = run.setup.sharding
-    samples = rollout.sample_answers(run.setup.config, params, prompts, g.samples_per_prompt, sampling=g.sampling,
+    samples = rollout.sample_answers(run.setup.config, run.policy(params), prompts, g.samples_per_prompt, sampling=g.sampling,
                                      max_new_tokens=g.max_new_tokens, chat_format=run.chat_format,
                                      rng=rollout.rollout_key(g.sampling_seed, step), slots=g.rollout_batch_size,
                                      sharding=sharding)
@@ -307,14 +325,14 @@ def rollout_update(run: _Run, params, opt_state, step: int):
     started, finite, first = time.time(), True, None
     with sharding.context():
         for _ in range(g.inner_steps):
-            params, opt_state, m = run.step_fn(params, opt_state, rows, run.ref_params)
+            params, opt_state, m = run.step_fn(params, opt_state, rows, run.frozen)
             finite = finite and bool(m["finite"])
             first = first or {"ratio_first": float(m["ratio_mean"])}
     m = {k: float(v) for k, v in m.items()}
     train_s = time.time() - started
     real = float(np.sum(np.asarray(jax.device_get(rows["segment_ids"])))) * g.inner_steps
     metrics = {**rollout.reward_metrics(samples, prompts), "loss": m["loss"], "grad_norm": m["grad_norm"],
-               "kl": m["kl"] if run.ref_params is not None else None,  # no reference without a KL term
+               "kl": m["kl"] if run.frozen is not None and g.kl_coef else None,  # no reference without a KL term
                "clip_fraction": m["clip_fraction"], "entropy": m["entropy"], **first,
                "rollout_tokens_per_s": samples.tokens / max(samples.seconds, 1e-9),
                "train_tokens_per_s": real / max(train_s, 1e-9), "rollout_s": samples.seconds, "train_s": train_s,
