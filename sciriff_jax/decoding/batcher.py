@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import time
 from typing import Callable, NamedTuple
 
 import flax.linen as nn
@@ -242,8 +243,12 @@ class ContinuousBatcher:
                                    budget_bytes=budget, shards=self._tensor_shards())
 
     def run(self, prompts: list[list[int]], max_new: list[int], rng=None,
-            on_finish: Callable[[int, list[int]], None] | None = None, logprobs: bool = False) -> list[list[int]]:
+            on_finish: Callable[[int, list[int]], None] | None = None, logprobs: bool = False,
+            on_step: Callable[[WorkCount], None] | None = None) -> list[list[int]]:
         """Tokens generated for each prompt (input order; EOS left out, a final stop sequence kept).
+
+        `on_finish(index, tokens)` as each prompt completes; `on_step(work)` after every device call, with the
+        `WorkCount` so far (prompt tokens prefilled, tokens generated, the calls' host time).
 
         With `logprobs`, `self.logprobs[i]` holds the log-probability of each token drawn for prompt i
         (`token_logprobs`, float32 on the device): one more entry than its tokens when it ended on EOS (EOS's own).
@@ -261,7 +266,7 @@ class ContinuousBatcher:
         self.work = sched.work
         with self._context():
             state = _RunState(self, sched, prompts, needs, jax.random.PRNGKey(0) if rng is None else rng, on_finish,
-                              logprobs)
+                              logprobs, on_step)
             while not sched.done:
                 admitted = sched.admit()
                 for group in sched.prefill_groups(admitted):
@@ -279,9 +284,11 @@ class ContinuousBatcher:
 class _RunState:
     """One `ContinuousBatcher.run`: the pool, the host copy of every slot's state, the outputs so far."""
 
-    def __init__(self, batcher: ContinuousBatcher, sched: Scheduler, prompts, needs, rng, on_finish, logprobs=False):
+    def __init__(self, batcher: ContinuousBatcher, sched: Scheduler, prompts, needs, rng, on_finish, logprobs=False,
+                 on_step=None):
         c, b = batcher.config, batcher.slots
         self.batcher, self.sched, self.prompts, self.rng, self.on_finish = batcher, sched, prompts, rng, on_finish
+        self.on_step = on_step
         # With logprobs: each running prompt's drawn-token log-probabilities, and each finished one's.
         self.lps: dict[int, list[float]] | None = {} if logprobs else None
         self.logprob_results: list[list[float] | None] = [None] * len(prompts)
@@ -316,6 +323,7 @@ class _RunState:
             for j, (r, n) in enumerate(zip(pending, real)):
                 chunk[j, :n] = self.prompts[r.index][r.prefilled:r.prefilled + n]
                 start[j], last[j], table[j] = r.prefilled, n - 1, self.table[r.slot]
+            began = time.perf_counter()
             if self.lps is None:
                 self.pool, first = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(),
                                             config=bt.config, sampling=bt.sampling, lora=bt.lora)
@@ -325,6 +333,7 @@ class _RunState:
                                                       lora=bt.lora)
                 first_lp = np.asarray(first_lp)
             first = np.asarray(first)
+            seconds = time.perf_counter() - began
             for j, (r, n) in enumerate(zip(pending, real)):
                 r.prefilled += n
                 if r.prefilled < r.length:
@@ -339,6 +348,7 @@ class _RunState:
                 slot.limit[r.slot], slot.live[r.slot] = r.max_new, True
                 if self._ended(r):
                     self._finish(r)
+            self._stepped("prefill", sum(real), seconds)
             pending = [r for r in pending if r.prefilled < r.length]
 
     def decode(self) -> None:
@@ -350,6 +360,7 @@ class _RunState:
             prev = self.outputs[r.index][-t:] if t else []
             tail[r.slot, t - len(prev):] = prev
         program = DecodeProgram(bt.config, bt.steps, bt.sampling, bt.stops, self.lps is not None, bt.lora)
+        began = time.perf_counter()
         result = _decode(
             bt.params, self.pool, self.table, self.rows, tail, np.bool_(bool(sched.waiting)), np.int32(bt.eos_id),
             self._split(), program=program)
@@ -360,6 +371,7 @@ class _RunState:
         self.rows = self.rows._replace(tokens=np.array(rows.tokens), length=np.array(rows.length),
                                        generated=np.array(rows.generated))
         sched.count_decode(int(steps), int(real))
+        seconds = time.perf_counter() - began
         for r in active:
             new = [int(x) for x in out[r.slot] if x >= 0]
             self.outputs[r.index].extend(new)
@@ -369,6 +381,13 @@ class _RunState:
             sched.work.generated += len(new)
             if finished[r.slot]:
                 self._finish(r)
+        self._stepped("decode", int(real), seconds)
+
+    def _stepped(self, kind: str, tokens: int, seconds: float) -> None:
+        """Count a device call's host time (its results were read back, so it is done) and tell on_step."""
+        self.sched.work.time_call(kind, tokens, seconds)
+        if self.on_step is not None:
+            self.on_step(self.sched.work)
 
     def _ended(self, r) -> bool:
         toks, stops = self.outputs[r.index], self.batcher.stops

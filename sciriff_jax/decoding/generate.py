@@ -82,5 +82,6 @@ def generate(config: LlamaConfig, params, prompts: list[list[int]], generation: 
     stops = batcher.stops
     on_finish = hooks.on_finish
     done = None if on_finish is None else (lambda i, toks: on_finish(i, strip_stop(toks, stops)))
-    out = batcher.run(prompts, limits, rng=jax.random.PRNGKey(0) if rng is None else rng, on_finish=done)
+    out = batcher.run(prompts, limits, rng=jax.random.PRNGKey(0) if rng is None else rng, on_finish=done,
+                      on_step=hooks.on_step)
     return [strip_stop(tokens, stops) for tokens in out]
