@@ -234,7 +234,7 @@ def evaluate_tasks(config, params, task_names: list[str], chat_format: ChatForma
     summary = score_records(records, {name: scorer for name, (_, scorer) in loaded.items()}, judge=judge)
     summary["protocol"] = Protocol(eval_config.protocol).describe()
     summary["prompts"] = prompt_summary(config, eval_config, cuts)
-    summary["judge"] = {"protocol": judge.protocol} if judge is not None else None
+    summary["judge"] = {"protocol": getattr(judge, "protocol", "lenient")} if judge is not None else None
     if settings:
         summary["settings"] = settings  # e.g. which checkpoint, tokenizer and template
     if output_dir is not None:
