@@ -64,3 +64,21 @@ def test_the_pool_is_sized_to_the_work_within_an_eighth_not_to_the_free_memory()
     assert plan.bytes == 7 * 64 * per_token
     assert "sized to the work: the 32 longest sequences (prompt + new tokens) at once need 7 pages" in plan.describe(32)
     assert batcher.PAGE_SIZE == 64
+
+
+def test_a_cpu_default_budget_is_twice_the_weights_and_says_so():
+    cpu = jax.devices("cpu")[0]
+    budget, note = kv_memory.default_budget(2 ** 30, cpu)
+    free = kv_memory.free_device_bytes(cpu)
+    assert budget == min(2 * 2 ** 30, int(free * kv_memory.DEFAULT_BUDGET_SHARE))
+    if budget == 2 * 2 ** 30:
+        assert note.startswith("2 x the weights on a CPU")
+    small, _ = kv_memory.default_budget(1000, cpu)  # a tiny model still gets a usable cache
+    assert small == min(kv_memory.CPU_BUDGET_MIN, int(free * kv_memory.DEFAULT_BUDGET_SHARE))
+
+
+def test_the_kv_line_names_where_its_budget_came_from(capsys):
+    params = init_params(CONFIG, jax.random.PRNGKey(0))
+    generate(CONFIG, params, [[3, 4, 5]], GenerationConfig(2, -1))
+    line = capsys.readouterr().out
+    assert "sized to the work" in line and ("x the weights on a CPU" in line or "free host memory" in line)

@@ -235,12 +235,12 @@ class ContinuousBatcher:
     def plan_pool(self, needs: list[int]) -> kv_memory.PoolPlan:
         """The page pool for sequences of `needs` positions (raises with the fix when one cannot fit)."""
         dtype = jnp.dtype(self.config.dtype)
-        budget = self.kv_cache_bytes
+        budget, note = self.kv_cache_bytes, "kv_cache_bytes"
         if budget is None:
-            free = kv_memory.free_device_bytes()
-            budget = None if free is None else int(free * kv_memory.DEFAULT_BUDGET_SHARE)
+            weights = sum(int(x.nbytes) for x in jax.tree.leaves(self.params)) // self._tensor_shards()
+            budget, note = kv_memory.default_budget(weights)
         return kv_memory.plan_pool(self.config, needs, slots=self.slots, page_size=self.page_size, dtype=dtype,
-                                   budget_bytes=budget, shards=self._tensor_shards())
+                                   budget_bytes=budget, shards=self._tensor_shards(), budget_note=note)
 
     def run(self, prompts: list[list[int]], max_new: list[int], rng=None,
             on_finish: Callable[[int, list[int]], None] | None = None, logprobs: bool = False,

@@ -18,6 +18,11 @@ from sciriff_jax.decoding.scheduler import pages_for
 
 # Share of the free memory the cache may take by default: prefill activations and XLA's scratch need the rest.
 DEFAULT_BUDGET_SHARE = 0.5
+# On a CPU the cache is host memory the whole machine shares, and a decode step reads the weights once plus every
+# live row's cache: once the cache is twice the weights, more rows add little speed (tokens/step grow with the
+# rows, and so does the step's time) but still cost memory. So a CPU's default budget is this many weights.
+CPU_BUDGET_WEIGHTS = 2
+CPU_BUDGET_MIN = 256 * 2 ** 20
 
 
 def bytes_per_token(config, dtype) -> int:
@@ -43,6 +48,21 @@ def free_device_bytes(device=None) -> int | None:
     return None
 
 
+def default_budget(weight_bytes: int, device=None) -> tuple[int | None, str]:
+    """(the KV cache's budget per device when none is set, and why): half of what the device has free; on a CPU
+    at most CPU_BUDGET_WEIGHTS x the weights (at least CPU_BUDGET_MIN)."""
+    device = device or jax.devices()[0]
+    free = free_device_bytes(device)
+    share = None if free is None else int(free * DEFAULT_BUDGET_SHARE)
+    if device.platform != "cpu":
+        return share, "half of the free device memory"
+    cap = max(CPU_BUDGET_WEIGHTS * int(weight_bytes), CPU_BUDGET_MIN)
+    if share is not None and share < cap:
+        return share, "half of the free host memory"
+    return cap, (f"{CPU_BUDGET_WEIGHTS} x the weights on a CPU, where more cache adds little speed; "
+                 "EvalConfig.kv_cache_bytes sets another")
+
+
 @dataclasses.dataclass(frozen=True)
 class PoolPlan:
     """The page pool decided for one decode: its size, what it costs, and what it holds."""
@@ -53,6 +73,7 @@ class PoolPlan:
     budget_bytes: int | None
     concurrent_needed: int      # pages for the `slots` longest sequences at once (+ scratch)
     shards: int = 1             # devices the pool is split over (kv heads over tensor)
+    budget_note: str = ""       # where the budget came from
 
     @property
     def bytes(self) -> int:
@@ -63,6 +84,8 @@ class PoolPlan:
         """The log line: the pool's size, and why it is that size (the work, or the budget)."""
         gib = 2.0 ** 30
         budget = "no budget known" if self.budget_bytes is None else f"budget {self.budget_bytes / gib:.2f} GiB/device"
+        if self.budget_note:
+            budget += f": {self.budget_note}"
         line = (f"KV cache: {self.num_pages} pages x {self.page_size} tokens x {self.bytes_per_token / 1024:.1f} KiB "
                 f"= {self.bytes / gib:.3f} GiB ({self.bytes / self.shards / gib:.3f} GiB/device; {budget}); {slots} slots")
         if self.num_pages < self.concurrent_needed:
@@ -80,7 +103,7 @@ def round_pool(pages: int) -> int:
 
 
 def plan_pool(config, needs: list[int], *, slots: int, page_size: int, dtype, budget_bytes: int | None,
-              shards: int = 1) -> PoolPlan:
+              shards: int = 1, budget_note: str = "") -> PoolPlan:
     """The pool for sequences of `needs` positions (prompt + new tokens each), at most `slots` at a time.
 
     `budget_bytes` is per device (the pool is split over `shards` devices). Raises ValueError, naming the
@@ -91,7 +114,7 @@ def plan_pool(config, needs: list[int], *, slots: int, page_size: int, dtype, bu
     concurrent = 1 + sum(pages[:slots])
     wanted = round_pool(concurrent)
     if budget_bytes is None:
-        return PoolPlan(wanted, page_size, per_token, None, concurrent, shards)
+        return PoolPlan(wanted, page_size, per_token, None, concurrent, shards, budget_note)
     affordable = int(budget_bytes * shards // (page_size * per_token))
     if affordable < 1 + pages[0]:
         need = (1 + pages[0]) * page_size * per_token / shards
@@ -102,4 +125,4 @@ def plan_pool(config, needs: list[int], *, slots: int, page_size: int, dtype, bu
             f"x {config.head_dim} in {np.dtype(dtype).name}). Lower max_new_tokens or the model's max_position "
             "(prompts are cut to max_position - max_new_tokens), shard the model over more devices "
             "(MESH_LAYOUT with a tensor axis), or raise kv_cache_bytes if more memory is free.")
-    return PoolPlan(min(wanted, affordable), page_size, per_token, budget_bytes, concurrent, shards)
+    return PoolPlan(min(wanted, affordable), page_size, per_token, budget_bytes, concurrent, shards, budget_note)

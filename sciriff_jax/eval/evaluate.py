@@ -54,7 +54,7 @@ class EvalConfig:
     max_new_tokens: int = dataclasses.field(default=1024, metadata={"min": 1})
     # Rows decoding at once (continuous batching slots).
     batch_size: int = dataclasses.field(default=32, metadata={"min": 1})
-    kv_cache_bytes: int | None = None    # KV-cache budget per device; None: half of the free device memory
+    kv_cache_bytes: int | None = None    # KV-cache budget per device; None: decoding.kv_memory.default_budget
     template: str = AUTO                 # "auto": the checkpoint's own; tulu | llama2 | plain | model | a .jinja
     # None: the paper's ({"evidence_inference": 1}).
     fewshot: dict | None = dataclasses.field(default=None, metadata={"check": fewshot_problem})
