@@ -41,10 +41,12 @@ class Judge:
     `temperature`: None sends none (the API's default, as the release did). `mup_sample`: how many MUP summaries
     are judged (the release's 100, drawn with random.seed(42); None: all). `keep_rating_one`: whether a MUP rating
     of 1 counts; None: the protocol's (release: dropped, as the release's default synchronous path drops a
-    rescaled 0; lenient: kept, as the release's batch path)."""
+    rescaled 0; lenient: kept, as the release's batch path). `max_tokens`: the reply's cap sent with each call."""
+
+    max_tokens = 1024
 
     def __init__(self, url: str, model: str = RELEASE_JUDGE_MODEL, api_key: str | None = None, *,
-                 timeout: float = 120.0, max_retries: int = 2, max_tokens: int = 1024, workers: int = 8,
+                 timeout: float = 120.0, max_retries: int = 2, workers: int = 8,
                  temperature: float | None = None, mup_sample: int | None = RELEASE_MUP_SAMPLE,
                  keep_rating_one: bool | None = None, protocol: str = "release"):
         if not url or not model:
@@ -57,7 +59,7 @@ class Judge:
         keep_rating_one = protocol == "lenient" if keep_rating_one is None else keep_rating_one
         self.endpoint = chat_endpoint(url)
         self.model, self.api_key = model, api_key
-        self.timeout, self.max_retries, self.max_tokens, self.workers = timeout, max_retries, max_tokens, workers
+        self.timeout, self.max_retries, self.workers = timeout, max_retries, workers
         self.temperature, self.mup_sample, self.keep_rating_one = temperature, mup_sample, keep_rating_one
         self.errors = 0  # calls of the last rate_all that failed (unreachable, HTTP errors, unusable answers)
         self._warned = threading.Event()
