@@ -7,8 +7,9 @@ lm-eval templates (allenai/SciRIFF e396d00, `sciriff/eval/eleuther_templates/<te
 - the prompt is the template's `doc_to_text` (`ChatFormat.release_prompt`), e.g. tulu
   `<|user|>\\n{input}\\n<|assistant|>` (no trailing newline: the model writes it); for a model with its own chat
   template (the release's llama3 / qwen templates), that chat format with its generation prompt;
-- few-shot examples (evidence_inference: 1) are drawn with `random.Random(1234)` from the same split, two per
-  instance with the instance itself dropped (`draw_shots`), each written `doc_to_text + "\\n" + output`, joined
+- few-shot examples (evidence_inference: 1) are drawn with `random.Random(1234)` from the same split (all of it,
+  also when only its first instances are decoded, as lm-eval's --limit), two per instance with the instance itself
+  dropped (`draw_shots`), each written `doc_to_text + "\\n" + output`, joined
   and followed by the task's few-shot delimiter (`\\n\\n--------------------\\n\\n`; `\\n\\n\\n` for
   evidence_inference);
 - no BOS is added (the vLLM backend tokenizes with add_bos_token=False);
