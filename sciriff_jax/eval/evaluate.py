@@ -185,7 +185,9 @@ def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval
     for name, n in left.items():
         if n == 0:
             complete(name)
-    progress = Progress(len(jobs), label or f"{len(loaded)} task(s)", resumed=resumed,
+    # A task list's name is every task's: the line names how many instead.
+    label = label if label and "," not in label else f"{len(loaded)} task(s)"
+    progress = Progress(len(jobs), label, resumed=resumed,
                         work_total=(sum(len(job[3]) for job in jobs), eval_config.max_new_tokens * len(jobs)))
 
     def on_finish(j, tokens):
