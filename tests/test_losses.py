@@ -154,3 +154,14 @@ def test_step_loss_is_each_normalisation_computed_by_hand(normalization):
         results.append(new_params)
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):  # accumulation == one pass
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_weights_refuse_an_unknown_normalisation_and_uneven_groups():
+    from sciriff_jax.train.step import loss_weights
+
+    w = jnp.ones((4, 3), jnp.int32)
+    with pytest.raises(ValueError, match="LOSS_NORMALIZATION"):
+        loss_weights(w, "rows")
+    with pytest.raises(ValueError, match="LOSS_MICROBATCH_ROWS=3"):
+        loss_weights(w, "microbatch", 3)
+    np.testing.assert_allclose(jnp.sum(loss_weights(w, "microbatch", 2)), 1.0)  # two groups of 6 tokens, averaged

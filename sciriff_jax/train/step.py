@@ -29,7 +29,8 @@ def loss_weights(weights, normalization: str = "tokens", group_rows: int | None 
     if normalization == "tokens":
         return w / jnp.maximum(jnp.sum(w), 1.0)  # a batch with no target tokens gives loss 0, not NaN
     if normalization != "microbatch":
-        losses.normalized_loss(w, w, normalization)  # raises, naming the choices and the macro
+        raise ValueError(f"loss normalization {normalization!r}; choose one of {losses.LOSS_NORMALIZATIONS} "
+                         "(--gin.LOSS_NORMALIZATION)")
     b = w.shape[0]
     g = group_rows or b
     if b % g:
