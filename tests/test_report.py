@@ -78,3 +78,14 @@ def test_a_folder_that_is_no_run_is_one_error_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path}: no metrics.jsonl or train_summary.json; "
                                                 "`sciriff-jax report` takes the MODEL_DIR of a training run"]
+
+
+def test_a_report_that_cannot_be_written_is_said_and_does_not_fail_the_finished_run(tmp_path, capsys):
+    from sciriff_jax.run import main
+
+    (tmp_path / "train_summary.json").write_text('{"final_step": 2}')
+    (tmp_path / "report").write_text("a file where the report folder goes")
+    main.write_run_report({"train": {"model_dir": str(tmp_path)}})  # returns: the run's exit status stays 0
+    err = capsys.readouterr().err
+    assert err.startswith("[sciriff-jax] the run's report was not written (") and str(tmp_path / "report") in err
+    assert f"`sciriff-jax report {tmp_path}` writes it" in err

@@ -210,7 +210,7 @@ def write_run_report(results: dict) -> None:
         from sciriff_jax.run import report  # matplotlib: only when a training run ends
 
         print(f"[sciriff-jax] report: {report.write_report(model_dir)}", flush=True)
-    except (OSError, ValueError, ImportError) as err:
+    except Exception as err:  # noqa: BLE001 -- the run is done and recorded: a drawing error must not fail it
         print(f"[sciriff-jax] the run's report was not written ({errors.message(err)}); the run and its records are "
               f"complete: `sciriff-jax report {model_dir}` writes it", file=sys.stderr, flush=True)
 
