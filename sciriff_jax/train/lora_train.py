@@ -180,5 +180,6 @@ def build(config: LlamaConfig, lora: lora_lib.LoraConfig, *, mesh: MeshConfig, o
 
 
 def base_bytes(run_setup: LoraSetup) -> int:
-    """Bytes of the frozen base as held (compute dtype or quantized)."""
-    return int(sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(run_setup.base_shapes)))
+    """Bytes of the frozen base as held (compute dtype or quantized; int4 counted as half a byte)."""
+    return int(sum(math.prod(x.shape) * jax.dtypes.itemsize_bits(x.dtype) for x in jax.tree.leaves(run_setup.base_shapes))
+               // 8)
