@@ -217,7 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=3)
     args = p.parse_args(argv)
     result = {"memory": memory, "speed": speed, "quant": quant_error}[args.what](args)
-    result["environment"] = {"load_average_at_end": os.getloadavg(), "cpus": os.cpu_count()}
+    result["environment"] = {**common.environment(), "qwix": common._version("qwix"),
+                             "load_average_at_end": os.getloadavg()}
     text = json.dumps(result, indent=1)
     if args.out:
         pathlib.Path(args.out).write_text(text + "\n")
