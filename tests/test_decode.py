@@ -181,7 +181,7 @@ def test_prefill_never_builds_a_score_matrix_over_the_whole_prompt(params):
             for k in ("k", "v")}
     args = (params, pool, np.zeros((1, chunk), np.int32), np.array([prompt - chunk], np.int32),
             np.array([chunk - 1], np.int32), np.zeros((1, 32), np.int32), jax.random.PRNGKey(0))
-    jaxpr = jax.make_jaxpr(lambda *a: batcher._prefill(*a, config=CONFIG, sampling=batcher.Sampling()))(*args)
+    jaxpr = jax.make_jaxpr(lambda *a: batcher._prefill(*a, program=batcher.PrefillProgram(CONFIG, batcher.Sampling())))(*args)
     shapes = [v.aval.shape for eqn in _equations(jaxpr.jaxpr) for v in eqn.outvars if hasattr(v.aval, "shape")]
     block = batcher.BLOCK_PAGES * batcher.PAGE_SIZE
     largest_scores = max(np.prod(s) for s in shapes if len(s) == 5 and s[-1] == block)
@@ -199,8 +199,8 @@ def test_prefill_memory_stays_far_below_one_score_matrix_of_a_long_prompt():
     pages = 4096 // batcher.PAGE_SIZE
     pool = {k: s((2, pages + 1, batcher.PAGE_SIZE, 3, 64), np.float32) for k in ("k", "v")}
     lowered = batcher._prefill.lower(param_shapes(config), pool, s((1, 512), np.int32), s((1,), np.int32),
-                                     s((1,), np.int32), s((1, pages), np.int32), jax.random.PRNGKey(0), config=config,
-                                     sampling=batcher.Sampling())
+                                     s((1,), np.int32), s((1, pages), np.int32), jax.random.PRNGKey(0),
+                                     program=batcher.PrefillProgram(config, batcher.Sampling()))
     temp = lowered.compile().memory_analysis().temp_size_in_bytes
     one_score_matrix = 9 * 4096 * 4096 * 4  # what prefilling the whole prompt at once would hold per layer
     assert temp < one_score_matrix / 20

@@ -106,12 +106,22 @@ def _model(config, params, lora):
     return Llama(config, lora=lora), params
 
 
-@functools.partial(jax.jit, static_argnames=("config", "sampling", "logprobs", "lora"), donate_argnames=("pool",))
-def _prefill(params, pool, tokens, start, last, page_table, rng, *, config, sampling: Sampling, logprobs=False,
-             lora=None):
+class PrefillProgram(NamedTuple):
+    """What one compiled prefill program is specialised to (static): the model, how the first token is drawn,
+    whether its log-probability comes back too, and the LoRA config (None: plain params)."""
+
+    config: object
+    sampling: Sampling
+    logprobs: bool = False
+    lora: object = None
+
+
+@functools.partial(jax.jit, static_argnames=("program",), donate_argnames=("pool",))
+def _prefill(params, pool, tokens, start, last, page_table, rng, *, program: PrefillProgram):
     """Write a chunk of each row's prompt (at positions start + i) into its pages; return the pool and the token
-    drawn from the logits at chunk index `last` (only the final chunk's is used), and with `logprobs` its
+    drawn from the logits at chunk index `last` (only the final chunk's is used), and with `program.logprobs` its
     log-probability (`token_logprobs`)."""
+    config, sampling, logprobs, lora = program
     positions = start[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
     model, variables = _model(config, params, lora)
     logits, pool = model.apply(variables, tokens, positions=positions, cache=pool,
@@ -324,14 +334,11 @@ class _RunState:
                 chunk[j, :n] = self.prompts[r.index][r.prefilled:r.prefilled + n]
                 start[j], last[j], table[j] = r.prefilled, n - 1, self.table[r.slot]
             began = time.perf_counter()
-            if self.lps is None:
-                self.pool, first = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(),
-                                            config=bt.config, sampling=bt.sampling, lora=bt.lora)
-            else:
-                self.pool, first, first_lp = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(),
-                                                      config=bt.config, sampling=bt.sampling, logprobs=True,
-                                                      lora=bt.lora)
-                first_lp = np.asarray(first_lp)
+            program = PrefillProgram(bt.config, bt.sampling, self.lps is not None, bt.lora)
+            result = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(), program=program)
+            self.pool, first = result[:2]
+            if self.lps is not None:
+                first_lp = np.asarray(result[2])
             first = np.asarray(first)
             seconds = time.perf_counter() - began
             for j, (r, n) in enumerate(zip(pending, real)):
