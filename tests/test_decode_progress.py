@@ -66,13 +66,13 @@ def test_the_pool_is_sized_to_the_work_within_an_eighth_not_to_the_free_memory()
     assert batcher.PAGE_SIZE == 64
 
 
-def test_a_cpu_default_budget_is_twice_the_weights_and_says_so():
+def test_a_cpu_default_budget_is_the_weights_and_says_so():
     cpu = jax.devices("cpu")[0]
     budget, note = kv_memory.default_budget(2 ** 30, cpu)
     free = kv_memory.free_device_bytes(cpu)
-    assert budget == min(2 * 2 ** 30, int(free * kv_memory.DEFAULT_BUDGET_SHARE))
-    if budget == 2 * 2 ** 30:
-        assert note.startswith("2 x the weights on a CPU")
+    assert budget == min(kv_memory.CPU_BUDGET_WEIGHTS * 2 ** 30, int(free * kv_memory.DEFAULT_BUDGET_SHARE))
+    if budget == kv_memory.CPU_BUDGET_WEIGHTS * 2 ** 30:
+        assert note.startswith(f"{kv_memory.CPU_BUDGET_WEIGHTS} x the weights on a CPU")
     small, _ = kv_memory.default_budget(1000, cpu)  # a tiny model still gets a usable cache
     assert small == min(kv_memory.CPU_BUDGET_MIN, int(free * kv_memory.DEFAULT_BUDGET_SHARE))
 

@@ -73,7 +73,8 @@ def generate(config: LlamaConfig, params, prompts: list[list[int]], generation: 
     `batch_size`: rows decoding at once (slots). `sharding`: a `parallel.sharding.Sharding` to run under (params
     may already be placed by it): rows split over data+fsdp, heads over tensor; a context axis only replicates (no
     ring attention for decoding). `kv_cache_bytes`: the KV cache's memory budget per device (None:
-    `kv_memory.default_budget`: half of what the device has free; on a CPU at most twice the weights). `hooks`: progress callbacks and the log (`DecodeHooks`).
+    `kv_memory.default_budget`: half of what the device has free; on a CPU at most the weights' size). `hooks`:
+    progress callbacks and the log (`DecodeHooks`).
     """
     limits = check_arguments(prompts, generation.max_new_tokens)
     batcher = ContinuousBatcher(config, params, eos_id=generation.eos_id, slots=batch_size,

@@ -19,9 +19,10 @@ from sciriff_jax.decoding.scheduler import pages_for
 # Share of the free memory the cache may take by default: prefill activations and XLA's scratch need the rest.
 DEFAULT_BUDGET_SHARE = 0.5
 # On a CPU the cache is host memory the whole machine shares, and a decode step reads the weights once plus every
-# live row's cache: once the cache is twice the weights, more rows add little speed (tokens/step grow with the
-# rows, and so does the step's time) but still cost memory. So a CPU's default budget is this many weights.
-CPU_BUDGET_WEIGHTS = 2
+# live row's cache, so past a cache the size of the weights more rows add less and less speed (tokens/step grow
+# with the rows, and so does the step's time) but all their memory; and a CPU eval's time goes mostly to prefill.
+# So a CPU's default budget is this many weights (a 135M model's eval on the shared tasks: about 2 GB in all).
+CPU_BUDGET_WEIGHTS = 1
 CPU_BUDGET_MIN = 256 * 2 ** 20
 
 
