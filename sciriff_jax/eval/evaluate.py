@@ -234,6 +234,7 @@ def evaluate_tasks(config, params, task_names: list[str], chat_format: ChatForma
                             output_dir=output_dir, settings=settings, label=eval_config.mixture_or_task_name or "",
                             prompt_report=cuts)
     summary = score_records(records, {name: scorer for name, (_, scorer) in loaded.items()}, judge=judge)
+    summary["mixture_or_task_name"] = eval_config.mixture_or_task_name  # a task list's text in full
     summary["protocol"] = Protocol(eval_config.protocol).describe()
     summary["prompts"] = prompt_summary(config, eval_config, cuts)
     summary["judge"] = {"protocol": getattr(judge, "protocol", "lenient")} if judge is not None else None
@@ -347,9 +348,20 @@ def load_checkpoint(checkpoint_path: str, vocabulary_path: str | None, dtype: st
 def default_output_dir(checkpoint_path: str, mixture_or_task_name: str):
     """MODEL_DIR/eval/<mixture> for a training run's MODEL_DIR (as t5x keeps inference beside the run), else ./sciriff_eval."""
     path = paths.resolve(checkpoint_path)
+    folder = list_folder_name(mixture_or_task_name)
     if (path / "checkpoints").is_dir():
-        return path / "eval" / mixture_or_task_name
-    return paths.resolve("sciriff_eval") / path.name / mixture_or_task_name
+        return path / "eval" / folder
+    return paths.resolve("sciriff_eval") / path.name / folder
+
+
+def list_folder_name(mixture_or_task_name: str) -> str:
+    """A folder name for a mixture, task or task list: a list ('a,b:2') is `tasks_<its first task>_and_<N-1>_<hash>`
+    (the whole list is in summary.json), never its text with commas and colons."""
+    if "," not in mixture_or_task_name and ":" not in mixture_or_task_name:
+        return mixture_or_task_name
+    items = [item.split(":")[0].strip() for item in mixture_or_task_name.split(",") if item.strip()]
+    digest = hashlib.sha256(mixture_or_task_name.encode()).hexdigest()[:8]
+    return f"tasks_{items[0]}_and_{len(items) - 1}_{digest}"
 
 
 def evaluate_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), output_dir: str | None = None,
