@@ -99,3 +99,22 @@ def test_lora_run_exports_a_peft_adapter_that_peft_loads_with_the_runs_logits(tm
     assert np.abs(want - torch_logits(hf_model())).max() > 1e-3  # two steps moved the adapters
     merged = loader.load(run_dir, dtype="float32", with_tokenizer=False)  # eval's view of a LoRA MODEL_DIR
     assert_close_to_scale(np.asarray(merged.logits(TOKENS)), want)
+
+
+def test_peft_adapter_imports_as_a_lora_checkpoint_that_eval_loads_merged(tmp_path):
+    from sciriff_jax.io import loader
+
+    model = hf_model()
+    model.save_pretrained(tmp_path / "hf")
+    made = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["v_proj", "down_proj"],
+                                                      init_lora_weights=False)).eval()
+    want = torch_logits(made)
+    made.save_pretrained(tmp_path / "adapter")
+    from sciriff_jax.run import cli
+
+    assert cli.main(["convert", str(tmp_path / "adapter"), str(tmp_path / "ours"), "--peft_base",
+                     str(tmp_path / "hf")]) == 0
+    record = lora_files.read_record(tmp_path / "ours")
+    assert record["lora"]["rank"] == 2 and record["base"]["path"] == str(tmp_path / "hf")
+    merged = loader.load(tmp_path / "ours", dtype="float32", with_tokenizer=False)
+    assert_close_to_scale(np.asarray(merged.logits(TOKENS)), want)

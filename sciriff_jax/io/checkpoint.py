@@ -201,8 +201,9 @@ def _abstract(tree, shardings=None):
     return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shardings, tree)
 
 
-def save_params(path, params, config) -> None:
-    """Write `params` and `config` (LlamaConfig or dict) as an Orbax checkpoint directory at `path`."""
+def save_params(path, params, config, extra: dict | None = None) -> None:
+    """Write `params` and `config` (LlamaConfig or dict) as an Orbax checkpoint directory at `path`; `extra`:
+    more JSON items by name (a LoRA checkpoint's `lora` record)."""
     path = paths.resolve(path)
     _quiet_orbax_save_errors()
     with _saving(path):
@@ -211,7 +212,8 @@ def save_params(path, params, config) -> None:
         ckptr.save(
             path,
             args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(_config_to_dict(config))
+                params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(_config_to_dict(config)),
+                **{name: ocp.args.JsonSave(value) for name, value in (extra or {}).items()},
             ),
             force=True,
         )

@@ -170,6 +170,24 @@ def import_hf(hf_dir, out_dir, dtype: str = "float32", progress: bool = True, ov
     return config
 
 
+def import_peft(peft_dir, base, out_dir, overwrite: bool = False) -> lora_lib.LoraConfig:
+    """Import a PEFT LoRA adapter directory made for `base` (an HF directory or our checkpoint) as a LoRA checkpoint
+    at out_dir: the adapters in our layout plus the record naming `base` and its fingerprint, so eval / export of
+    out_dir load the base and merge them. Returns the adapter's LoraConfig."""
+    replace = check_output(out_dir, command="convert", source=peft_dir, overwrite=overwrite)
+    config = loader.load_config(base)
+    adapters, lora = lora_files.read_peft(peft_dir, config)
+    record = lora_files.record(lora, str(base))
+
+    def build(out):
+        checkpoint.save_params(out, adapters, config, extra={lora_files.ITEM: record})
+        _mark(out, "convert", peft_dir)
+        checkpoint.seal(out)
+
+    _write_into_place(paths.resolve(out_dir), build, replace)
+    return lora
+
+
 def export_peft(ckpt_dir, out_dir, overwrite: bool = False) -> None:
     """Write a LoRA run's adapters (step dir or MODEL_DIR) as a PEFT adapter directory (adapter_config.json +
     adapter_model.safetensors) for the base its checkpoint names; out_dir as for export_hf."""

@@ -56,9 +56,15 @@ def _convert(argv: list[str]) -> int:
     parser.add_argument("out_dir")
     parser.add_argument("--dtype", default="float32", help="parameter dtype of the Orbax checkpoint")
     parser.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP.format(command="convert"))
+    parser.add_argument("--peft_base", default=None, help="hf_dir is a PEFT LoRA adapter directory made for this base "
+                        "(an HF directory or our checkpoint): write it as a LoRA checkpoint naming that base")
     args = parser.parse_args(argv)
     from sciriff_jax.io import convert  # lazy: JAX
 
+    if args.peft_base:
+        convert.import_peft(args.hf_dir, args.peft_base, args.out_dir, overwrite=args.overwrite)
+        print(f"wrote LoRA checkpoint (adapters for {args.peft_base}) to {args.out_dir}")
+        return 0
     convert.import_hf(args.hf_dir, args.out_dir, dtype=args.dtype, overwrite=args.overwrite)  # errors: main's one line
     print(f"wrote Orbax checkpoint to {args.out_dir}")
     return 0
