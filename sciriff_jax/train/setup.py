@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from sciriff_jax.data.batches import BATCH_KEYS
+from sciriff_jax.decoding.kv_memory import free_device_bytes
 from sciriff_jax.model.attention import select_backend
 from sciriff_jax.model.config import LlamaConfig
 from sciriff_jax.model.llama import Llama, param_shapes
@@ -141,28 +142,15 @@ class MemoryEstimate:
                 f"new state {gb(self.outputs * self.devices)} (XLA's estimate); available: {have}")
 
 
-def _host_available_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def estimate_memory(compiled, devices) -> MemoryEstimate:
     """The compiled step's footprint next to the free memory of the devices it runs on."""
     mem = compiled.memory_analysis()
     local = [d for d in devices if d.process_index == jax.process_index()]
     outputs = max(0, mem.output_size_in_bytes - mem.alias_size_in_bytes)
-    if local[0].platform == "cpu":
-        return MemoryEstimate(mem.argument_size_in_bytes, mem.temp_size_in_bytes, outputs, len(local),
-                              _host_available_bytes(), "host RAM")
-    stats = local[0].memory_stats() or {}
-    limit = stats.get("bytes_limit")
-    available = None if limit is None else limit - stats.get("bytes_in_use", 0)
+    available = free_device_bytes(local[0])  # MemAvailable on a CPU, the allocator's limit - use elsewhere
+    if local[0].platform == "cpu":  # the CPU devices of a process share its host RAM
+        return MemoryEstimate(mem.argument_size_in_bytes, mem.temp_size_in_bytes, outputs, len(local), available,
+                              "host RAM")
     return MemoryEstimate(mem.argument_size_in_bytes, mem.temp_size_in_bytes, outputs, 1, available,
                           "device memory per device")
 
