@@ -66,7 +66,8 @@ def test_16k_experiment_splits_the_sequence_over_the_context_axis_with_ring_atte
     s = gin.get_bindings("finetune")
     assert s["mesh"].layout == "fsdp_tp_cp" and s["train"].model_overrides["attention_backend"] == "ring"
     assert s["mesh"].shape["context"] > 1
-    assert s["model"].max_position >= 16384
+    # The context is a RUNTIME override (it wins over the model file's and the checkpoint's, finetune.gin).
+    assert s["train"].model_overrides["max_position"] >= 16384
 
 
 def test_70b_experiment_uses_the_70b_shape():
