@@ -1,5 +1,5 @@
 """Preference tasks and the DPO run: pairs rendered by the checkpoint's chat format, loss on assistant turns only;
-a run from an HF directory logs rewards and starts at ln 2; a run from a finetune run's MODEL_DIR; SimPO."""
+a run from an HF directory logs rewards and starts at ln 2; a run from a finetune run's MODEL_DIR, full or LoRA (its adapters merged into its base); SimPO."""
 import json
 import math
 
@@ -136,3 +136,23 @@ def test_sciriff_jax_dpo_runs_runs_dpo_gin_with_lora_from_an_hf_directory(hf_dir
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["preference"]["lora"]["rank"] == 4 and summary["steps"] == 2
     assert "rewards/accuracy" in json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_dpo_trains_from_a_lora_finetune_runs_model_dir_whose_merged_model_is_the_reference(hf_dir, tmp_path):
+    import jax
+
+    from sciriff_jax.data.batches import DataConfig
+    from sciriff_jax.model.lora import LoraConfig
+    from sciriff_jax.train.finetune import finetune
+
+    lora_run = tmp_path / "lora_run"
+    finetune(TrainConfig(model_dir=str(lora_run), train_steps=2, batch_size=8, initial_checkpoint_path=str(hf_dir),
+                         checkpoint_period=2, log_every=1, tensorboard=False, async_checkpoints=False),
+             DataConfig("sciriff_sample", {"targets": 64}),  # the built-in sample, in the HF tokenizer: recorded
+             optimizer=OptimizerConfig(learning_rate=1e-1, warmup_ratio=0.0, schedule="constant"),
+             lora=LoraConfig(rank=4, alpha=8.0))
+    merged = loader.load(lora_run, with_tokenizer=False).params  # the LoRA run's adapters merged into its base
+    base = loader.load(hf_dir, with_tokenizer=False).params
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(base)))
+    summary = _run(tmp_path / "dpo", lora_run, write_prefs(tmp_path / "prefs"), steps=2)
+    assert abs(summary["first_loss"] - math.log(2)) < 1e-5 and summary["steps"] == 2
