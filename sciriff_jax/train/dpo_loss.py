@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from sciriff_jax.train import losses
+from sciriff_jax.train.step import guarded_update
 
 LOSSES = ("dpo", "simpo")
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracy")
@@ -140,14 +141,10 @@ def make_preference_step(loss_sums: Callable, tx: optax.GradientTransformation, 
             (grads, total, sums, tokens), _ = jax.lax.scan(body, init, _split_pairs(batch, microbatches))
         grads = jax.tree.map(lambda g, p: (g / pairs).astype(p.dtype), grads, params)
         loss = total / pairs
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731  skip the update on NaN/Inf
+        new_params, new_opt, grad_norm, finite = guarded_update(tx, grads, opt_state, params, loss)
         metrics = {"loss": loss, "grad_norm": grad_norm, "target_tokens": tokens, "finite": finite,
                    **{k: v / pairs for k, v in sums.items()}}
-        return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), metrics
+        return new_params, new_opt, metrics
 
     kwargs = {}
     if shardings is not None:

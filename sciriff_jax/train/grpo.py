@@ -40,7 +40,7 @@ from sciriff_jax.scoring import rewards
 from sciriff_jax.train import dpo, finetune, losses, loop, rollout, run_log, setup
 from sciriff_jax.train.optim import OptimizerConfig
 from sciriff_jax.train.preemption import PreemptionGuard
-from sciriff_jax.train.step import _split_microbatches
+from sciriff_jax.train.step import _split_microbatches, guarded_update
 
 AGGREGATIONS = ("sequence", "token", "constant")
 ROW_KEYS = ("inputs", "positions", "segment_ids", "targets", "mask", "old_logprobs", "advantages", "weights")
@@ -146,16 +146,12 @@ def make_grpo_step(model, tx: optax.GradientTransformation, grpo: GRPOConfig, *,
             init = (zeros, jnp.zeros((), jnp.float32), stats0)
             (grads, loss, stats), _ = jax.lax.scan(body, init, _split_microbatches(rows, microbatches))
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731  skip the update on NaN/Inf
+        new_params, new_opt, grad_norm, finite = guarded_update(tx, grads, opt_state, params, loss)
         n = jnp.maximum(stats["tokens"], 1.0)
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "kl": stats["kl"] / n,
                    "clip_fraction": stats["clipped"] / n, "entropy": stats["neg_logprob"] / n,
                    "ratio_mean": stats["ratio"] / n, "target_tokens": stats["tokens"]}
-        return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), metrics
+        return new_params, new_opt, metrics
 
     kwargs = {}
     if sharding is not None:

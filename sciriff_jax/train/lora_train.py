@@ -24,7 +24,7 @@ from sciriff_jax.model.llama import Llama, init_params, param_shapes
 from sciriff_jax.parallel.sharding import MeshConfig, Sharding
 from sciriff_jax.train import losses, setup
 from sciriff_jax.train.optim import OptimizerConfig
-from sciriff_jax.train.step import _split_microbatches, loss_weights
+from sciriff_jax.train.step import _split_microbatches, guarded_update, loss_weights
 
 
 def _step_count(opt_state):
@@ -65,13 +65,9 @@ def make_lora_step(model: Llama, tx: optax.GradientTransformation, *, microbatch
             xs = (jnp.arange(microbatches), _split_microbatches(batch, microbatches))
             (grads, loss_sum), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)), xs)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, adapters)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
-        updates, new_opt = tx.update(grads, opt_state, adapters)
-        new = optax.apply_updates(adapters, updates)
-        keep = lambda n, o: jnp.where(finite, n, o)  # noqa: E731  skip the update on NaN/Inf
+        new, new_opt, grad_norm, finite = guarded_update(tx, grads, opt_state, adapters, loss_sum)
         metrics = {"loss": loss_sum, "grad_norm": grad_norm, "target_tokens": target_tokens, "finite": finite}
-        return jax.tree.map(keep, new, adapters), jax.tree.map(keep, new_opt, opt_state), metrics
+        return new, new_opt, metrics
     return step
 
 

@@ -71,6 +71,17 @@ def make_loss_fn(model) -> Callable:
     return loss_sums
 
 
+def guarded_update(tx: optax.GradientTransformation, grads, opt_state, params, loss):
+    """(params, opt_state, grad_norm, finite) after one optimizer update; a non-finite loss or gradient leaves params
+    and optimizer state unchanged (the one NaN guard of every trainer: SFT, LoRA, DPO, GRPO)."""
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731  skip the update on NaN/Inf
+    return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), grad_norm, finite
+
+
 def make_train_step(model, tx: optax.GradientTransformation, *, microbatches: int = 1, sharding=None,
                     donate: bool = True, loss_normalization: str = "tokens", loss_group_rows: int | None = None):
     """Jitted `step(params, opt_state, batch) -> (params, opt_state, metrics)`.
@@ -103,13 +114,9 @@ def make_train_step(model, tx: optax.GradientTransformation, *, microbatches: in
         del weight_sum  # the weights are normalised already: the loss is the weighted sum
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         loss = loss_sum
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731  skip the update on NaN/Inf
+        new_params, new_opt, grad_norm, finite = guarded_update(tx, grads, opt_state, params, loss)
         metrics = {"loss": loss, "grad_norm": grad_norm, "target_tokens": target_tokens, "finite": finite}
-        return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt, opt_state), metrics
+        return new_params, new_opt, metrics
 
     kwargs = {}
     if sharding is not None:
