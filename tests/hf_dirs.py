@@ -84,3 +84,19 @@ def sentencepiece_tokenizer(directory, *, template: str | None = None, vocab_siz
         config["chat_template"] = template
     _write_json(directory / "tokenizer_config.json", config)
     return directory
+
+
+def tiny_llama_dir(directory) -> pathlib.Path:
+    """A random 2-layer LlamaForCausalLM (vocab 400, 128 positions, tied embeddings, seed 0) saved by transformers,
+    with the byte-level BPE tokenizer and its ChatML template: a whole HF model directory."""
+    import torch
+    import transformers
+
+    directory = pathlib.Path(directory)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                      tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    byte_bpe_tokenizer(directory)
+    return directory

@@ -36,14 +36,7 @@ def write_prefs(folder, task="demo_task", split="train"):
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hf")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                      tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(config).save_pretrained(d)
-    hf_dirs.byte_bpe_tokenizer(d)
-    return d
+    return hf_dirs.tiny_llama_dir(tmp_path_factory.mktemp("hf"))
 
 
 def test_pairs_are_rendered_by_the_checkpoints_chat_format_with_loss_on_the_assistant_turn(hf_dir, tmp_path):

@@ -94,18 +94,11 @@ def test_grpo_logs_every_metric_and_a_killed_run_resumes_exactly(sft_dir, tmp_pa
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     from tests import hf_dirs
 
-    d = tmp_path_factory.mktemp("hf")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                      tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(config).save_pretrained(d)
-    hf_dirs.byte_bpe_tokenizer(d)
-    return d
+    return hf_dirs.tiny_llama_dir(tmp_path_factory.mktemp("hf"))
 
 
 def test_grpo_from_an_hf_directory_on_the_fake_mesh(hf_dir, tmp_path):
