@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,15 +55,21 @@ def _records(model_dir):
         return [r for r in map(json.loads, f) if "reward_mean" in r]
 
 
-def _run_to_kill(cmd):
+def _run_to_kill(cmd, model_dir):
+    """SIGKILL the run during step KILL_AT, once checkpoint PERIOD is sealed: the save is asynchronous, so the
+    "step KILL_AT" line alone can come while PERIOD is still being written (a kill then leaves nothing to resume)."""
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     seen = []
     for line in proc.stdout:
         seen.append(line)
         if f"step {KILL_AT}/{STEPS}" in line:
-            proc.send_signal(signal.SIGKILL)  # only committed checkpoints survive
             break
+    sealed = model_dir / "checkpoints" / str(PERIOD)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not list(sealed.glob("sciriff_checksums-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # only committed, sealed checkpoints survive
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
 
@@ -85,7 +92,7 @@ def test_grpo_logs_every_metric_and_a_killed_run_resumes_exactly(sft_dir, tmp_pa
     summary = json.loads((full / "train_summary.json").read_text())
     assert summary["trainer"] == "grpo" and summary["final_step"] == STEPS
 
-    _run_to_kill(_grpo(crashed, sft_dir))
+    _run_to_kill(_grpo(crashed, sft_dir), crashed)
     again = _run(_grpo(crashed, sft_dir))
     assert f"resumed from {crashed}/checkpoints/{PERIOD}" in again.stdout
     got = {r["step"]: (r["reward_mean"], r["loss"], r["kl"]) for r in _records(crashed)}
