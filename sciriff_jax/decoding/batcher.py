@@ -252,6 +252,10 @@ class ContinuousBatcher:
         return kv_memory.plan_pool(self.config, needs, slots=self.slots, page_size=self.page_size, dtype=dtype,
                                    budget_bytes=budget, shards=self._tensor_shards(), budget_note=note)
 
+    def _new_state(self, sched, prompts, needs, rng, on_finish, logprobs, on_step) -> "_RunState":
+        """One run's state; its `decode` is the device call (decoding/speculate.py overrides it)."""
+        return _RunState(self, sched, prompts, needs, rng, on_finish, logprobs, on_step)
+
     def run(self, prompts: list[list[int]], max_new: list[int], rng=None,
             on_finish: Callable[[int, list[int]], None] | None = None, logprobs: bool = False,
             on_step: Callable[[WorkCount], None] | None = None) -> list[list[int]]:
@@ -275,8 +279,8 @@ class ContinuousBatcher:
                           prefill_rows=self.prefill_rows)
         self.work = sched.work
         with self._context():
-            state = _RunState(self, sched, prompts, needs, jax.random.PRNGKey(0) if rng is None else rng, on_finish,
-                              logprobs, on_step)
+            state = self._new_state(sched, prompts, needs, jax.random.PRNGKey(0) if rng is None else rng, on_finish,
+                                    logprobs, on_step)
             while not sched.done:
                 admitted = sched.admit()
                 for group in sched.prefill_groups(admitted):
