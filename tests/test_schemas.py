@@ -134,3 +134,38 @@ def test_an_unknown_task_name_is_an_error_not_unconstrained():
 def test_each_call_returns_a_fresh_schema():
     schema_for("biored_ner")["properties"].clear()
     assert "Chemical" in schema_for("biored_ner")["properties"]
+
+
+# The grammar library's side (llguidance, what sciriff_jax.decoding.constrain compiles schemas with): every schema
+# compiles, and every reference is a string its grammar accepts when written as the references are (separators ", "
+# and ": ", general \uXXXX escapes allowed: json.dumps / tojson escape non-ASCII).
+REFERENCE_STYLE = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False,
+                   "json_allow_general_unicode_escapes": True}
+
+
+def test_every_schema_compiles_and_admits_the_references_in_llguidance(tmp_path, shared_sciriff):
+    llguidance = pytest.importorskip("llguidance", reason="llguidance (the 'constrained' extra) is not installed")
+    import llguidance.hf  # noqa: F401  # its transformers bridge
+    from transformers import PreTrainedTokenizerFast
+
+    import hf_dirs
+
+    tokenizer = llguidance.hf.from_tokenizer(
+        PreTrainedTokenizerFast.from_pretrained(str(hf_dirs.byte_bpe_tokenizer(tmp_path / "tok"))))
+    paths = sorted((shared_sciriff / "eval_sample").glob("*.jsonl")) + sorted(SAMPLE_DIR.glob("*.jsonl"))
+    refs = collections.defaultdict(list)
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            refs[row["_instance_id"].split(":", 1)[0]].append(row["output"])
+    for task in sorted(TASKS_WITH_SCHEMA) + ["sample_ner", "sample_list_qa", "sample_entailment"]:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_for(task), overrides=REFERENCE_STYLE)
+        assert llguidance.LLMatcher.validate_grammar(grammar, tokenizer) == "", task
+        for output in refs.get(task, []):
+            matcher = llguidance.LLMatcher(tokenizer, grammar)
+            matcher.consume_tokens(tokenizer.tokenize_str(output))
+            assert not matcher.is_error() and matcher.is_accepting(), (task, output[:200], matcher.get_error())
+    bad = llguidance.LLMatcher(tokenizer, llguidance.LLMatcher.grammar_from_json_schema(
+        schema_for("scierc_re"), overrides=REFERENCE_STYLE))
+    bad.consume_tokens(tokenizer.tokenize_str('[["a", "b", "CAUSES"]]'))
+    assert bad.is_error()
