@@ -19,7 +19,7 @@ import uuid
 from etils import epath
 
 from sciriff_jax.chat.jinja import read_template
-from sciriff_jax.io import checkpoint, checksums, hf, loader, lora_files, paths, tokenizer_files
+from sciriff_jax.io import checkpoint, checksums, hf, loader, lora_files, paths, spm_json, tokenizer_files
 from sciriff_jax.model import lora as lora_lib
 from sciriff_jax.model.config import LlamaConfig
 
@@ -208,6 +208,21 @@ def export_peft(ckpt_dir, out_dir, overwrite: bool = False) -> None:
     _write_into_place(epath.Path(out_dir), build, replace)
 
 
+def _tokenizer_json(out, max_length: int, recorded) -> None:
+    """Write tokenizer.json (+ tokenizer_config.json unless the recorded tokenizer had one) beside a SentencePiece-only
+    tokenizer.model (io/spm_json.py), so transformers encodes every text to our ids; a model the conversion cannot
+    mirror keeps tokenizer.model alone, and the export says so."""
+    model = (out / "tokenizer.model").read_bytes()
+    try:
+        tok = spm_json.convert(model, where=f"{recorded}/tokenizer.model")
+    except spm_json.ConversionError as err:
+        print(f"[export] warning: no tokenizer.json written: {err}", flush=True)
+        return
+    (out / "tokenizer.json").write_text(tok.to_str(pretty=True), encoding="utf-8")
+    if not (out / "tokenizer_config.json").is_file():
+        (out / "tokenizer_config.json").write_text(json.dumps(spm_json.tokenizer_config(model, max_length), indent=1))
+
+
 def export_hf(ckpt_dir, hf_dir, dtype: str | None = None, max_shard_bytes: int = 5 * 2 ** 30,
               overwrite: bool = False) -> None:
     """Export an Orbax checkpoint (step dir or MODEL_DIR, local or URL) to a local Hugging Face directory, with the
@@ -231,6 +246,8 @@ def export_hf(ckpt_dir, hf_dir, dtype: str | None = None, max_shard_bytes: int =
         for name in tokenizer_files.HF_FILES + ("tokenizer.model",):
             if (local / name).is_file():
                 (out / name).write_bytes((local / name).read_bytes())
+        if (out / "tokenizer.model").is_file() and not (out / "tokenizer.json").is_file():
+            _tokenizer_json(out, loaded.config.max_position, recorded)
         if fmt.template in _BUILTIN_JINJA and not (out / "chat_template.jinja").exists():
             (out / "chat_template.jinja").write_text(_BUILTIN_JINJA[fmt.template], encoding="utf-8")
         # The tokenizer's own special ids, as transformers reads them (whether a prompt starts with BOS is the chat
