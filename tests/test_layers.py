@@ -45,6 +45,7 @@ DEFERRABLE = {
     "pyarrow": "pyarrow (~0.4 s at start-up; only .parquet files need it)",
     "qwix": "qwix (optional: the qlora extra; ~2 s at import; only a quantized LoRA base needs it)",
     "matplotlib": "matplotlib (~1 s at start-up; only a run's report draws)",
+    "llguidance": "llguidance (optional: the constrained extra; only CONSTRAINED decoding needs it)",
 }
 
 # (file, imported module) -> why it stays inside its function although the rule above does not cover it.

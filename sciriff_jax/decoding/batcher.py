@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sciriff_jax.decoding import kv_memory
+from sciriff_jax.decoding import constrain, kv_memory
 from sciriff_jax.decoding.scheduler import Scheduler, WorkCount
 from sciriff_jax.model.llama import Llama
 
@@ -108,25 +108,28 @@ def _model(config, params, lora):
 
 class PrefillProgram(NamedTuple):
     """What one compiled prefill program is specialised to (static): the model, how the first token is drawn,
-    whether its log-probability comes back too, and the LoRA config (None: plain params)."""
+    whether its log-probability comes back too, the LoRA config (None: plain params), and whether the first token is
+    drawn under an allowed-token mask (`constrain.Allowed`)."""
 
     config: object
     sampling: Sampling
     logprobs: bool = False
     lora: object = None
+    constrained: bool = False
 
 
 @functools.partial(jax.jit, static_argnames=("program",), donate_argnames=("pool",))
-def _prefill(params, pool, tokens, start, last, page_table, rng, *, program: PrefillProgram):
+def _prefill(params, pool, tokens, start, last, page_table, rng, allowed=None, *, program: PrefillProgram):
     """Write a chunk of each row's prompt (at positions start + i) into its pages; return the pool and the token
     drawn from the logits at chunk index `last` (only the final chunk's is used), and with `program.logprobs` its
-    log-probability (`token_logprobs`)."""
-    config, sampling, logprobs, lora = program
+    log-probability (`token_logprobs`). With `program.constrained` the token is drawn where `allowed.bits` [rows, W]
+    allows; its log-probability stays the model's unmasked one (the policy's)."""
+    config, sampling, logprobs, lora, constrained = program
     positions = start[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
     model, variables = _model(config, params, lora)
     logits, pool = model.apply(variables, tokens, positions=positions, cache=pool,
                                cache_index=start, page_table=page_table, logits_index=last)
-    first = sample(logits[:, 0], rng, sampling)
+    first = sample(constrain.apply_mask(logits[:, 0], allowed.bits) if constrained else logits[:, 0], rng, sampling)
     if logprobs:
         return pool, first, token_logprobs(logits[:, 0], first, sampling)
     return pool, first
@@ -142,18 +145,24 @@ class DecodeProgram(NamedTuple):
     stops: tuple
     logprobs: bool = False
     lora: object = None  # a LoRA config: params are {"params": base, "lora": adapters}
+    constrained: bool = False  # tokens drawn under allowed-token masks (`constrain.Allowed`), advanced on the host
 
 
 @functools.partial(jax.jit, static_argnames=("program",), donate_argnames=("pool",))
-def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, rng, *, program: DecodeProgram):
+def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, rng, allowed=None, *,
+            program: DecodeProgram):
     """Up to `program.steps` decode steps of every row; rows not `rows.live` compute but change nothing.
 
     rows.tokens [B]: each row's last token (fed next, at position rows.length [B]); tail [B, T]: each row's last T
     generated tokens (that one included), to spot a stop sequence that began before this call. Returns (pool, new
     tokens [B, steps] (-1 where a row did not run), steps taken, the rows after them, finished [B], real row-steps),
     and with `program.logprobs` also the new tokens' log-probabilities [B, steps] (`token_logprobs`).
+
+    With `program.constrained`, `allowed` (`constrain.Allowed`) holds each row's next-token mask; a token is drawn
+    where its row's mask allows (greedy and top-p alike), then the host advances the rows' matchers by the drawn
+    tokens and returns the next masks (`constrain.next_mask`). Log-probabilities stay the unmasked model's.
     """
-    config, steps, sampling, stops, with_logprobs, lora = program
+    config, steps, sampling, stops, with_logprobs, lora, constrained = program
     model, variables = _model(config, params, lora)
     max_new, live = rows.limit, rows.live
     t = tail.shape[1]
@@ -161,17 +170,19 @@ def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, 
     lps = jnp.zeros((tail.shape[0], steps if with_logprobs else 0), jnp.float32)
 
     def cond(state):
-        i, _, _, _, _, _, finished, _, _, _ = state
+        i, _, _, _, _, _, finished, _, _, _, _ = state
         running = live & ~finished
         return (i < steps) & jnp.any(running) & ~(stop_on_finish & jnp.any(live & finished))
 
     def body(state):
-        i, pool, out, tokens, length, generated, finished, real, rng, lps = state
+        i, pool, out, tokens, length, generated, finished, real, rng, lps, bits = state
         logits, pool = model.apply(variables, tokens[:, None], positions=length[:, None], cache=pool,
                                    cache_index=length, page_table=page_table)
         rng, sub = jax.random.split(rng)
-        nxt = sample(logits[:, -1], sub, sampling)
+        nxt = sample(constrain.apply_mask(logits[:, -1], bits) if constrained else logits[:, -1], sub, sampling)
         run = live & ~finished
+        if constrained:
+            bits = constrain.next_mask(allowed.handle, nxt, run, bits.shape[1])
         out = jax.lax.dynamic_update_slice_in_dim(out, jnp.where(run, nxt, -1)[:, None], t + i, axis=1)
         if with_logprobs:
             lps = jax.lax.dynamic_update_slice_in_dim(lps, token_logprobs(logits[:, -1], nxt, sampling)[:, None], i,
@@ -182,11 +193,11 @@ def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, 
             stop = stop | _ends_with_stop(out, t + i, stops)
         finished = finished | (run & stop)
         return (i + 1, pool, out, jnp.where(run, nxt, tokens), length + run, generated, finished,
-                real + jnp.sum(run), rng, lps)
+                real + jnp.sum(run), rng, lps, bits)
 
     init = (jnp.int32(0), pool, out, rows.tokens, rows.length, rows.generated, jnp.zeros_like(live), jnp.int32(0), rng,
-            lps)
-    i, pool, out, tokens, length, generated, finished, real, _, lps = jax.lax.while_loop(cond, body, init)
+            lps, allowed.bits if constrained else None)
+    i, pool, out, tokens, length, generated, finished, real, _, lps, _ = jax.lax.while_loop(cond, body, init)
     result = (pool, out[:, t:], i, rows._replace(tokens=tokens, length=length, generated=generated), finished, real)
     return result + (lps,) if with_logprobs else result
 
@@ -226,6 +237,8 @@ class ContinuousBatcher:
         self.logprobs: list[list[float]] | None = None  # the last run's, when it was asked for them
         # A LoRA config (model/lora.py) when `params` are {"params": base, "lora": adapters}: set before `run`.
         self.lora = None
+        # A `constrain.Constraint` (one JSON schema or None per prompt of the next `run`): set before `run`.
+        self.constraint = None
 
     def _context(self):
         return self.sharding.context() if self.sharding is not None else contextlib.nullcontext()
@@ -317,6 +330,21 @@ class _RunState:
         shape = (c.num_layers, batcher.plan.num_pages, batcher.page_size, c.num_kv_heads, c.head_dim)
         sharding = batcher._pool_sharding()
         self.pool = {k: _zeros(shape, jnp.dtype(c.dtype), sharding) for k in ("k", "v")}
+        # With a constraint: every slot's matcher on the host, and the handle the decode loop's callback names.
+        self.matchers = None if batcher.constraint is None else constrain.Matchers(batcher.constraint, b,
+                                                                                   c.vocab_size)
+        self.handle = None if self.matchers is None else constrain.register(self.matchers)
+
+    def _allowed(self, slots):
+        """The constrained programs' `allowed` for rows at `slots` (None: a dummy row, all allowed); None when
+        the run is unconstrained."""
+        if self.matchers is None:
+            return None
+        bits = np.full((len(slots), self.matchers.width), 0xFFFFFFFF, np.uint32)
+        for j, slot in enumerate(slots):
+            if slot is not None:
+                bits[j] = self.matchers.rows([slot])[0]
+        return constrain.Allowed(bits, np.int32(self.handle))
 
     def _split(self):
         self.rng, sub = jax.random.split(self.rng)
@@ -328,6 +356,8 @@ class _RunState:
         for r in group:
             self.table[r.slot] = 0
             self.table[r.slot, :len(r.pages)] = r.pages
+            if self.matchers is not None:
+                self.matchers.start(r.slot, r.index)
         pending = list(group)
         while pending:
             rows, size, real = sched.next_chunk(pending)
@@ -338,8 +368,10 @@ class _RunState:
                 chunk[j, :n] = self.prompts[r.index][r.prefilled:r.prefilled + n]
                 start[j], last[j], table[j] = r.prefilled, n - 1, self.table[r.slot]
             began = time.perf_counter()
-            program = PrefillProgram(bt.config, bt.sampling, self.lps is not None, bt.lora)
-            result = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(), program=program)
+            program = PrefillProgram(bt.config, bt.sampling, self.lps is not None, bt.lora, self.matchers is not None)
+            allowed = self._allowed([r.slot for r in pending] + [None] * (rows - len(pending)))
+            result = _prefill(bt.params, self.pool, chunk, start, last, table, self._split(), allowed,
+                              program=program)
             self.pool, first = result[:2]
             if self.lps is not None:
                 first_lp = np.asarray(result[2])
@@ -352,6 +384,8 @@ class _RunState:
                 r.generated = 1
                 sched.work.generated += 1
                 self.outputs[r.index] = [int(first[j])]
+                if self.matchers is not None:
+                    self.matchers.consume(r.slot, first[j])
                 if self.lps is not None:
                     self.lps[r.index] = [float(first_lp[j])]
                 slot = self.rows
@@ -370,11 +404,12 @@ class _RunState:
         for r in active:
             prev = self.outputs[r.index][-t:] if t else []
             tail[r.slot, t - len(prev):] = prev
-        program = DecodeProgram(bt.config, bt.steps, bt.sampling, bt.stops, self.lps is not None, bt.lora)
+        program = DecodeProgram(bt.config, bt.steps, bt.sampling, bt.stops, self.lps is not None, bt.lora,
+                                self.matchers is not None)
         began = time.perf_counter()
         result = _decode(
             bt.params, self.pool, self.table, self.rows, tail, np.bool_(bool(sched.waiting)), np.int32(bt.eos_id),
-            self._split(), program=program)
+            self._split(), self._allowed(range(bt.slots)), program=program)
         self.pool, out, steps, rows, finished, real = result[:6]
         out, finished = np.asarray(out), np.asarray(finished)
         lps = np.asarray(result[6]) if self.lps is not None else None
@@ -411,6 +446,11 @@ class _RunState:
             self.logprob_results[r.index] = self.lps.pop(r.index)
         if toks and toks[-1] == self.batcher.eos_id:
             toks = toks[:-1]
+        if self.matchers is not None:
+            self.matchers.stop(r.slot)
+            if r.index in self.matchers.errors:  # never expected: each token was drawn where its mask allowed
+                raise RuntimeError(f"constrained decoding: prompt {r.index}'s matcher failed "
+                                   f"({self.matchers.errors[r.index]}); a bug, please report it.")
         self.results[r.index] = toks
         # A free slot feeds token 0 at position 0 into scratch: it must not widen the key-block loop.
         self.rows.live[r.slot], self.table[r.slot], self.rows.length[r.slot], self.rows.tokens[r.slot] = False, 0, 0, 0

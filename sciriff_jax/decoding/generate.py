@@ -46,12 +46,14 @@ def check_arguments(prompts: list[list[int]], max_new_tokens: int | Sequence[int
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
     """What each prompt generates: its new-token limit (one, or one per prompt), where it ends (EOS id, token stop
-    sequences) and how tokens are drawn (greedy by default)."""
+    sequences), how tokens are drawn (greedy by default), and what each answer may be: a `constrain.Constraint`
+    (one JSON schema or None per prompt; needs `pip install 'sciriff-jax[constrained]'`) or None (free text)."""
 
     max_new_tokens: int | Sequence[int]
     eos_id: int
     stop_sequences: Sequence[Sequence[int]] = ()
     sampling: Sampling = Sampling()
+    constraint: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,11 @@ def generate(config: LlamaConfig, params, prompts: list[list[int]], generation: 
     batcher = ContinuousBatcher(config, params, eos_id=generation.eos_id, slots=batch_size,
                                 sampling=generation.sampling, stop_sequences=generation.stop_sequences,
                                 sharding=sharding, kv_cache_bytes=kv_cache_bytes, log=hooks.log)
+    if generation.constraint is not None:
+        if len(generation.constraint.schemas) != len(prompts):
+            raise ValueError(f"generate: the constraint has {len(generation.constraint.schemas)} schemas for "
+                             f"{len(prompts)} prompts; give one per prompt (None for free text).")
+        batcher.constraint = generation.constraint
     stops = batcher.stops
     on_finish = hooks.on_finish
     done = None if on_finish is None else (lambda i, toks: on_finish(i, strip_stop(toks, stops)))
