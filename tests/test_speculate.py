@@ -72,3 +72,129 @@ def test_sampling_and_logprobs_are_refused_with_the_setting_to_change(params):
         speculate.SpeculativeBatcher(CONFIG, params, k=4, eos_id=-1, log=None).run([[1, 2]], [3], logprobs=True)
     with pytest.raises(ValueError, match="SPECULATE=0 .* >= 1"):
         speculate.SpeculativeBatcher(CONFIG, params, k=0, eos_id=-1, log=None)
+
+
+def _train_copying_model(texts, steps=160, batch=16):
+    """A tiny Llama trained (Adam, real gradient steps) to repeat a window of real text after SEP."""
+    rng = np.random.default_rng(0)
+    docs = [t for t in texts if len(t) > WINDOW]
+    params = init_params(REAL, jax.random.PRNGKey(0))
+    opt = optax.adam(3e-3)
+
+    def loss(p, tokens):
+        logp = jax.nn.log_softmax(Llama(REAL).apply({"params": p}, tokens)[:, WINDOW:-1])
+        return -jnp.mean(jnp.take_along_axis(logp, tokens[:, WINDOW + 1:, None], axis=-1))  # the copy's tokens
+
+    @jax.jit
+    def step(p, state, tokens):
+        value, grads = jax.value_and_grad(loss)(p, tokens)
+        updates, state = opt.update(grads, state, p)
+        return optax.apply_updates(p, updates), state, value
+
+    state = opt.init(params)
+    for _ in range(steps):
+        rows = []
+        for d in (docs[i] for i in rng.integers(len(docs), size=batch)):
+            s = rng.integers(len(d) - WINDOW)
+            rows.append(list(d[s:s + WINDOW]) + [SEP] + list(d[s:s + WINDOW]))
+        params, state, value = step(params, state, jnp.asarray(rows, jnp.int32))
+    assert float(value) < 0.5, f"the copying model did not learn to copy (loss {float(value):.2f})"
+    return params
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    from seqio_tasks import vocab as vocab_lib  # the data layer (TensorFlow)
+
+    return vocab_lib.get_vocabulary()
+
+
+@pytest.fixture(scope="module")
+def real_texts(vocabulary):
+    """Real SciRIFF-Eval instances' inputs (the shared sample), tokenized; skips where there is no ../shared."""
+    if not SHARED_SCIRIFF.is_dir():
+        pytest.skip(f"real SciRIFF sample not found at {SHARED_SCIRIFF} (only CI and developers have ../shared)")
+    out = {}
+    for task in ("bioasq_list_qa", "scifact_entailment", "scierc_ner", "biored_ner"):
+        lines = (SHARED_SCIRIFF / "eval_sample" / f"{task}.jsonl").open().read().splitlines()
+        out[task] = [list(vocabulary.encode(json.loads(line)["input"])) for line in lines[:12]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def copying_model(real_texts):
+    # Trained on two tasks' documents; the tests prompt it with the other two's.
+    return _train_copying_model(real_texts["scierc_ner"] + real_texts["biored_ner"])
+
+
+def _copy_prompts(texts, n=6):
+    """A window of each real prompt, SEP, and the window's first 3 tokens: a copying model repeats the rest."""
+    out = []
+    for t in texts[:n]:
+        s = len(t) // 2
+        out.append(t[s:s + WINDOW] + [SEP] + t[s:s + 3])
+    return out
+
+
+@pytest.fixture(scope="module")
+def copy_prompts(real_texts):
+    return _copy_prompts(real_texts["bioasq_list_qa"], 3) + _copy_prompts(real_texts["scifact_entailment"], 3)
+
+
+@pytest.mark.slow  # the copying model trains for ~25 s
+def test_a_copying_model_accepts_drafts_and_decodes_exactly_as_greedy(copying_model, copy_prompts):
+    want = _plain(REAL, copying_model, copy_prompts, [WINDOW - 3] * 6, eos_id=-1, slots=4)
+    copied = sum(a == b for w, p in zip(want, copy_prompts) for a, b in zip(w, p[3:WINDOW]))
+    assert copied > 0.7 * len(want) * (WINDOW - 3), "the trained model should mostly copy its prompt"
+    for k in (2, 8):
+        got, stats = _speculative(REAL, copying_model, copy_prompts, [WINDOW - 3] * 6, k, eos_id=-1, slots=4)
+        assert got == want, k
+        assert stats.accepted_length() > 1.8, stats.as_dict()  # most steps accepted drafts
+
+
+@pytest.mark.slow  # the copying model trains for ~25 s
+def test_eos_stop_sequences_and_limits_cut_rows_inside_accepted_drafts_as_greedy_does(copying_model, copy_prompts):
+    free = _plain(REAL, copying_model, copy_prompts, [WINDOW - 3] * 6, eos_id=-1, slots=4)
+    # EOS is a token the first row copies mid-answer, a stop sequence two tokens of the second's, and the limits
+    # fall inside runs of accepted drafts: every cut lands where plain greedy's does, never past it.
+    setting = dict(eos_id=free[0][15], stop_sequences=[free[1][20:22]], slots=4)
+    limits = [WINDOW - 3, WINDOW - 3, 5, 9, 14, 22]
+    want = _plain(REAL, copying_model, copy_prompts, limits, **setting)
+    assert len(want[0]) < 16 and free[1][20:22] == want[1][-2:] and len(want[1]) <= 22
+    assert [len(t) for t in want[2:]] == [min(m, len(f)) for m, f in zip(limits[2:], free[2:])]
+    got, stats = _speculative(REAL, copying_model, copy_prompts, limits, 8, **setting)
+    assert got == want
+    assert stats.accepted_length() > 1.8, stats.as_dict()
+
+
+@pytest.mark.slow  # the copying model trains for ~25 s
+def test_speculation_on_the_8_device_mesh_decodes_exactly_as_greedy(copying_model, copy_prompts):
+    from sciriff_jax.parallel.sharding import MeshConfig, Sharding
+
+    sharding = Sharding.create(REAL, MeshConfig("fsdp_tp"))
+    sharded = jax.device_put(copying_model, sharding.params)
+    limits = [WINDOW - 3, 7, 30, 12, WINDOW - 3, 18]
+    want = _plain(REAL, copying_model, copy_prompts, limits, eos_id=-1, slots=4)
+    got, stats = _speculative(REAL, sharded, copy_prompts, limits, 4, eos_id=-1, slots=4, sharding=sharding)
+    assert got == want
+    assert stats.accepted_length() > 1.5, stats.as_dict()
+
+
+@pytest.fixture(scope="module")
+def long_prompts(real_texts):
+    """Three whole real SciRIFF-Eval prompts (about 300 to 2,000 tokens), many pages and key blocks each."""
+    texts = sorted(real_texts["scifact_entailment"] + real_texts["bioasq_list_qa"], key=len)
+    return [texts[0], texts[len(texts) // 2], texts[-1]]
+
+
+def test_whole_real_prompts_on_a_random_model_decode_exactly_as_greedy(long_prompts):
+    params = jax.tree.map(lambda x: x * 4.0, init_params(REAL, jax.random.PRNGKey(1)))
+    want = _plain(REAL, params, long_prompts, [16] * 3, eos_id=-1, slots=2)
+    got, _ = _speculative(REAL, params, long_prompts, [16] * 3, 4, eos_id=-1, slots=2)
+    assert got == want
+    from sciriff_jax.parallel.sharding import MeshConfig, Sharding
+
+    sharding = Sharding.create(REAL, MeshConfig("fsdp_tp"))
+    got, _ = _speculative(REAL, jax.device_put(params, sharding.params), long_prompts, [16] * 3, 4, eos_id=-1, slots=2,
+                          sharding=sharding)
+    assert got == want
