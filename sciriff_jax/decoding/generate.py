@@ -13,6 +13,7 @@ import jax
 
 from sciriff_jax.decoding.batcher import ContinuousBatcher, Sampling
 from sciriff_jax.decoding.scheduler import WorkCount
+from sciriff_jax.decoding.speculate import SpeculativeBatcher
 from sciriff_jax.model.config import LlamaConfig
 
 MAX_NEW_TOKENS = 1024
@@ -54,6 +55,8 @@ class GenerationConfig:
     stop_sequences: Sequence[Sequence[int]] = ()
     sampling: Sampling = Sampling()
     constraint: object = None
+    # Prompt-lookup speculation (decoding/speculate.py): drafts verified per step, greedy only; 0 = off.
+    speculate: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +82,13 @@ def generate(config: LlamaConfig, params, prompts: list[list[int]], generation: 
     progress callbacks and the log (`DecodeHooks`).
     """
     limits = check_arguments(prompts, generation.max_new_tokens)
-    batcher = ContinuousBatcher(config, params, eos_id=generation.eos_id, slots=batch_size,
-                                sampling=generation.sampling, stop_sequences=generation.stop_sequences,
-                                sharding=sharding, kv_cache_bytes=kv_cache_bytes, log=hooks.log)
+    engine = dict(eos_id=generation.eos_id, slots=batch_size, sampling=generation.sampling,
+                  stop_sequences=generation.stop_sequences, sharding=sharding, kv_cache_bytes=kv_cache_bytes,
+                  log=hooks.log)
+    if generation.speculate:
+        batcher = SpeculativeBatcher(config, params, k=generation.speculate, **engine)
+    else:
+        batcher = ContinuousBatcher(config, params, **engine)
     if generation.constraint is not None:
         if len(generation.constraint.schemas) != len(prompts):
             raise ValueError(f"generate: the constraint has {len(generation.constraint.schemas)} schemas for "
@@ -92,4 +99,6 @@ def generate(config: LlamaConfig, params, prompts: list[list[int]], generation: 
     done = None if on_finish is None else (lambda i, toks: on_finish(i, strip_stop(toks, stops)))
     out = batcher.run(prompts, limits, rng=jax.random.PRNGKey(0) if rng is None else rng, on_finish=done,
                       on_step=hooks.on_step)
+    if generation.speculate and hooks.log:
+        hooks.log(f"[decode] speculation: {batcher.speculation.describe()}")
     return [strip_stop(tokens, stops) for tokens in out]
