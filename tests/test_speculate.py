@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from sciriff_jax.decoding import batcher, speculate
-from sciriff_jax.decoding.generate import GenerationConfig, generate
+from sciriff_jax.decoding.generate import DecodeHooks, GenerationConfig, generate
 from sciriff_jax.model import Llama, LlamaConfig, init_params
 from tests.conftest import SHARED_SCIRIFF
 
@@ -198,3 +198,28 @@ def test_whole_real_prompts_on_a_random_model_decode_exactly_as_greedy(long_prom
     got, _ = _speculative(REAL, jax.device_put(params, sharding.params), long_prompts, [16] * 3, 4, eos_id=-1, slots=2,
                           sharding=sharding)
     assert got == want
+
+
+def test_generate_with_speculate_gives_what_transformers_prompt_lookup_decoding_gives(tmp_path):
+    # The other side: transformers' own prompt-lookup decoding (greedy, the same k) on the same HF checkpoint.
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from sciriff_jax.io import loader
+    from tests import hf_dirs
+
+    hf_dir = hf_dirs.tiny_llama_dir(tmp_path / "hf")
+    ours = loader.load(str(hf_dir), dtype="float32", with_tokenizer=False)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    # Repeated phrases, so both sides find n-gram matches to draft from.
+    phrases = _prompts(3, (6, 5, 7), 400)
+    prompts = [phrases[0] + phrases[1] + phrases[0][:3], phrases[2] * 3 + phrases[1][:2], phrases[1] * 2]
+    eos = model.generation_config.eos_token_id
+    mine = generate(ours.config, ours.params, prompts, GenerationConfig(20, eos, speculate=4), batch_size=2,
+                    hooks=DecodeHooks(log=None))
+    theirs = []
+    for p in prompts:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False, prompt_lookup_num_tokens=4,
+                                 eos_token_id=eos, pad_token_id=eos)[0, len(p):].tolist()
+        theirs.append(out[:out.index(eos)] if eos in out else out)
+    assert mine == theirs

@@ -44,6 +44,12 @@ class SpeculationStats:
         steps = sum(self.steps[i] for i in indices)
         return sum(self.tokens[i] for i in indices) / steps if steps else None
 
+    def describe(self) -> str:
+        """One line: k, verify steps and the mean accepted length."""
+        mean = self.accepted_length()
+        return (f"SPECULATE={self.k}: {sum(self.tokens)} tokens in {sum(self.steps)} verify steps, "
+                + (f"{mean:.2f} tokens per step (1 = no draft accepted)" if mean is not None else "no verify step"))
+
     def as_dict(self) -> dict:
         return {"k": self.k, "verify_steps": sum(self.steps), "tokens": sum(self.tokens),
                 "mean_accepted_length": self.accepted_length()}
@@ -169,6 +175,9 @@ class SpeculativeBatcher(ContinuousBatcher):
         if logprobs:
             raise ValueError("speculative decoding: log-probabilities are not recorded with SPECULATE > 0 (they are "
                              "for sampled rollouts); set SPECULATE = 0.")
+        if self.constraint is not None:
+            raise ValueError(f"speculative decoding: SPECULATE={self.k} does not combine with constrained decoding "
+                             "(CONSTRAINED = True) yet; set one of them off.")
         self.speculation = SpeculationStats(self.k, [0] * len(prompts), [0] * len(prompts))
         return super().run(prompts, max_new, rng=rng, on_finish=on_finish, on_step=on_step)
 
