@@ -85,7 +85,8 @@ def test_a_sentencepiece_model_gives_masks_from_its_pieces(tmp_path):
                                    pad_id=0, bos_id=1, eos_id=2, unk_id=3, byte_fallback=True, minloglevel=2,
                                    hard_vocab_limit=False)
     sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
-    c = constrain.Constraint.create(prefix + ".model", [STRINGS], vocab_size=416, eos_id=2)
+    # minItems 1: after '[' the schema forces '"', which llguidance tokenizes with our encoder (no dummy prefix).
+    c = constrain.Constraint.create(prefix + ".model", [dict(STRINGS, minItems=1)], vocab_size=416, eos_id=2)
     m = constrain.Matchers(c, 1, 416)
     m.start(0, 0)
     assert not bits_of(m, 0)[sp.get_piece_size():].any()  # the model's padded rows are never allowed
@@ -190,3 +191,37 @@ def test_constraining_without_the_library_says_what_to_install(tokenizer_dir, mo
     with pytest.raises(ImportError, match=r"CONSTRAINED = True needs the grammar library llguidance.*"
                                           r"pip install 'sciriff-jax\[constrained\]'"):
         constrain.Constraint.create(tokenizer_dir, [STRINGS], vocab_size=CONFIG.vocab_size, eos_id=3)
+
+
+@pytest.fixture(scope="module")
+def sample_model():
+    from sciriff_jax.model.config import LlamaConfig as Config
+    from seqio_tasks import vocab as vocab_lib
+
+    config = Config(vocab_size=1536, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                    max_position=1024, dtype="float32", param_dtype="float32")
+    return config, init_params(config, jax.random.PRNGKey(0)), vocab_lib.get_vocabulary()
+
+
+def test_a_constrained_eval_answers_in_each_tasks_schema_and_says_so_in_its_summary(sample_model, tmp_path):
+    from sciriff_jax.chat.format import ChatFormat
+    from sciriff_jax.eval import evaluate
+
+    config, params, vocabulary = sample_model  # the built-in sample's real SentencePiece vocabulary
+    tasks = ["sciriff_sample_list_qa", "sciriff_sample_ner"]
+    summaries = {}
+    for constrained in (False, True):
+        eval_config = evaluate.EvalConfig(",".join(tasks), max_examples=2, max_new_tokens=6, batch_size=2,
+                                          constrained=constrained)
+        summaries[constrained] = evaluate.evaluate_tasks(config, params, tasks, ChatFormat(vocabulary, "tulu"),
+                                                         eval_config=eval_config, output_dir=tmp_path / str(constrained))
+    assert summaries[False]["constrained"] == {"on": False}
+    record = json.loads((tmp_path / "True" / "summary.json").read_text())["constrained"]
+    assert record == {"on": True, "library": constrain.library_version(), "schema_tasks": tasks, "free_tasks": []}
+    assert record["library"].startswith("llguidance ")
+    starts = {"sciriff_sample_list_qa": '["', "sciriff_sample_ner": '{"'}
+    for task in tasks:
+        rows = [json.loads(line) for line in (tmp_path / "True" / "predictions" / f"{task}.jsonl").open()]
+        assert len(rows) == 2 and all(r["prediction"].lstrip().startswith(starts[task]) for r in rows)
+        free = [json.loads(line) for line in (tmp_path / "False" / "predictions" / f"{task}.jsonl").open()]
+        assert not any(r["prediction"].lstrip().startswith(starts[task]) for r in free)

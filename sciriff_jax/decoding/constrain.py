@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as spm_pb
 from jax.experimental import io_callback
 
 LIBRARY = "llguidance"
@@ -62,10 +63,15 @@ def library_version() -> str:
 
 class _SentencePieceTokens:
     """A SentencePiece model as llguidance's TokenizerWrapper wants it: every id's bytes (`▁` a space, `<0xNN>`
-    its byte, control and unknown pieces marked special with a leading 0xFF) and an encoder."""
+    its byte, control and unknown pieces marked special with a leading 0xFF) and an encoder of text as it stands:
+    llguidance tokenizes text that continues other text (e.g. the bytes a schema forces), so the encoder must not
+    add SentencePiece's dummy prefix `▁` or drop spaces."""
 
     def __init__(self, model_file, vocab_size: int, eos_id: int):
-        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        proto = spm_pb.ModelProto.FromString(pathlib.Path(model_file).read_bytes())
+        proto.normalizer_spec.add_dummy_prefix = False
+        proto.normalizer_spec.remove_extra_whitespaces = False
+        self.sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
         self.eos_token_id, self.bos_token_id = eos_id, None
         self.tokens, self.special_token_ids = [], []
         for i in range(self.sp.get_piece_size()):

@@ -19,8 +19,10 @@ from typing import Callable
 import jax
 import numpy as np
 
+from sciriff_jax.decoding import constrain
 from sciriff_jax.decoding.generate import DecodeHooks, GenerationConfig, generate
 from sciriff_jax.scoring import metrics
+from sciriff_jax.scoring.schemas import schema_for
 from sciriff_jax.scoring import judge as judge_lib
 from sciriff_jax.chat.format import AUTO, ChatFormat, resolve_template
 from sciriff_jax.eval.protocol import PAPER_FEWSHOT, PROTOCOLS, Protocol
@@ -60,6 +62,9 @@ class EvalConfig:
     fewshot: dict | None = dataclasses.field(default=None, metadata={"check": fewshot_problem})
     # release: prompts, BOS and stops as the paper's eval; train: as training.
     protocol: str = dataclasses.field(default="release", metadata={"choices": PROTOCOLS})
+    # Decode each JSON task's answer under its schema (scoring.schemas; decoding/constrain.py): off in the release
+    # protocol's runs, as the paper did not constrain.
+    constrained: bool = False
 
 
 def task_names_of(mixture_or_task_name: str) -> list[str]:
@@ -149,7 +154,8 @@ def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval
                                              "split": eval_config.split,
                                              "max_new_tokens": eval_config.max_new_tokens,
                                              "template": chat_format.template, "fewshot": fewshot,
-                                             "protocol": protocol.name})
+                                             "protocol": protocol.name,
+                                             **({"constrained": True} if eval_config.constrained else {})})
     records: dict[str, list] = {}
     jobs = []  # (task, index, record without prediction, prompt tokens)
     for name, (examples, texts) in task_prompts(loaded, chat_format, eval_config).items():
@@ -200,10 +206,28 @@ def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval
             complete(name)
         progress.update(len(tokens), tasks_done=sum(n == 0 for n in left.values()))
 
-    generate(config, params, [job[3] for job in jobs], GenerationConfig(eval_config.max_new_tokens, chat_format.eos_id),
+    constraint = task_constraint(config, chat_format, [job[0] for job in jobs]) if eval_config.constrained else None
+    generate(config, params, [job[3] for job in jobs],
+             GenerationConfig(eval_config.max_new_tokens, chat_format.eos_id, constraint=constraint),
              batch_size=eval_config.batch_size, sharding=sharding, kv_cache_bytes=eval_config.kv_cache_bytes,
              hooks=DecodeHooks(on_finish=on_finish, on_step=progress.step))
     return records
+
+
+def task_constraint(config, chat_format: ChatFormat, tasks: list[str]) -> constrain.Constraint:
+    """Each prompt's answer constrained to its task's JSON schema (`scoring.schemas.schema_for`; free text: none)."""
+    return constrain.Constraint.create(chat_format.vocabulary, [schema_for(t) for t in tasks],
+                                       vocab_size=config.vocab_size, eos_id=chat_format.eos_id)
+
+
+def constraint_record(eval_config: EvalConfig, task_names: list[str]) -> dict:
+    """What summary.json says of constrained decoding: on or off, and when on the library and which tasks had a
+    schema (the others decoded free)."""
+    if not eval_config.constrained:
+        return {"on": False}
+    return {"on": True, "library": constrain.library_version(),
+            "schema_tasks": [t for t in task_names if schema_for(t) is not None],
+            "free_tasks": [t for t in task_names if schema_for(t) is None]}
 
 
 def params_digest(params) -> str:
@@ -238,6 +262,7 @@ def evaluate_tasks(config, params, task_names: list[str], chat_format: ChatForma
     summary["protocol"] = Protocol(eval_config.protocol).describe()
     summary["prompts"] = prompt_summary(config, eval_config, cuts)
     summary["judge"] = {"protocol": getattr(judge, "protocol", "lenient")} if judge is not None else None
+    summary["constrained"] = constraint_record(eval_config, list(loaded))
     if settings:
         summary["settings"] = settings  # e.g. which checkpoint, tokenizer and template
     if output_dir is not None:
@@ -373,6 +398,8 @@ def evaluate_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig()
     name = eval_config.mixture_or_task_name
     out = paths.resolve(output_dir) if output_dir else default_output_dir(checkpoint_path, name)
     names = task_names_of(name)
+    if eval_config.constrained:
+        constrain.library("CONSTRAINED = True (eval.gin)")  # before any loading: fail fast when it is missing
     judge = judge_lib.judge_from_env(judge_url, judge_model, protocol=judge_protocol)
     print(f"[eval] {name}: {len(names)} task(s), split {eval_config.split}, max_examples={eval_config.max_examples}, "
           f"judge={'none (judge metrics skipped)' if judge is None else judge}; writing to {out}", flush=True)
