@@ -223,3 +223,20 @@ def test_generate_with_speculate_gives_what_transformers_prompt_lookup_decoding_
                                  eos_token_id=eos, pad_token_id=eos)[0, len(p):].tolist()
         theirs.append(out[:out.index(eos)] if eos in out else out)
     assert mine == theirs
+
+
+def test_an_eval_with_speculate_writes_the_plain_evals_predictions_and_records_k(tmp_path):
+    pytest.importorskip("transformers")
+    from sciriff_jax.eval import evaluate
+    from tests import hf_dirs
+
+    hf_dir = hf_dirs.tiny_llama_dir(tmp_path / "hf")
+    summaries, predictions = {}, {}
+    for k in (0, 4):
+        eval_config = evaluate.EvalConfig("sciriff_sample_list_qa", max_examples=3, max_new_tokens=12, batch_size=2,
+                                          speculate=k)
+        summaries[k] = evaluate.evaluate_run(checkpoint_path=str(hf_dir), eval_config=eval_config,
+                                             output_dir=str(tmp_path / f"eval{k}"), dtype="float32")
+        predictions[k] = (tmp_path / f"eval{k}" / "predictions" / "sciriff_sample_list_qa.jsonl").read_text()
+    assert summaries[4]["speculate"] == 4 and summaries[0]["speculate"] == 0
+    assert predictions[4] == predictions[0] and len(predictions[0].splitlines()) == 3

@@ -65,6 +65,9 @@ class EvalConfig:
     # Decode each JSON task's answer under its schema (scoring.schemas; decoding/constrain.py): off in the release
     # protocol's runs, as the paper did not constrain.
     constrained: bool = False
+    # Prompt-lookup speculation (decoding/speculate.py): k draft tokens verified per decode step, the same answers
+    # as plain greedy decoding; 0 = off.
+    speculate: int = dataclasses.field(default=0, metadata={"min": 0})
 
 
 def task_names_of(mixture_or_task_name: str) -> list[str]:
@@ -208,7 +211,8 @@ def predict_tasks(config, params, loaded: dict, chat_format: ChatFormat, *, eval
 
     constraint = task_constraint(config, chat_format, [job[0] for job in jobs]) if eval_config.constrained else None
     generate(config, params, [job[3] for job in jobs],
-             GenerationConfig(eval_config.max_new_tokens, chat_format.eos_id, constraint=constraint),
+             GenerationConfig(eval_config.max_new_tokens, chat_format.eos_id, constraint=constraint,
+                              speculate=eval_config.speculate),
              batch_size=eval_config.batch_size, sharding=sharding, kv_cache_bytes=eval_config.kv_cache_bytes,
              hooks=DecodeHooks(on_finish=on_finish, on_step=progress.step))
     return records
@@ -263,6 +267,7 @@ def evaluate_tasks(config, params, task_names: list[str], chat_format: ChatForma
     summary["prompts"] = prompt_summary(config, eval_config, cuts)
     summary["judge"] = {"protocol": getattr(judge, "protocol", "lenient")} if judge is not None else None
     summary["constrained"] = constraint_record(eval_config, list(loaded))
+    summary["speculate"] = eval_config.speculate  # draft tokens per verify step (0: plain greedy)
     if settings:
         summary["settings"] = settings  # e.g. which checkpoint, tokenizer and template
     if output_dir is not None:
