@@ -240,3 +240,63 @@ def test_an_eval_with_speculate_writes_the_plain_evals_predictions_and_records_k
         predictions[k] = (tmp_path / f"eval{k}" / "predictions" / "sciriff_sample_list_qa.jsonl").read_text()
     assert summaries[4]["speculate"] == 4 and summaries[0]["speculate"] == 0
     assert predictions[4] == predictions[0] and len(predictions[0].splitlines()) == 3
+
+
+# Constrained decoding (decoding/constrain.py): greedy under each row's schema mask at every verified position.
+VOCAB416 = LlamaConfig(vocab_size=416, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                       num_kv_heads=2, dtype="float32")
+GENES = {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 4}
+VERDICT = {"type": "object", "properties": {"verdict": {"enum": ["SUPPORT", "CONTRADICT", "NEI"]},
+                                            "evidence": {"type": "array", "items": {"type": "integer", "maximum": 99},
+                                                         "maxItems": 2}},
+           "required": ["verdict", "evidence"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    pytest.importorskip("llguidance")
+    from tokenizers import Tokenizer
+    from tests import hf_dirs
+
+    directory = hf_dirs.byte_bpe_tokenizer(tmp_path_factory.mktemp("bpe"))
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return directory, tok, tok.token_to_id("<|im_end|>")
+
+
+def test_drafts_the_schema_forbids_are_not_walked_and_the_matcher_is_left_as_it_was(bpe):
+    from sciriff_jax.decoding import constrain
+
+    directory, tok, eos = bpe
+    c = constrain.Constraint.create(directory, [VERDICT], vocab_size=416, eos_id=eos)
+    matchers = constrain.Matchers(c, 1, 416)
+    matchers.start(0, 0)
+    before = matchers.rows([0]).copy()
+    good = tok.encode('{"verdict": "', add_special_tokens=False).ids
+    drafts = np.asarray([good[:2] + tok.encode("x", add_special_tokens=False).ids + good[:1]], np.int32)  # 3rd: bad
+    speculate._MATCHERS[99] = matchers
+    masks = speculate._host_draft_masks(99, drafts, np.asarray([True]))
+    assert (masks[0, 0] == before[0]).all() and (matchers.rows([0]) == before).all()  # left as it was
+    matchers.consume(0, good[0])
+    assert (masks[0, 1] == matchers.rows([0])[0]).all()  # the mask after the first draft
+    assert not (masks[0, 2] == 0xFFFFFFFF).all() and (masks[0, 3:] == 0xFFFFFFFF).all()  # the walk ends at 'x'
+
+
+def test_constrained_speculation_decodes_exactly_as_constrained_greedy(bpe):
+    from sciriff_jax.decoding import constrain
+
+    jsonschema = pytest.importorskip("jsonschema")
+    directory, tok, eos = bpe
+    params = jax.tree.map(lambda x: x * 4.0, init_params(VOCAB416, jax.random.PRNGKey(0)))
+    texts = ['Genes: "BRCA1", "TP53". Answer: ["BRCA1", "TP', '{"verdict": "NEI", "evidence": [1, 2]} again: {"ver',
+             "free text here, free text here, free", 'List ["a", "b"] then ["a", "b"] and [', "The claim holds."]
+    prompts = [tok.encode(t).ids for t in texts]
+    schemas = [GENES, VERDICT, None, GENES, VERDICT]
+    c = constrain.Constraint.create(directory, schemas, vocab_size=416, eos_id=eos)
+    want = generate(VOCAB416, params, prompts, GenerationConfig(40, eos, constraint=c), batch_size=3,
+                    hooks=DecodeHooks(log=None))
+    got = generate(VOCAB416, params, prompts, GenerationConfig(40, eos, constraint=c, speculate=4), batch_size=3,
+                   hooks=DecodeHooks(log=None))
+    assert got == want
+    for tokens, schema in zip(got, schemas):
+        if schema is not None and len(tokens) < 40:
+            jsonschema.validate(json.loads(tok.decode(tokens)), schema)

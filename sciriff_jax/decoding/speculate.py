@@ -17,12 +17,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import weakref
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.experimental import io_callback
+
+from sciriff_jax.decoding import constrain
 from sciriff_jax.decoding.batcher import ContinuousBatcher, Rows, _model, _RunState
 
 NGRAM = 3  # longest n-gram matched
@@ -97,16 +101,16 @@ class SpeculateProgram(NamedTuple):
     ngram: int
     stops: tuple
     lora: object = None
+    constrained: bool = False  # greedy under each row's schema masks (decoding/constrain.py); drafts checked too
 
 
-def _accept(x, logits, rows: Rows, history, eos_id, stops):
-    """One verify step's outcome from the fed tokens x [B, k+1] and their logits: (history with the greedy
-    candidates g at positions length + 1 .., g [B, k+1], tokens emitted [B], ended [B]). A row emits its drafts up
-    to the first that greedy would not have chosen, plus greedy's own next token, cut after EOS, a stop sequence or
-    its token limit."""
+def _accept(x, g, rows: Rows, history, eos_id, stops):
+    """One verify step's outcome from the fed tokens x [B, k+1] and the greedy token after each, g [B, k+1]:
+    (history with g at positions length + 1 .., tokens emitted [B], ended [B]). A row emits its drafts up to the
+    first that greedy would not have chosen, plus greedy's own next token, cut after EOS, a stop sequence or its
+    token limit."""
     length, generated = rows.length, rows.generated
     w = x.shape[1]
-    g = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B, k+1]: greedy after each fed token
     # Past a row's emitted count the candidates are scratch that the next step overwrites.
     ends_at = length[:, None] + 1 + jnp.arange(w, dtype=jnp.int32)[None, :]
     history = history.at[jnp.arange(x.shape[0])[:, None], ends_at].set(g, mode="drop")
@@ -118,15 +122,31 @@ def _accept(x, logits, rows: Rows, history, eos_id, stops):
     ends = ends & (idx <= accepted[:, None])
     ended = jnp.any(ends, axis=1)
     emitted = jnp.where(ended, jnp.argmax(ends, axis=1) + 1, accepted + 1).astype(jnp.int32)
-    return history, g, emitted, ended
+    return history, emitted, ended
+
+
+def _greedy(logits, drafts, run, handle):
+    """[B, k+1] greedy tokens; with a constraint `handle`, each under its row's schema mask at that position (the
+    host walks the drafts through the row's matcher: `_host_draft_masks`)."""
+    if handle is None:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    b, w, v = logits.shape
+    width = -(-v // 32)
+    shape = jax.ShapeDtypeStruct((b, w, width), jnp.uint32)
+    masks = io_callback(_host_draft_masks, shape, handle, drafts, run, ordered=True)
+    masked = constrain.apply_mask(logits.reshape(b * w, v), masks.reshape(b * w, width))
+    return jnp.argmax(masked.reshape(b, w, v), axis=-1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("program",), donate_argnames=("pool",))
-def _speculate(params, pool, page_table, rows: Rows, history, stop_on_finish, eos_id, *, program: SpeculateProgram):
+def _speculate(params, pool, page_table, rows: Rows, history, stop_on_finish, eos_id, handle=None, *,
+               program: SpeculateProgram):
     """Up to `program.steps` verify steps of every live row; returns (pool, history [B, P] with each row's new tokens
     at positions length + 1 .., verify steps taken, the rows after them, finished [B], real row-steps, verify steps
-    per row [B])."""
-    config, steps, k, ngram, stops, lora = program
+    per row [B]). With `program.constrained`, `handle` names the run's matchers (`register`): greedy picks under
+    the rows' schema masks, and the host advances the matchers by the tokens each step emits."""
+    config, steps, k, ngram, stops, lora, constrained = program
+    handle = handle if constrained else None
     model, variables = _model(config, params, lora)
     live = rows.live
     b = history.shape[0]
@@ -141,9 +161,13 @@ def _speculate(params, pool, page_table, rows: Rows, history, stop_on_finish, eo
         positions = cur.length[:, None] + jnp.arange(k + 1, dtype=jnp.int32)[None, :]
         logits, pool = model.apply(variables, x, positions=positions, cache=pool, cache_index=cur.length,
                                    page_table=page_table)
-        history, g, emitted, ended = _accept(x, logits, cur, history, eos_id, stops)
         run = live & ~finished
+        g = _greedy(logits, x[:, 1:], run, handle)
+        history, emitted, ended = _accept(x, g, cur, history, eos_id, stops)
         emitted = jnp.where(run, emitted, 0)
+        if handle is not None:  # the matchers consume what was emitted (ordered after this step's masks)
+            real = real + io_callback(_host_consume, jax.ShapeDtypeStruct((), jnp.int32), handle, g, emitted,
+                                      ordered=True)
         last = jnp.take_along_axis(g, jnp.maximum(emitted - 1, 0)[:, None], axis=1)[:, 0]
         cur = cur._replace(tokens=jnp.where(run, last, cur.tokens), length=cur.length + emitted,
                            generated=cur.generated + emitted)
@@ -153,6 +177,45 @@ def _speculate(params, pool, page_table, rows: Rows, history, stop_on_finish, eo
     init = (jnp.int32(0), pool, history, rows, jnp.zeros_like(live), jnp.int32(0), zeros)
     i, pool, history, rows, finished, real, per_row = jax.lax.while_loop(cond, body, init)
     return pool, history, i, rows, finished, real, per_row
+
+
+# Live constrained runs' matchers by their handle (`constrain.register`'s), for the verify loop's callbacks.
+_MATCHERS: "weakref.WeakValueDictionary[int, constrain.Matchers]" = weakref.WeakValueDictionary()
+
+
+def _host_draft_masks(handle, drafts, run) -> np.ndarray:
+    """[B, k+1, W] uint32: each running constrained row's mask now and after each of its drafts, as far as the
+    schema allows them (a draft the schema forbids, or EOS, ends the walk: what follows it cannot be accepted, since
+    greedy under the mask never picks a forbidden token); all ones elsewhere. The matchers are left as they were."""
+    matchers = _MATCHERS[int(handle)]
+    drafts, run = np.asarray(drafts), np.asarray(run)
+    b, k = drafts.shape
+    masks = np.full((b, k + 1, matchers.width), -1, np.int32)
+    eos = matchers.constraint.tokenizer.eos_token
+    for slot in np.flatnonzero(run):
+        matcher = matchers.matchers[slot]
+        if matcher is None:
+            continue
+        masks[slot, 0] = matchers.masks[slot]
+        allowed = list(drafts[slot, :matcher.validate_tokens([int(t) for t in drafts[slot]])])
+        allowed = allowed[:allowed.index(eos)] if eos in allowed else allowed
+        for i, token in enumerate(allowed):
+            matcher.consume_token(int(token))
+            row = masks[slot, i + 1]
+            matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.nbytes)
+        if allowed:
+            matcher.rollback(len(allowed))
+    return masks.view(np.uint32)
+
+
+def _host_consume(handle, tokens, emitted) -> np.ndarray:
+    """Advance each row's matcher by the first emitted[b] of tokens [B, k+1] (its next mask computed); returns 0."""
+    matchers = _MATCHERS[int(handle)]
+    tokens, emitted = np.asarray(tokens), np.asarray(emitted)
+    for slot in np.flatnonzero(emitted):
+        for token in tokens[slot, :emitted[slot]]:
+            matchers.consume(slot, int(token))
+    return np.int32(0)
 
 
 class SpeculativeBatcher(ContinuousBatcher):
@@ -175,9 +238,6 @@ class SpeculativeBatcher(ContinuousBatcher):
         if logprobs:
             raise ValueError("speculative decoding: log-probabilities are not recorded with SPECULATE > 0 (they are "
                              "for sampled rollouts); set SPECULATE = 0.")
-        if self.constraint is not None:
-            raise ValueError(f"speculative decoding: SPECULATE={self.k} does not combine with constrained decoding "
-                             "(CONSTRAINED = True) yet; set one of them off.")
         self.speculation = SpeculationStats(self.k, [0] * len(prompts), [0] * len(prompts))
         return super().run(prompts, max_new, rng=rng, on_finish=on_finish, on_step=on_step)
 
@@ -192,6 +252,8 @@ class _SpeculativeRunState(_RunState):
         super().__init__(batcher, sched, prompts, needs, rng, on_finish, logprobs, on_step)
         self.history = np.zeros((batcher.slots, self.table.shape[1] * batcher.page_size), np.int32)
         self.holder: dict[int, int] = {}  # slot -> the prompt whose tokens its history row holds
+        if self.matchers is not None:
+            _MATCHERS[self.handle] = self.matchers
 
     def decode(self) -> None:
         """One verify call over every slot; finished rows hand their slots back."""
@@ -203,11 +265,12 @@ class _SpeculativeRunState(_RunState):
                 self.history[r.slot, :len(seq)] = seq
                 self.holder[r.slot] = r.index
         before = self.rows.length.copy()
-        program = SpeculateProgram(bt.config, bt.steps, bt.k, bt.ngram, bt.stops, bt.lora)
+        constrained = self.matchers is not None
+        program = SpeculateProgram(bt.config, bt.steps, bt.k, bt.ngram, bt.stops, bt.lora, constrained)
         began = time.perf_counter()
         self.pool, history, steps, rows, finished, real, per_row = _speculate(
             bt.params, self.pool, self.table, self.rows, self.history, np.bool_(bool(sched.waiting)),
-            np.int32(bt.eos_id), program=program)
+            np.int32(bt.eos_id), np.int32(self.handle) if constrained else None, program=program)
         self.history, finished, per_row = np.array(history), np.asarray(finished), np.asarray(per_row)
         self.rows = self.rows._replace(tokens=np.array(rows.tokens), length=np.array(rows.length),
                                        generated=np.array(rows.generated))
