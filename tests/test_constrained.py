@@ -69,8 +69,8 @@ def test_masks_allow_the_references_tokens_and_eos_only_once_the_json_is_complet
     m.start(1, 1)
     assert m.rows([0, 1]).shape == (2, 13) and m.rows([0, 1]).dtype == np.uint32
     assert bits_of(m, 1).all()  # free text: every token
-    # First an optional space, or the object's start: '{' or '{"' (one token here).
-    assert {tok.id_to_token(i) for i in np.flatnonzero(bits_of(m, 0))} == {"{", "\u0120", '{"'}
+    # First a space or newline (at most 3 of them), or the object's start: '{' or '{"' (one token here).
+    assert {tok.id_to_token(i) for i in np.flatnonzero(bits_of(m, 0))} == {"{", '{"', "\u0120", "\u010a"}
     final = walk(m, tok.encode('{"verdict": "SUPPORT", "evidence": [1, 2]}', add_special_tokens=False).ids, eos)
     assert final[eos] and final.sum() == 1  # complete: only EOS
     m.stop(0)
@@ -225,3 +225,14 @@ def test_a_constrained_eval_answers_in_each_tasks_schema_and_says_so_in_its_summ
         assert len(rows) == 2 and all(r["prediction"].lstrip().startswith(starts[task]) for r in rows)
         free = [json.loads(line) for line in (tmp_path / "False" / "predictions" / f"{task}.jsonl").open()]
         assert not any(r["prediction"].lstrip().startswith(starts[task]) for r in free)
+
+
+def test_the_benchmark_times_both_systems_on_real_prompts_and_constrained_answers_are_json(tmp_path, shared_sciriff):
+    from benchmarks import constrained as bench
+
+    result = bench.main(["--tiny", "--out", str(tmp_path / "c.json")])
+    assert [r["system"] for r in result["rows"]] == ["unconstrained", "constrained"]
+    assert all(r["new_tokens_per_s"] > 0 and r["decode_ms_per_step"] > 0 for r in result["rows"])
+    assert result["rows"][0]["matcher_s"] == 0 < result["rows"][1]["matcher_s"]
+    assert set(result["constrained_answer_starts"]) <= {"[", "{"}
+    assert json.loads((tmp_path / "c.json").read_text())["tokenizer"]["vocab"] == 600

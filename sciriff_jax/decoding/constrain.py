@@ -135,8 +135,10 @@ class Constraint:
     def grammar(self, schema: dict) -> str:
         """llguidance's grammar for a JSON schema; raises ValueError naming the schema when it cannot compile."""
         llg = library()
-        # One optional space first: a SentencePiece model (add_dummy_prefix) learned its answers as '▁[' / '▁{'.
-        lark = 'start: " "? answer\nanswer: %json ' + json.dumps(dict(schema, **{"x-guidance": JSON_OPTIONS}))
+        # Up to 3 spaces / newlines first: the release prompt ends at '<|assistant|>' and the model writes the newline,
+        # and a SentencePiece model (add_dummy_prefix) learned its answers as '▁[' / '▁{'.
+        lark = ('start: LEAD? answer\nLEAD: /[ \\n]{1,3}/\nanswer: %json '
+                + json.dumps(dict(schema, **{"x-guidance": JSON_OPTIONS})))
         grammar = llg.LLMatcher.grammar_from_lark(lark)
         error = llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
         if error and not llg.LLMatcher.is_validate_warning(error):
