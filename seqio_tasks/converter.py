@@ -18,9 +18,10 @@ import tensorflow as tf
 INPUTS_LOSS_MASK = "inputs_loss_mask"
 _ROW_MASK = "loss_mask"  # the row's 1/2 mask while packing (internal to this converter)
 _ROW_INPUTS = "row_inputs"  # the row's model inputs while packing (internal)
-OVERLONG_POLICIES = ("truncate", "drop")
-# (label, "truncated" | "dropped") -> count of over-long rows seen by this process's pipelines.
+OVERLONG_POLICIES = ("truncate", "drop", "truncate_trained")
+# (label, "truncated" | "dropped" | UNTRAINED) -> count of over-long rows seen by this process's pipelines.
 OVERLONG_COUNTS: dict[tuple[str, str], int] = {}
+UNTRAINED = "dropped: no answer token left after truncation"
 _counts_lock = threading.Lock()
 
 
@@ -43,7 +44,9 @@ class ChatFeatureConverter(seqio.FeatureConverter):
 
     `row_length`: tokens per row; None means inputs + targets lengths, as SeqIO's PrefixLM converter.
     `overlong`: a row longer than that is cut at the end ("truncate": the prompt and the start of the answer
-    stay) or left out ("drop"); either is counted in OVERLONG_COUNTS under `label`.
+    stay) or left out ("drop"); either is counted in OVERLONG_COUNTS under `label`. "truncate_trained" truncates
+    as "truncate" and then drops (counting as UNTRAINED) a row left without any trained token, as open-instruct
+    does; with it, `seqio_tasks.get_dataset` trims prompts to row + 1 tokens so such a row has none.
     Segment ids and positions are produced unpacked too (one document per row), so the model always sees the
     same five keys.
     """
@@ -83,7 +86,7 @@ class ChatFeatureConverter(seqio.FeatureConverter):
         return {"targets": tokens[1:], _ROW_INPUTS: tokens[:-1], _ROW_MASK: mask[1:]}
 
     def _apply_overlong(self, ds: tf.data.Dataset, row: int) -> tf.data.Dataset:
-        kind = "dropped" if self.overlong == "drop" else "truncated"
+        kind = "dropped" if self.overlong == "drop" else "truncated"  # truncate_trained: truncated, then checked
 
         def keep(x):
             too_long = tf.size(x["targets"]) > row
@@ -92,7 +95,16 @@ class ChatFeatureConverter(seqio.FeatureConverter):
             return tf.logical_not(too_long) if self.overlong == "drop" else tf.constant(True)
 
         ds = ds.filter(lambda x: tf.size(x["targets"]) > 0).filter(keep)
-        return ds.map(lambda x: {k: v[:row] for k, v in x.items()}, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x: {k: v[:row] for k, v in x.items()}, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.filter(self._keep_trained) if self.overlong == "truncate_trained" else ds
+
+    def _keep_trained(self, x) -> tf.Tensor:
+        """False for a row that truncation left without any trained token (a prompt longer than the row): it would
+        only pad the batch, and under per-microbatch loss normalisation change others' weight. open-instruct drops
+        these rows; so does the "truncate_trained" policy, counting each as UNTRAINED in OVERLONG_COUNTS."""
+        trained = tf.reduce_any(tf.equal(x[_ROW_MASK], 2))
+        tf.cond(trained, lambda: tf.constant(True), lambda: tf.py_function(_count(self.label, UNTRAINED), [], tf.bool))
+        return trained
 
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict:
         shifted = features["targets"]  # ids + 1, 0 = padding

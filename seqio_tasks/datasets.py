@@ -42,7 +42,10 @@ def get_dataset(mixture_or_task_name: str, split: str, feature_lengths: dict, ba
         lengths, row = {"inputs": int(feature_lengths["inputs"]), "targets": int(feature_lengths["targets"])}, None
     else:
         row = int(feature_lengths["targets"])
-        lengths = {"inputs": row, "targets": row}
+        # With overlong="truncate_trained", prompts are trimmed to row + 1 tokens: one longer than the row leaves it
+        # no answer token, so the converter drops it (as open-instruct drops rows whose labels truncation removed),
+        # while a prompt of exactly `row` tokens keeps its first answer token, as open-instruct's would.
+        lengths = {"inputs": row + (SETTINGS.overlong == "truncate_trained"), "targets": row}
     provider = get_provider(mixture_or_task_name)
     # What seqio.get_dataset does, plus the multi-turn loss mask through mixtures (an extra field, see tasks.py).
     extra = {"passthrough_features": [INPUTS_LOSS_MASK]} if isinstance(provider, seqio.Mixture) else {}

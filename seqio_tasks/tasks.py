@@ -32,7 +32,8 @@ class DataSettings:
     """Where data comes from and which rows are kept; read when a dataset is built, so `configure` applies to
     registered tasks. Tokens are not decided here: each TaskSet carries its ChatFormat."""
 
-    overlong: str = "truncate"    # our converter: "truncate" (keep the start) or "drop" rows longer than the length
+    overlong: str = "truncate"    # our converter: "truncate" (keep the start), "drop" rows longer than the length,
+    # or "truncate_trained" (truncate, then drop a row left without any trained token: open-instruct)
     tulu_path: str | None = None  # general chat data for the SciTulu mixtures (else $SCIRIFF_JAX_TULU_PATH)
     train_mix_path: str | None = None  # allenai/SciRIFF-train-mix parquet (else $SCIRIFF_JAX_TRAIN_MIX_PATH, else hub)
     scitulu_per_task: int = SCITULU_PER_TASK  # SciTulu: 1,000 = the release's instances (train-mix ids); else the first N

@@ -12,6 +12,7 @@ import seqio_tasks  # the package (its __init__ registers the tasks): configure,
 from sciriff_jax.chat import render
 from sciriff_jax.chat.format import ChatFormat
 from seqio_tasks import sources
+from seqio_tasks.converter import OVERLONG_POLICIES
 from seqio_tasks.datasets import get_dataset, get_provider, raw_examples, resolve_task_name
 from seqio_tasks.tasks import SETTINGS, chat_format_of
 
@@ -27,13 +28,17 @@ def task_stats(task: seqio.Task, split: str, length: int, max_examples: int | No
     ds = task.get_dataset({"inputs": 10**9, "targets": 10**9}, split, shuffle=False)  # untruncated lengths
     if max_examples:
         ds = ds.take(max_examples)
-    lengths = np.array([len(ex["inputs"]) + len(ex["targets"]) for ex in ds.as_numpy_iterator()], dtype=np.int64)
+    pairs = np.array([(len(ex["inputs"]), len(ex["targets"])) for ex in ds.as_numpy_iterator()], np.int64)
+    prompts, lengths = pairs.reshape(-1, 2)[:, 0], pairs.reshape(-1, 2).sum(axis=1)
     over = int((lengths > length).sum())
-    kept = lengths if SETTINGS.overlong == "truncate" else lengths[lengths <= length]
+    # Truncated, a prompt longer than the row leaves no answer token: the converter drops the row.
+    untrained = int((prompts > length).sum()) if SETTINGS.overlong == "truncate_trained" else 0
+    kept = {"drop": lengths[lengths <= length], "truncate_trained": lengths[prompts <= length]}.get(SETTINGS.overlong,
+                                                                                                   lengths)
     stats = {"task": task.name, "instances": int(len(lengths)), "tokens": int(np.minimum(kept, length).sum()),
              "mean_len": float(lengths.mean()) if len(lengths) else 0.0, "max_len": int(lengths.max(initial=0)),
-             "truncated": over if SETTINGS.overlong == "truncate" else 0,
-             "dropped": over if SETTINGS.overlong == "drop" else 0}
+             "truncated": over - untrained if SETTINGS.overlong != "drop" else 0,
+             "dropped": over if SETTINGS.overlong == "drop" else untrained}
     if pack_rows and len(kept):
         stats["fill"] = packed_fill(task.name, split, length, pack_rows)
     release = _RELEASE_TASK.match(task.name)
@@ -149,7 +154,7 @@ def main(argv: list[str]) -> int:
     show.add_argument("--split", default="train")
     for p in (stats, show):
         p.add_argument("--template", default=None, help="chat template: tulu (default), llama2, plain")
-        p.add_argument("--overlong", default=None, choices=("truncate", "drop"))
+        p.add_argument("--overlong", default=None, choices=OVERLONG_POLICIES)
         p.add_argument("--data_dir", default=None, help="local SciRIFF release folder (else $SCIRIFF_JAX_DATA_DIR)")
     args = parser.parse_args(argv)
     seqio_tasks.configure(overlong=args.overlong, source_dir=args.data_dir)

@@ -84,6 +84,32 @@ def test_unknown_name_lists_close_matches():
         seqio_tasks.get_dataset("sciriff_sampel", "train", LENGTHS, 1)
 
 
+def test_truncated_rows_left_without_an_answer_token_are_dropped_and_counted():
+    """open-instruct drops rows whose labels truncation cut entirely; so do we (issue 22 point 4), counted, and
+    `data stats` predicts the same number."""
+    from seqio_tasks import tools
+
+    task = seqio.get_mixture_or_task("sciriff_sample_ner")
+
+    def rows():
+        return list(seqio_tasks.get_dataset("sciriff_sample_ner", "validation", {"targets": 160}, 1, shuffle=False,
+                                            pack=False, num_epochs=1).as_numpy_iterator())
+
+    kept = rows()  # "truncate" (the default) keeps every row
+    assert len(kept) == task.num_input_examples("validation")
+    seqio_tasks.configure(overlong="truncate_trained")
+    try:
+        seqio_tasks.OVERLONG_COUNTS.clear()
+        trained = rows()
+        untrained = seqio_tasks.OVERLONG_COUNTS.get(("sciriff_sample_ner", seqio_tasks.converter.UNTRAINED), 0)
+        assert 0 < untrained < len(kept) and len(trained) + untrained == len(kept)
+        assert all(r["decoder_loss_weights"].sum() > 0 for r in trained)
+        stats = tools.task_stats(task, "validation", 160)
+        assert stats["dropped"] == untrained and stats["instances"] == len(kept)
+    finally:
+        seqio_tasks.configure(overlong="truncate")
+
+
 def test_overlong_instances_are_dropped_and_counted_when_asked():
     seqio_tasks.configure(overlong="drop")
     try:

@@ -31,6 +31,16 @@ def feature_lengths_problem(lengths) -> str | None:
     return None
 
 
+OVERLONG = (None, "truncate", "drop", "truncate_trained")  # seqio_tasks.OVERLONG_POLICIES, and None
+
+
+def _configure_overlong(data) -> None:
+    import seqio_tasks  # lazy: TensorFlow is only needed when a SeqIO stream is actually read
+
+    if data.overlong is not None:
+        seqio_tasks.configure(overlong=data.overlong)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where a run's batches come from: a SeqIO mixture or task (or synthetic rows), its split and row layout.
@@ -52,6 +62,10 @@ class DataConfig:
     # Packed, with a fixed number of examples per update (the recipe's 128) laid into the update's rows; None:
     # SeqIO's packer fills the rows from the stream (the examples per update vary).
     examples_per_update: int | None = dataclasses.field(default=None, metadata={"min": 1})
+    # A row longer than the length (seqio_tasks' converter): "truncate" (keep its start), "drop" it, or
+    # "truncate_trained" (truncate, then drop a row left without any trained token, as open-instruct; counted).
+    # None: seqio_tasks.configure's setting ("truncate" unless changed).
+    overlong: str | None = dataclasses.field(default=None, metadata={"choices": OVERLONG})
 
     def __post_init__(self):
         if self.examples_per_update is not None and (not self.pack or self.examples_per_update < 1):
@@ -204,6 +218,7 @@ def seqio_local_batches(data: DataConfig, *, shard: HostShard, seed: int, skip: 
     import seqio  # SeqIO (TensorFlow)
     import seqio_tasks  # the data layer (TensorFlow, SeqIO)
 
+    _configure_overlong(data)
     ds = seqio_tasks.get_dataset(data.mixture_or_task_name, split=data.split, feature_lengths=data.task_feature_lengths,
                                  batch_size=examples_per_host or shard.rows, shuffle=data.shuffle, seed=seed,
                                  shard=seqio.ShardInfo(index=shard.index, num_shards=shard.num_shards),
@@ -247,6 +262,7 @@ def count_batches(data: DataConfig, batch_size: int, *, pack: bool) -> int:
 
     name, split = data.mixture_or_task_name, data.split
     print(f"[sciriff-jax] counting the batches of one epoch of {name}:{split} ...", flush=True)
+    _configure_overlong(data)
     ds = seqio_tasks.get_dataset(name, split=split, feature_lengths=data.task_feature_lengths, batch_size=batch_size,
                                  shuffle=False, seed=0, pack=pack, num_epochs=1, use_cached=data.use_cached_tasks)
     n = int(ds.reduce(0, lambda count, _: count + 1).numpy())
