@@ -79,3 +79,24 @@ def test_format_term_and_judge_tasks():
     assert rewards.check_rewardable("sciriff_sample_ner", {"sample_ner": "scierc_ner"}) == "scierc_ner"
     with pytest.raises(ValueError, match="format_weight"):
         rewards.reward("token_f1", "x", "x", format_weight=-1)
+
+
+def test_instance_variant_scores_scifact_nei_instances_and_leaves_the_rest_to_the_metric():
+    nei = json.dumps({"verdict": "NEI", "evidence": []})
+    support = json.dumps({"verdict": "SUPPORT", "evidence": ["Mice lived longer."]})
+    # the metric: an NEI reference gives 0 to the right answer and to a wrong one alike
+    assert rewards.reward("scifact_entailment", nei, nei).task == 0.0
+    assert rewards.reward("scifact_entailment", nei, support).task == 0.0
+    # the instance variant: right verdict and no evidence = 1; a wrong verdict with evidence = 0
+    assert rewards.reward("scifact_entailment", nei, nei, variant="instance").task == 1.0
+    assert rewards.reward("scifact_entailment", nei, support, variant="instance").task == 0.0
+    # a SUPPORT reference: label accuracy + evidence token F1 (here both 1), a wrong verdict keeps its evidence term
+    assert rewards.reward("scifact_entailment", support, support, variant="instance").task == 1.0
+    contradict = json.dumps({"verdict": "CONTRADICT", "evidence": ["Mice lived longer."]})
+    assert rewards.reward("scifact_entailment", support, contradict, variant="instance").task == 0.5
+    # other scorers: the metric's number
+    ref, pred = json.dumps(["a", "b"]), json.dumps(["a"])
+    assert (rewards.reward("bioasq_list_qa", ref, pred, variant="instance").task
+            == rewards.reward("bioasq_list_qa", ref, pred).task)
+    with pytest.raises(ValueError, match="REWARD_VARIANT"):
+        rewards.reward("bioasq_list_qa", ref, pred, variant="nei")

@@ -66,6 +66,8 @@ class GRPOConfig:
     loss_aggregation: str = dataclasses.field(default="sequence", metadata={"choices": AGGREGATIONS})
     scale_rewards: bool = True           # divide by the group's std (GRPO); False: Dr.GRPO
     format_reward_weight: float = dataclasses.field(default=0.0, metadata={"min": 0})
+    # "metric": `sciriff-jax score` on the instance; "instance": SciFact's NEI instances scored too (scoring/rewards.py)
+    reward_variant: str = dataclasses.field(default="metric", metadata={"choices": ("metric", "instance")})
     sampling_seed: int = dataclasses.field(default=0, metadata={"min": 0})
 
     @property
@@ -311,7 +313,8 @@ def rollout_update(run: _Run, params, opt_state, step: int):
                                      max_new_tokens=g.max_new_tokens, chat_format=run.chat_format,
                                      rng=rollout.rollout_key(g.sampling_seed, step), slots=g.rollout_batch_size,
                                      sharding=sharding)
-    rollout.score_answers(samples, prompts, format_weight=g.format_reward_weight, judge=run.judge)
+    rollout.score_answers(samples, prompts, format_weight=g.format_reward_weight, judge=run.judge,
+                          variant=g.reward_variant)
     adv = rollout.advantages(np.array([r.total for r in samples.rewards]), g.samples_per_prompt, scale=g.scale_rewards)
     weights = rollout.token_weights(np.array([len(r) for r in samples.responses]), g.loss_aggregation,
                                     g.max_new_tokens)

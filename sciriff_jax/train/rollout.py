@@ -103,10 +103,12 @@ def sample_answers(config, params, prompts: list[Prompt], group: int, *, samplin
     return Samples(index, responses, list(batcher.logprobs), texts, [], time.time() - start)
 
 
-def score_answers(samples: Samples, prompts: list[Prompt], *, format_weight: float = 0.0, judge=None) -> Samples:
-    """Fill in each answer's reward (scoring.rewards: the task's SciRIFF-Eval metric on this one instance)."""
+def score_answers(samples: Samples, prompts: list[Prompt], *, format_weight: float = 0.0, judge=None,
+                  variant: str = "metric") -> Samples:
+    """Fill in each answer's reward (scoring.rewards: the task's SciRIFF-Eval metric on this one instance, or its
+    `variant`)."""
     samples.rewards = [rewards.reward(prompts[p].scorer, prompts[p].reference, text, format_weight=format_weight,
-                                      judge=judge)
+                                      judge=judge, variant=variant)
                        for p, text in zip(samples.prompt_index, samples.texts)]
     return samples
 
