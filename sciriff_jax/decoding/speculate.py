@@ -6,7 +6,10 @@ the text generated so far (SciRIFF answers copy entity names, evidence sentences
 The step feeds [last token, k drafts] at positions length .. length + k over the paged KV cache (the chunked
 prefill path), takes the greedy token after each, keeps the drafts up to the first mismatch plus the model's own
 next token, and advances each row by its own count. So the output is plain greedy decoding's, token for token;
-EOS, stop sequences and token limits cut a row where greedy would, even inside an accepted run of drafts.
+EOS, stop sequences and token limits cut a row where greedy would, even inside an accepted run of drafts. (Up to
+float32 rounding: the verify step's matmuls are k + 1 tokens wide where plain decoding's are 1, so logits may
+differ in the last bits and flip an argmax on an exact near-tie; `benchmarks/speculate.py` measures it.) Under a
+constraint (decoding/constrain.py) every verified position is masked by the row's schema, as constrained greedy.
 
 Keys written past a row's new length (rejected drafts) are never read: attention masks by position, and the
 next step writes those positions before any query reaches them. Every row's tokens so far live on the device
@@ -23,7 +26,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.experimental import io_callback
 
 from sciriff_jax.decoding import constrain
