@@ -231,8 +231,9 @@ def test_the_benchmark_times_both_systems_on_real_prompts_and_constrained_answer
     from benchmarks import constrained as bench
 
     result = bench.main(["--tiny", "--out", str(tmp_path / "c.json")])
-    assert [r["system"] for r in result["rows"]] == ["unconstrained", "constrained"]
+    assert [r["system"] for r in result["rows"]] == ["unconstrained", "constrained", "constrained program, no schema"]
     assert all(r["new_tokens_per_s"] > 0 and r["decode_ms_per_step"] > 0 for r in result["rows"])
     assert result["rows"][0]["matcher_s"] == 0 < result["rows"][1]["matcher_s"]
+    assert result["rows"][2]["new_tokens"] == result["rows"][0]["new_tokens"]  # all-ones masks: the same tokens
     assert set(result["constrained_answer_starts"]) <= {"[", "{"}
     assert json.loads((tmp_path / "c.json").read_text())["tokenizer"]["vocab"] == 600
