@@ -143,20 +143,40 @@ def speed_case(args, tokenizer_path: pathlib.Path) -> dict:
             calls[name].append(result)
             print(f"  {name}: {result['seconds']:.2f}s, {result['new_tokens']} new tokens, matchers "
                   f"{result['matcher_s']:.3f}s (load {os.getloadavg()[0]:.1f})", flush=True)
+    result = summarise(calls, {name: [tok.decode(o) for o in out] for name, out in outputs.items()}, tasks)
+    return {**result, "shape": shape, "prompts": len(prompts), "prompt_tokens": sum(map(len, prompts)),
+            "tasks": tasks, "new": args.new}
+
+
+def summarise(calls: dict, texts: dict, tasks: list[str]) -> dict:
+    """Per system: median time, new tokens/s, decode ms per step (median and min), matcher time, answers valid
+    under their schema; and the constrained system's cost against the unconstrained one."""
+    from sciriff_jax.scoring.schemas import schema_for
+
     rows = []
     for name, runs in calls.items():
-        rate = statistics.median(r["new_tokens"] / r["seconds"] for r in runs)
         rows.append({"system": name, "median_s": statistics.median(r["seconds"] for r in runs),
-                     "new_tokens": runs[0]["new_tokens"], "new_tokens_per_s": rate,
+                     "new_tokens": runs[0]["new_tokens"],
+                     "new_tokens_per_s": statistics.median(r["new_tokens"] / r["seconds"] for r in runs),
                      "decode_ms_per_step": statistics.median(r["decode_ms_per_step"] for r in runs),
                      "decode_ms_per_step_min": min(r["decode_ms_per_step"] for r in runs),
-                     "matcher_s": statistics.median(r["matcher_s"] for r in runs), "runs": runs})
-    base, con = rows[0]["new_tokens_per_s"], rows[1]["new_tokens_per_s"]
-    step_cost = rows[1]["decode_ms_per_step"] / rows[0]["decode_ms_per_step"] - 1.0
-    starts = [tok.decode(o).lstrip()[:1] for o in outputs["constrained"]]
-    return {"rows": rows, "slowdown": 1.0 - con / base, "decode_step_cost": step_cost, "shape": shape, "prompts": len(prompts),
-            "prompt_tokens": sum(map(len, prompts)), "tasks": tasks, "new": args.new,
-            "constrained_answer_starts": starts}
+                     "matcher_s": statistics.median(r["matcher_s"] for r in runs),
+                     "answers_valid": sum(_valid(t, schema_for(task)) for t, task in zip(texts[name], tasks)),
+                     "runs": runs})
+    return {"rows": rows, "slowdown": 1.0 - rows[1]["new_tokens_per_s"] / rows[0]["new_tokens_per_s"],
+            "decode_step_cost": rows[1]["decode_ms_per_step"] / rows[0]["decode_ms_per_step"] - 1.0,
+            "constrained_answer_starts": [t.lstrip()[:1] for t in texts["constrained"]]}
+
+
+def _valid(text: str, schema: dict) -> bool:
+    """Whether `text` parses as JSON valid under `schema` (jsonschema)."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
 
 
 def mask_times(tokenizer_path: pathlib.Path, tasks=TASKS) -> list[dict]:
@@ -302,7 +322,7 @@ def main(argv=None) -> dict:
             result.update(speed_case(args, path))
             print(common.format_table(result["rows"], ["system", "median_s", "new_tokens", "new_tokens_per_s",
                                                        "decode_ms_per_step", "decode_ms_per_step_min",
-                                                       "matcher_s"]))
+                                                       "matcher_s", "answers_valid"]))
             print(f"constrained: {100 * result['slowdown']:.1f}% fewer new tokens/s end to end, each decode step "
                   f"{100 * result['decode_step_cost']:+.1f}% (target: <= 10% slower)")
     result["load_after"] = os.getloadavg()

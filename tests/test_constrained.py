@@ -214,7 +214,8 @@ def test_a_constrained_eval_answers_in_each_tasks_schema_and_says_so_in_its_summ
         eval_config = evaluate.EvalConfig(",".join(tasks), max_examples=2, max_new_tokens=6, batch_size=2,
                                           constrained=constrained)
         summaries[constrained] = evaluate.evaluate_tasks(config, params, tasks, ChatFormat(vocabulary, "tulu"),
-                                                         eval_config=eval_config, output_dir=tmp_path / str(constrained))
+                                                         eval_config=eval_config,
+                                                         output_dir=tmp_path / str(constrained))
     assert summaries[False]["constrained"] == {"on": False}
     record = json.loads((tmp_path / "True" / "summary.json").read_text())["constrained"]
     assert record == {"on": True, "library": constrain.library_version(), "schema_tasks": tasks, "free_tasks": []}
@@ -235,5 +236,6 @@ def test_the_benchmark_times_both_systems_on_real_prompts_and_constrained_answer
     assert all(r["new_tokens_per_s"] > 0 and r["decode_ms_per_step"] > 0 for r in result["rows"])
     assert result["rows"][0]["matcher_s"] == 0 < result["rows"][1]["matcher_s"]
     assert result["rows"][2]["new_tokens"] == result["rows"][0]["new_tokens"]  # all-ones masks: the same tokens
+    assert result["rows"][0]["answers_valid"] == 0
     assert set(result["constrained_answer_starts"]) <= {"[", "{"}
     assert json.loads((tmp_path / "c.json").read_text())["tokenizer"]["vocab"] == 600
