@@ -300,3 +300,19 @@ def test_constrained_speculation_decodes_exactly_as_constrained_greedy(bpe):
     for tokens, schema in zip(got, schemas):
         if schema is not None and len(tokens) < 40:
             jsonschema.validate(json.loads(tok.decode(tokens)), schema)
+
+
+def test_the_speculation_benchmark_reports_rates_identity_and_accepted_lengths(tmp_path, shared_sciriff):
+    pytest.importorskip("transformers")
+    from benchmarks import speculate as bench
+    from tests import hf_dirs
+
+    hf_dir = hf_dirs.tiny_llama_dir(tmp_path / "hf")
+    out = tmp_path / "speculate.json"
+    payload = bench.main(["--checkpoint", str(hf_dir), "--shared", str(shared_sciriff), "--per-task", "1",
+                          "--max-new", "6", "--batch", "2", "--ks", "2", "--rounding-prompts", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["k"] for r in rows] == [0, 2] and rows[1]["identical_to_greedy"] == "yes"
+    assert all(r["decode_tokens_per_s"] > 0 for r in rows) and rows[1]["mean_accepted_length"] >= 1
+    assert set(bench.SHARED_TASKS) <= {key[len("accepted_"):] for key in rows[1] if key.startswith("accepted_")}
+    assert payload["rounding"]["positions"] == 2 * 9 and payload["rounding"]["argmax_flips"] == 0
