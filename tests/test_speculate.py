@@ -300,6 +300,12 @@ def test_constrained_speculation_decodes_exactly_as_constrained_greedy(bpe):
     for tokens, schema in zip(got, schemas):
         if schema is not None and len(tokens) < 40:
             jsonschema.validate(json.loads(tok.decode(tokens)), schema)
+    from sciriff_jax.parallel.sharding import MeshConfig, Sharding
+
+    sharding = Sharding.create(VOCAB416, MeshConfig("fsdp_tp"))  # the host callbacks from the 8-device mesh
+    assert generate(VOCAB416, jax.device_put(params, sharding.params), prompts,
+                    GenerationConfig(40, eos, constraint=c, speculate=4), batch_size=3, sharding=sharding,
+                    hooks=DecodeHooks(log=None)) == want
 
 
 def test_the_speculation_benchmark_reports_rates_identity_and_accepted_lengths(tmp_path, shared_sciriff):
