@@ -186,6 +186,13 @@ def test_constrained_decoding_on_an_8_device_mesh_matches_one_device(params, tok
             jsonschema.validate(json.loads(tok.decode(tokens)), schema)
 
 
+def test_a_schema_that_cannot_compile_is_refused_before_decoding_in_one_line(tokenizer_dir):
+    bad = {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 1}
+    with pytest.raises(ValueError, match=r"^constrained decoding: the JSON schema \{.*minItems \(3\) is greater than "
+                                         r"maxItems \(1\)\); fix the schema or decode that task unconstrained\.$"):
+        constrain.Constraint.create(tokenizer_dir, [None, bad], vocab_size=CONFIG.vocab_size, eos_id=3)
+
+
 def test_constraining_without_the_library_says_what_to_install(tokenizer_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "llguidance", None)
     with pytest.raises(ImportError, match=r"CONSTRAINED = True needs the grammar library llguidance.*"
@@ -226,6 +233,11 @@ def test_a_constrained_eval_answers_in_each_tasks_schema_and_says_so_in_its_summ
         assert len(rows) == 2 and all(r["prediction"].lstrip().startswith(starts[task]) for r in rows)
         free = [json.loads(line) for line in (tmp_path / "False" / "predictions" / f"{task}.jsonl").open()]
         assert not any(r["prediction"].lstrip().startswith(starts[task]) for r in free)
+    # Predictions decoded unconstrained are never resumed into a constrained run (nor the other way).
+    with pytest.raises(ValueError, match="other settings \\(constrained"):
+        evaluate.evaluate_tasks(config, params, tasks, ChatFormat(vocabulary, "tulu"), output_dir=tmp_path / "False",
+                                eval_config=evaluate.EvalConfig(",".join(tasks), max_examples=2, max_new_tokens=6,
+                                                                batch_size=2, constrained=True))
 
 
 def test_the_benchmark_times_both_systems_on_real_prompts_and_constrained_answers_are_json(tmp_path, shared_sciriff):

@@ -121,32 +121,45 @@ def tokenizer_for(vocabulary, *, vocab_size: int, eos_id: int):
 @dataclasses.dataclass(frozen=True, eq=False)
 class Constraint:
     """What a generation is constrained to: the tokenizer (`tokenizer_for`) and one JSON schema per prompt (None:
-    free text)."""
+    free text). `create` compiles every schema before anything is decoded, so a bad one fails first."""
 
     tokenizer: object
     schemas: tuple
+    compiled: dict = dataclasses.field(default_factory=dict, repr=False)  # schema JSON -> grammar
 
     @classmethod
     def create(cls, vocabulary, schemas, *, vocab_size: int, eos_id: int) -> "Constraint":
         """A Constraint over `vocabulary` (see `tokenizer_for`) with `schemas` (one per prompt, None: free)."""
-        return cls(tokenizer_for(vocabulary, vocab_size=vocab_size, eos_id=eos_id), tuple(schemas))
+        constraint = cls(tokenizer_for(vocabulary, vocab_size=vocab_size, eos_id=eos_id), tuple(schemas))
+        for schema in constraint.schemas:
+            if schema is not None:
+                constraint.grammar(schema)
+        return constraint
 
     @property
     def vocab_size(self) -> int:
         return int(self.tokenizer.vocab_size)
 
     def grammar(self, schema: dict) -> str:
-        """llguidance's grammar for a JSON schema; raises ValueError naming the schema when it cannot compile."""
+        """llguidance's grammar for a JSON schema (compiled once); raises ValueError naming the schema when it
+        cannot compile."""
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self.compiled:
+            self.compiled[key] = self._compile(schema)
+        return self.compiled[key]
+
+    def _compile(self, schema: dict) -> str:
         llg = library()
         # Up to 3 spaces / newlines first: the release prompt ends at '<|assistant|>' and the model writes the newline,
         # and a SentencePiece model (add_dummy_prefix) learned its answers as '▁[' / '▁{'.
         lark = ('start: LEAD? answer\nLEAD: /[ \\n]{1,3}/\nanswer: %json '
                 + json.dumps(dict(schema, **{"x-guidance": JSON_OPTIONS})))
         grammar = llg.LLMatcher.grammar_from_lark(lark)
-        error = llg.LLMatcher.validate_grammar(grammar, self.tokenizer)
-        if error and not llg.LLMatcher.is_validate_warning(error):
+        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
+        if is_error:
             raise ValueError(f"constrained decoding: the JSON schema {json.dumps(schema)[:200]} does not compile "
-                             f"({error}); fix the schema or decode that task unconstrained.")
+                             f"({messages[0].splitlines()[0][:300]}); fix the schema or decode that task "
+                             "unconstrained.")
         return grammar
 
 
@@ -163,7 +176,6 @@ class Matchers:
         self.matchers: list = [None] * slots
         self.errors: dict[int, str] = {}  # prompt index -> the matcher's error (never expected: tokens are masked)
         self.index: list = [None] * slots
-        self._grammars: dict[str, str] = {}
 
     def start(self, slot: int, index: int) -> None:
         """Slot `slot` now holds prompt `index`: a fresh matcher for its schema (none for free text)."""
@@ -173,10 +185,7 @@ class Matchers:
         self.masks[slot] = -1
         if schema is None:
             return
-        key = json.dumps(schema, sort_keys=True)
-        if key not in self._grammars:
-            self._grammars[key] = self.constraint.grammar(schema)
-        self.matchers[slot] = library().LLMatcher(self.constraint.tokenizer, self._grammars[key])
+        self.matchers[slot] = library().LLMatcher(self.constraint.tokenizer, self.constraint.grammar(schema))
         self._fill(slot)
 
     def _fill(self, slot: int) -> None:
