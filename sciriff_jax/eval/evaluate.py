@@ -404,7 +404,7 @@ def evaluate_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig()
     out = paths.resolve(output_dir) if output_dir else default_output_dir(checkpoint_path, name)
     names = task_names_of(name)
     if eval_config.constrained:
-        constrain.library("CONSTRAINED = True (eval.gin)")  # before any loading: fail fast when it is missing
+        constrain.library("CONSTRAINED = True (runs/decode.gin)")  # before any loading: fail fast when missing
     judge = judge_lib.judge_from_env(judge_url, judge_model, protocol=judge_protocol)
     print(f"[eval] {name}: {len(names)} task(s), split {eval_config.split}, max_examples={eval_config.max_examples}, "
           f"judge={'none (judge metrics skipped)' if judge is None else judge}; writing to {out}", flush=True)
@@ -426,6 +426,8 @@ def infer_run(*, checkpoint_path: str, eval_config: EvalConfig = EvalConfig(), o
     name = eval_config.mixture_or_task_name
     out = paths.resolve(output_dir) if output_dir else default_output_dir(checkpoint_path, name)
     names = task_names_of(name)
+    if eval_config.constrained:
+        constrain.library("CONSTRAINED = True (runs/decode.gin)")  # before any loading: fail fast when missing
     model, sharding = load_checkpoint(checkpoint_path, vocabulary_path, dtype, eval_config, mesh)
     loaded = load_examples(names, eval_config.split)  # the whole split: the few-shot pool; max_examples decoded
     with sharding.context() if sharding is not None else contextlib.nullcontext():
