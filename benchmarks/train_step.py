@@ -266,7 +266,8 @@ def parse(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the per-system peak-memory child processes")
     p.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     p.add_argument("--profile", default=None, metavar="DIR",
-                   help="trace 3 more sciriff-jax steps into DIR (jax.profiler) and list the top ops")
+                   help="trace --profile-calls more sciriff-jax steps into DIR (jax.profiler) and list the top ops")
+    p.add_argument("--profile-calls", type=int, default=3, help="steps the --profile trace covers")
     args = p.parse_args(argv)
     args.argv = None if argv is None else list(argv)
     args.shape = args.shape or ("tiny" if args.tiny else "tinyllama-1b")
@@ -312,7 +313,7 @@ def main(argv=None) -> dict:
     timings = interleaved(systems, warmup=warmup, iters=iters)
     load_after = os.getloadavg()
     if args.profile and "jax" in systems:
-        top = common.profile_calls(systems["jax"]["one"], directory=args.profile)
+        top = common.profile_calls(systems["jax"]["one"], directory=args.profile, calls=args.profile_calls)
         systems["jax"]["info"]["profile_top"] = top
         print(common.format_table(top, ["op", "ms_per_call", "share"]))
     rows = rows_of(systems, timings, memory)
