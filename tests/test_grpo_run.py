@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import REPO_ROOT
+from tests.subprocess_runs import cpu_env, run_ok
 
 STEPS, PERIOD, KILL_AT = 4, 2, 3
 TINY = ["--gin_bindings=LlamaConfig.num_layers=1", "--gin_bindings=LlamaConfig.hidden_size=32",
@@ -18,15 +19,8 @@ TINY = ["--gin_bindings=LlamaConfig.num_layers=1", "--gin_bindings=LlamaConfig.h
         "--gin_bindings=LlamaConfig.num_kv_heads=1"]
 
 
-def _env():
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-
-
 def _run(cmd):
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+    return run_ok(cmd, cpu_env(devices=2))
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +52,8 @@ def _records(model_dir):
 def _run_to_kill(cmd, model_dir):
     """SIGKILL the run during step KILL_AT, once checkpoint PERIOD is sealed: the save is asynchronous, so the
     "step KILL_AT" line alone can come while PERIOD is still being written (a kill then leaves nothing to resume)."""
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=cpu_env(devices=2), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:
         seen.append(line)

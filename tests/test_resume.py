@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
+from tests.subprocess_runs import cpu_env, run_ok
 
 TRAIN_STEPS, PERIOD, KILL_AT = 24, 4, 9
 
@@ -25,8 +26,7 @@ def _command(model_dir):
 
 
 def _env():
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    return cpu_env(devices=2)
 
 
 def _losses(model_dir):
@@ -37,8 +37,7 @@ def _losses(model_dir):
 @pytest.mark.slow  # three real runs in subprocesses: ~2 min on 2 shared cores
 def test_sigkilled_run_resumes_with_identical_losses(tmp_path):
     full, crashed = tmp_path / "full", tmp_path / "crashed"
-    done = subprocess.run(_command(full), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_ok(_command(full), _env(), timeout=300)
     reference = dict(_losses(full))
     assert sorted(reference) == list(range(1, TRAIN_STEPS + 1))
 
@@ -55,8 +54,7 @@ def test_sigkilled_run_resumes_with_identical_losses(tmp_path):
     before = _losses(crashed)
     assert TRAIN_STEPS > before[-1][0] >= KILL_AT
 
-    again = subprocess.run(_command(crashed), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    again = run_ok(_command(crashed), _env(), timeout=300)
     restart_step = int(again.stdout.split(f"resumed from {crashed}/checkpoints/")[1].split()[0])
     assert restart_step % PERIOD == 0 and 0 < restart_step <= before[-1][0], (restart_step, before[-1])
     assert f"took over the lock on {crashed} from run" in again.stdout and f"process {proc.pid} is gone" in again.stdout
@@ -82,8 +80,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_continues_from_it(tmp_path
     assert proc.returncode == 143, text[-3000:]
     saved = int(text.split("preemption: saved step ")[1].split()[0])
     assert 5 <= saved < TRAIN_STEPS and (tmp_path / "checkpoints" / str(saved)).is_dir()
-    again = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    again = run_ok(cmd, _env(), timeout=300)
     assert f"resumed from {tmp_path}/checkpoints/{saved}" in again.stdout
     steps = [s for s, _ in _losses(tmp_path)]
     assert steps == list(range(1, saved + 1)) + list(range(saved + 1, TRAIN_STEPS + 1))

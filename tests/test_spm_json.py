@@ -4,8 +4,6 @@ settings; and, as a transformers user sees it, `sciriff-jax export` of a run tra
 writes a tokenizer.json that AutoTokenizer reads and that encodes chat prompts to the run's ids."""
 import io
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -13,6 +11,7 @@ import sentencepiece as spm
 
 from conftest import REPO_ROOT
 from sciriff_jax.io import spm_json
+from tests.subprocess_runs import run_ok
 
 SAMPLE = REPO_ROOT / "seqio_tasks" / "data" / "sample"
 
@@ -70,10 +69,7 @@ def export_dir(tmp_path_factory):
            '--gin.TASK_FEATURE_LENGTHS={"targets": 64}', "--gin.CHECKPOINT_PERIOD=1",
            "--gin_bindings=TrainConfig.tensorboard=False", "--gin_bindings=LlamaConfig.num_layers=1"]
     for argv in (cmd, [sys.executable, "-m", "sciriff_jax.run.cli", "export", str(run), str(root / "hf")]):
-        done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu",
-                                   "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        run_ok(argv)
     return run, root / "hf"
 
 

@@ -2,15 +2,13 @@
 HF directory, the checkpoint's own context kept, the memory estimate that stops a step that will not fit."""
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from tests.subprocess_runs import run_ok
 from sciriff_jax.io import loader
 from sciriff_jax.io.hf import write_hf
 from sciriff_jax.model.config import LlamaConfig, platform_dtype
@@ -55,10 +53,7 @@ def _finetune_cli(model_dir, *flags):
            "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=2", '--gin.TASK_FEATURE_LENGTHS={"targets": 16}',
            "--gin.LOG_EVERY=1", '--gin_bindings=train/DataConfig.source="synthetic"',
            "--gin_bindings=TrainConfig.tensorboard=False", *flags]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_ok(cmd, timeout=300)
     return done.stdout + done.stderr, json.loads((model_dir / "train_summary.json").read_text())
 
 

@@ -1,10 +1,10 @@
 """A real `python -m sciriff_jax.main` finetune of a one-layer model on synthetic rows (two steps, a checkpoint at
 step 2), as a user runs it: the rerun and resume tests start from it."""
-import os
 import subprocess
 import sys
 
 from conftest import REPO_ROOT
+from tests.subprocess_runs import cpu_env
 
 
 def train_tiny(model_dir, *extra) -> subprocess.CompletedProcess:
@@ -17,9 +17,7 @@ def train_tiny(model_dir, *extra) -> subprocess.CompletedProcess:
            "--gin_bindings=LlamaConfig.num_layers=1", "--gin_bindings=LlamaConfig.hidden_size=16",
            "--gin_bindings=LlamaConfig.intermediate_size=32", '--gin_bindings=train/DataConfig.source="synthetic"',
            "--gin_bindings=TrainConfig.tensorboard=False", *extra]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=cpu_env(), capture_output=True, text=True, timeout=300)
 
 
 def finished_tiny_run(tmp_path_factory):
