@@ -90,6 +90,40 @@ def test_loss_sums_from_hidden_equal_the_sums_from_logits():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def _plain_loss(hidden, head, targets, weights):
+    logits = jnp.einsum("bld,dv->blv", hidden, head.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    return losses.loss_sums_from_logits(logits, targets, weights)[0]
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 13])  # 5: the last chunk is padded
+def test_loss_gradient_computed_in_the_forward_equals_the_plain_gradient(chunk):
+    hidden, head, targets = _inputs()
+    weights = jax.random.uniform(jax.random.PRNGKey(4), (B, L)) * (jax.random.uniform(jax.random.PRNGKey(5), (B, L)) > 0.3)
+    fused = lambda h, w: 2.5 * losses.token_loss_sums(h, w, targets, weights, chunk_size=chunk)[0]  # noqa: E731
+    plain = lambda h, w: 2.5 * _plain_loss(h, w, targets, weights)  # noqa: E731
+    np.testing.assert_allclose(fused(hidden, head), plain(hidden, head), rtol=1e-6)
+    got, want = jax.grad(fused, (0, 1))(hidden, head), jax.grad(plain, (0, 1))(hidden, head)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    # Under jit and with the head frozen (LoRA): the same hidden-state gradient.
+    np.testing.assert_allclose(jax.jit(jax.grad(fused))(hidden, head), want[0], rtol=1e-5, atol=1e-6)
+
+
+def test_loss_runs_the_head_twice_per_chunk_and_once_less_when_the_head_is_frozen():
+    """Logits and the hidden states' gradient; the head's gradient only when the head is differentiated. The
+    log-probability path (DPO, GRPO: any cotangent) recomputes the logits in its backward pass instead."""
+    hidden, head, targets = _inputs()
+    weights = jnp.ones((B, L))
+    loss = lambda h, w: losses.token_loss_sums(h, w, targets, weights, chunk_size=4)[0]  # noqa: E731
+    dots = lambda f, *a: str(jax.make_jaxpr(f)(*a)).count("dot_general")  # noqa: E731
+    assert dots(jax.grad(loss, (0, 1)), hidden, head) == 3
+    assert dots(jax.grad(loss), hidden, head) == 2
+    logprob_loss = lambda h, w: -jnp.sum(losses.token_logprobs(h, w, targets, chunk_size=4))  # noqa: E731
+    assert dots(jax.grad(logprob_loss, (0, 1)), hidden, head) == 4
+    with pytest.raises(NotImplementedError, match="weights are data"):
+        jax.grad(lambda w: losses.token_loss_sums(hidden, head, targets, w)[0])(weights)
+
+
 def test_the_two_normalisations_by_hand():
     # microbatch 0: 2 target tokens with CE 1 and 3; microbatch 1: 1 target token with CE 8
     sums, counts = jnp.array([4.0, 8.0]), jnp.array([2.0, 1.0])

@@ -1,9 +1,13 @@
 """Token log-probabilities and the SFT loss without ever holding [batch, length, vocab] logits at once.
 
-The output head is applied a chunk of positions at a time, forward and backward (a custom VJP recomputes each
-chunk's logits in the backward pass from the saved log-normaliser), so the largest loss temporary is
-[batch, chunk, vocab] float32 instead of the full logits plus their gradient. SFT, DPO and GRPO all go through
-`token_logprobs`.
+The output head is applied a chunk of positions at a time, forward and backward, so the largest loss temporary is
+[batch, chunk, vocab] float32 instead of the full logits plus their gradient. Two custom VJPs share the chunking:
+
+- `token_logprobs` (DPO, GRPO: any function of the log-probabilities) saves each position's log-normaliser and
+  recomputes each chunk's logits in the backward pass (the head runs three times per chunk);
+- `token_loss_sums` (SFT: a weighted sum of cross entropies, so d loss / d logits is known in the forward pass)
+  computes its gradients in the forward pass from the logits already in hand and the backward pass only scales
+  them (the head runs twice per chunk, once when the head is frozen, as under LoRA).
 
 Public API (stable; other trainers import it):
 
@@ -126,11 +130,76 @@ def model_token_logprobs(model, params, tokens, targets, *, segment_ids=None, po
     return token_logprobs(hidden, output_head(params, model.config), targets, chunk_size=chunk_size)
 
 
+def _ce_chunk(h, head, t, w):
+    """One chunk's (sum CE * w, exp(logits - max), their sum per position): one exp pass over the logits."""
+    logits = _chunk_logits(h, head)
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    e = jnp.exp(logits - top)
+    s = jnp.sum(e, axis=-1)
+    picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
+    ce = top[..., 0] + jnp.log(s) - picked
+    return jnp.sum(ce * w), e, s
+
+
+def _ce_sum(hidden, head, targets, w, chunk):
+    def body(total, xs):
+        return total + _ce_chunk(*xs[:1], head, *xs[1:])[0], None
+
+    xs = (_chunks(hidden, chunk), _chunks(targets, chunk), _chunks(w, chunk))
+    return jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _fused_ce(hidden, head, targets, w, chunk):
+    return _ce_sum(hidden, head, targets, w, chunk)
+
+
+def _fused_ce_fwd(hidden, head, targets, w, chunk):
+    # The loss is linear in each token's CE with known weights, so its gradient is known before the backward pass:
+    # it is computed here, chunk by chunk from logits already in hand (no recomputation of the head), and the
+    # backward only scales it. The head's gradient is skipped when the head is not differentiated (LoRA).
+    if w.perturbed:
+        raise NotImplementedError("token_loss_sums: the loss weights are data; their gradient is not computed.")
+    train_head = head.perturbed
+    hidden, head, targets, w = hidden.value, head.value, targets.value, w.value
+    length, vocab = hidden.shape[1], head.shape[1]
+
+    def body(carry, xs):
+        total, d_head = carry
+        h, t, wc = xs
+        loss, e, s = _ce_chunk(h, head, t, wc)
+        # d CE / d logits = softmax - onehot(target), times each position's weight.
+        d_logits = (e * (wc / s)[..., None] - jax.nn.one_hot(t, vocab, dtype=jnp.float32) * wc[..., None])
+        d_logits = d_logits.astype(hidden.dtype)
+        d_h = jnp.einsum("bcv,dv->bcd", d_logits, head, preferred_element_type=jnp.float32)
+        if d_head is not None:
+            d_head = d_head + jnp.einsum("bcd,bcv->dv", h, d_logits, preferred_element_type=jnp.float32)
+        return (total + loss, d_head), d_h.astype(hidden.dtype)
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros(head.shape, jnp.float32) if train_head else None)
+    xs = (_chunks(hidden, chunk), _chunks(targets, chunk), _chunks(w, chunk))
+    (total, d_head), d_hidden = jax.lax.scan(body, init, xs)
+    return total, (_unchunk(d_hidden, length), None if d_head is None else d_head.astype(head.dtype))
+
+
+def _fused_ce_bwd(chunk, residuals, g):
+    d_hidden, d_head = residuals
+    scale = lambda x: None if x is None else x * g.astype(x.dtype)  # noqa: E731
+    return scale(d_hidden), scale(d_head), None, None
+
+
+_fused_ce.defvjp(_fused_ce_fwd, _fused_ce_bwd, symbolic_zeros=True)
+
+
 def token_loss_sums(hidden, head, targets, weights, *, chunk_size: int | None = None):
-    """(sum of per-token cross entropy * weight, sum of weights), float32, from hidden states and the head."""
+    """(sum of per-token cross entropy * weight, sum of weights), float32, from hidden states and the head.
+
+    The SFT loss's own path (`_fused_ce`): its gradient is computed in the forward pass from each chunk's logits
+    (the weights are data), so the head runs twice per chunk, not three times as through `token_logprobs`."""
+    b, length = targets.shape
     w = weights.astype(jnp.float32)
-    logp = token_logprobs(hidden, head, targets, chunk_size=chunk_size)
-    return -jnp.sum(logp * w), jnp.sum(w)
+    chunk = int(min(chunk_size or auto_chunk_size(b, length, head.shape[1]), length))
+    return _fused_ce(hidden, head.astype(hidden.dtype), targets.astype(jnp.int32), w, chunk), jnp.sum(w)
 
 
 def loss_sums_from_logits(logits, targets, weights):
