@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 BACKENDS = ATTENTION_BACKENDS  # declared once, with the config field
 # The fused kernels and the one platform each runs on (the others are XLA and run anywhere).
 _KERNEL_PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
-# Below this many tokens per row, materialising S x S is cheaper than blockwise bookkeeping.
-_REFERENCE_MAX_LEN = 2048
+# Up to this many tokens per row, materialising S x S is cheaper than blockwise bookkeeping, and the blockwise
+# tile that is fastest, per platform (measured on a 2-core CPU, fwd+bwd at 4,096 tokens per batch, 9 heads of 64:
+# blockwise 256 beats the reference 1.3x at 512 tokens, 2.3x at 1,024 and 3.2x at 2,048; BENCHMARKS.md section 9.5).
+_REFERENCE_MAX_LEN = {"cpu": 256}
+_BLOCK = {"cpu": 256}
+_DEFAULT_REFERENCE_MAX_LEN, _DEFAULT_BLOCK = 2048, 512
 
 
 def make_mask(q_len: int, k_len: int, segment_ids=None, kv_segment_ids=None, causal: bool = True,
@@ -89,9 +93,14 @@ def select_backend(backend: str, q, segment_ids=None, mesh=None, platform: str |
                  "falling back to XLA.", length)
     else:
         log.debug("attention auto: no fused attention kernel on platform %r; using XLA.", platform)
-    if length > _REFERENCE_MAX_LEN:
+    if length > _REFERENCE_MAX_LEN.get(platform, _DEFAULT_REFERENCE_MAX_LEN):
         return "blockwise"
     return "reference"
+
+
+def blockwise_tile(platform: str | None = None) -> int:
+    """The blockwise backend's query / key tile on `platform` (None: `jax.default_backend()`)."""
+    return _BLOCK.get(jax.default_backend() if platform is None else platform, _DEFAULT_BLOCK)
 
 
 def attention(q, k, v, *, segment_ids=None, causal: bool = True, backend: str = "auto", mesh=None):
@@ -100,7 +109,8 @@ def attention(q, k, v, *, segment_ids=None, causal: bool = True, backend: str = 
     if name == "reference":
         return reference_attention(q, k, v, make_mask(q.shape[1], k.shape[1], segment_ids, causal=causal))
     if name == "blockwise":
-        return blockwise_attention(q, k, v, segment_ids=segment_ids, causal=causal)
+        tile = blockwise_tile()
+        return blockwise_attention(q, k, v, segment_ids=segment_ids, causal=causal, block_q=tile, block_k=tile)
     if name == "cudnn":
         return cudnn_attention(q, k, v, segment_ids=segment_ids, causal=causal)
     if name == "splash":
