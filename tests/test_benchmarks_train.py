@@ -38,3 +38,19 @@ def test_train_step_synthetic_batch_follows_the_batch_contract():
     assert (b["decoder_segment_ids"][0] == [1, 1, 1, 1, 2, 2, 2, 2]).all()
     assert (b["decoder_positions"][0] == [0, 1, 2, 3, 0, 1, 2, 3]).all()
     assert (b["decoder_input_tokens"][:, 1:] == b["decoder_target_tokens"][:, :-1]).all()
+
+
+def test_train_parts_benchmark_times_the_head_and_attention_against_torch(tmp_path):
+    from benchmarks import train_parts
+
+    out = tmp_path / "parts.json"
+    train_parts.main(["--tiny", "--iters", "1", "--warmup", "0", "--blocks", "16,32", "--out", str(out)])
+    rows = _read(out)["rows"]
+    parts = {}
+    for r in rows:
+        parts.setdefault(r["part"], []).append(r)
+        assert r["median_s"] > 0 and r["vs_torch"] > 0
+    # Each part: the PyTorch peer first (ratio 1), then every jax variant; exactly one attention row is auto's pick.
+    assert [r["system"].startswith("torch") or r["system"].startswith("transformers") for r in rows].count(True) == 2
+    assert len(parts["head"]) == 3 and len(parts["attention"]) == 4
+    assert sum(r["system"].endswith("(auto)") for r in parts["attention"]) == 1
