@@ -10,6 +10,7 @@
 Each pair runs in one process, back to back, so a shared machine's load falls on both; the load is recorded.
 
   python -m benchmarks.train_parts --shape smollm2-135m --seq 1024 --batch 4 --out benchmarks/results/train_parts_cpu.json
+  python -m benchmarks.train_parts --sweep 256,512,1024,2048,4096 --out benchmarks/results/attention_tiles_cpu.json
   python -m benchmarks.train_parts --tiny                     # CPU smoke (seconds)
 """
 from __future__ import annotations
@@ -26,6 +27,9 @@ def parse(argv=None):
     p.add_argument("--seq", type=int, default=None, help="tokens per row (default 1024; tiny 64)")
     p.add_argument("--batch", type=int, default=None, help="rows (default 4; tiny 2)")
     p.add_argument("--blocks", default="128,256,512", help="blockwise tile sizes to time (those <= seq)")
+    p.add_argument("--sweep", default=None,
+                   help="comma-separated row lengths: time only attention at each, batch = seq * batch / length "
+                        "(the same tokens per call)")
     return p.parse_args(argv)
 
 
@@ -116,9 +120,20 @@ def main(argv=None) -> dict:
     shape = dict(common.TINY if args.tiny else SHAPES[args.shape])
     seq = args.seq or (64 if args.tiny else 1024)
     batch = args.batch or (2 if args.tiny else 4)
+    load_before = os.getloadavg()
+    if args.sweep:
+        rows = []
+        for length in (int(s) for s in args.sweep.split(",")):
+            x = _inputs(shape, max(1, seq * batch // length), length)
+            blocks = [b for b in (int(s) for s in args.blocks.split(",")) if b <= length]
+            for name, call in jax_attention_cases(x, blocks).items():
+                t = common.time_calls(call, warmup=warmup, iters=iters, label=f"{length}: {name}")
+                rows.append({"part": "attention", "seq": length, "system": name, **t})
+        extra = {"shape": shape, "tokens_per_call": seq * batch, "load_avg_before": load_before,
+                 "load_avg_after": os.getloadavg()}
+        return common.report("attention fwd+bwd by row length", args, rows, ["seq", "system", "median_s"], extra)
     x = _inputs(shape, batch, seq)
     blocks = [b for b in (int(s) for s in args.blocks.split(",")) if b <= seq]
-    load_before = os.getloadavg()
     theirs = torch_cases(x)
     rows = []
     for part, ours in (("head", jax_head_cases(x)), ("attention", jax_attention_cases(x, blocks))):

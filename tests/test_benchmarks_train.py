@@ -54,3 +54,6 @@ def test_train_parts_benchmark_times_the_head_and_attention_against_torch(tmp_pa
     assert [r["system"].startswith("torch") or r["system"].startswith("transformers") for r in rows].count(True) == 2
     assert len(parts["head"]) == 3 and len(parts["attention"]) == 4
     assert sum(r["system"].endswith("(auto)") for r in parts["attention"]) == 1
+    # The tile sweep: attention only, at each row length with the same tokens per call.
+    sweep = train_parts.main(["--tiny", "--iters", "1", "--warmup", "0", "--blocks", "16,32", "--sweep", "16,64"])
+    assert sorted({r["seq"] for r in sweep["rows"]}) == [16, 64] and len(sweep["rows"]) == 2 + 3

@@ -23,8 +23,9 @@ BACKENDS = ATTENTION_BACKENDS  # declared once, with the config field
 # The fused kernels and the one platform each runs on (the others are XLA and run anywhere).
 _KERNEL_PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
 # Up to this many tokens per row, materialising S x S is cheaper than blockwise bookkeeping, and the blockwise
-# tile that is fastest, per platform (measured on a 2-core CPU, fwd+bwd at 4,096 tokens per batch, 9 heads of 64:
-# blockwise 256 beats the reference 1.3x at 512 tokens, 2.3x at 1,024 and 3.2x at 2,048; BENCHMARKS.md section 9.5).
+# tile that is fastest, per platform (measured on a 2-core CPU, fwd+bwd at 4,096 tokens per call, 9 heads of 64:
+# blockwise 256 beats the reference 1.1x at 512 tokens, 2.4x at 1,024 and 3.6x at 2,048, and the 128 / 512 tiles
+# at every length from 512; BENCHMARKS.md section 9.5, `python -m benchmarks.train_parts --sweep ...`).
 _REFERENCE_MAX_LEN = {"cpu": 256}
 _BLOCK = {"cpu": 256}
 _DEFAULT_REFERENCE_MAX_LEN, _DEFAULT_BLOCK = 2048, 512
