@@ -179,6 +179,6 @@ def test_a_failed_train_summary_write_leaves_the_earlier_record(tmp_path, monkey
     path.write_text(json.dumps({"steps": 4}))
     monkeypatch.setattr(type(path), "write_text", lambda self, text, **kw: (_ for _ in ()).throw(_disk_full(None)))
     with pytest.raises(OSError) as raised:
-        finetune._record_summary(path, {"steps": 2})
+        finetune.record_summary(path, {"steps": 2})
     assert errors.message(raised.value) == f"{path}: ENOSPC: No space left on device"
     assert json.loads(path.read_text()) == {"steps": 4}

@@ -98,7 +98,7 @@ def _ends_with_stop(out, i, stops):
     return hit
 
 
-def _model(config, params, lora):
+def model_and_variables(config, params, lora):
     """(module, variables): the Llama, or with a LoRA config (model/lora.py) the LoRA Llama over `params` =
     {"params": base, "lora": adapters} (the adapters applied beside the base, never merged)."""
     if lora is None:
@@ -126,7 +126,7 @@ def _prefill(params, pool, tokens, start, last, page_table, rng, allowed=None, *
     allows; its log-probability stays the model's unmasked one (the policy's)."""
     config, sampling, logprobs, lora, constrained = program
     positions = start[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-    model, variables = _model(config, params, lora)
+    model, variables = model_and_variables(config, params, lora)
     logits, pool = model.apply(variables, tokens, positions=positions, cache=pool,
                                cache_index=start, page_table=page_table, logits_index=last)
     first = sample(constrain.apply_mask(logits[:, 0], allowed.bits) if constrained else logits[:, 0], rng, sampling)
@@ -163,7 +163,7 @@ def _decode(params, pool, page_table, rows: Rows, tail, stop_on_finish, eos_id, 
     tokens and returns the next masks (`constrain.next_mask`). Log-probabilities stay the unmasked model's.
     """
     config, steps, sampling, stops, with_logprobs, lora, constrained = program
-    model, variables = _model(config, params, lora)
+    model, variables = model_and_variables(config, params, lora)
     max_new, live = rows.limit, rows.live
     t = tail.shape[1]
     out = jnp.concatenate([tail, jnp.full((tail.shape[0], steps), -1, jnp.int32)], axis=1)
@@ -265,9 +265,9 @@ class ContinuousBatcher:
         return kv_memory.plan_pool(self.config, needs, slots=self.slots, page_size=self.page_size, dtype=dtype,
                                    budget_bytes=budget, shards=self._tensor_shards(), budget_note=note)
 
-    def _new_state(self, sched, prompts, needs, rng, on_finish, logprobs, on_step) -> "_RunState":
+    def _new_state(self, sched, prompts, needs, rng, on_finish, logprobs, on_step) -> "RunState":
         """One run's state; its `decode` is the device call (decoding/speculate.py overrides it)."""
-        return _RunState(self, sched, prompts, needs, rng, on_finish, logprobs, on_step)
+        return RunState(self, sched, prompts, needs, rng, on_finish, logprobs, on_step)
 
     def run(self, prompts: list[list[int]], max_new: list[int], rng=None,
             on_finish: Callable[[int, list[int]], None] | None = None, logprobs: bool = False,
@@ -308,7 +308,7 @@ class ContinuousBatcher:
         return state.results
 
 
-class _RunState:
+class RunState:
     """One `ContinuousBatcher.run`: the pool, the host copy of every slot's state, the outputs so far."""
 
     def __init__(self, batcher: ContinuousBatcher, sched: Scheduler, prompts, needs, rng, on_finish, logprobs=False,

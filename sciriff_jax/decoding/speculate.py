@@ -29,7 +29,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from sciriff_jax.decoding import constrain
-from sciriff_jax.decoding.batcher import ContinuousBatcher, Rows, _model, _RunState
+from sciriff_jax.decoding.batcher import ContinuousBatcher, Rows, RunState, model_and_variables
 
 NGRAM = 3  # longest n-gram matched
 
@@ -149,7 +149,7 @@ def _speculate(params, pool, page_table, rows: Rows, history, stop_on_finish, eo
     the rows' schema masks, and the host advances the matchers by the tokens each step emits."""
     config, steps, k, ngram, stops, lora, constrained = program
     handle = handle if constrained else None
-    model, variables = _model(config, params, lora)
+    model, variables = model_and_variables(config, params, lora)
     live = rows.live
     b = history.shape[0]
 
@@ -247,8 +247,8 @@ class SpeculativeBatcher(ContinuousBatcher):
         return _SpeculativeRunState(self, sched, prompts, needs, rng, on_finish, logprobs, on_step)
 
 
-class _SpeculativeRunState(_RunState):
-    """`_RunState` whose decode call is the verify loop; keeps every slot's tokens so far for drafting."""
+class _SpeculativeRunState(RunState):
+    """`RunState` whose decode call is the verify loop; keeps every slot's tokens so far for drafting."""
 
     def __init__(self, batcher, sched, prompts, needs, rng, on_finish, logprobs=False, on_step=None):
         super().__init__(batcher, sched, prompts, needs, rng, on_finish, logprobs, on_step)

@@ -42,7 +42,7 @@ def dpo(train: TrainConfig, data: PreferenceDataConfig, preference: DPOConfig = 
     frozen base train, and the base without adapters is the reference (no second copy of the weights); the
     checkpoints then hold the adapters. Returns the summary dict."""
     distributed.maybe_initialize()
-    lock = finetune._lock_model_dir(train)
+    lock = finetune.lock_model_dir(train)
     try:
         return _dpo(train, data, preference, model, optimizer, mesh, lora, operative_config, lock)
     finally:
@@ -62,7 +62,7 @@ def _dpo(train, data, preference, model, optimizer, mesh, lora, operative_config
     chat_format = _chat_format(train, config, model_dir)
     name = preferences.register(data, chat_format)
     train_steps, epochs, counts = _plan(train, data, name)
-    run_setup = _setup(config, mesh, optimizer, train_steps, train.microbatches, lora)
+    run_setup = build_setup(config, mesh, optimizer, train_steps, train.microbatches, lora)
     run_setup.check_batch(2 * train.batch_size)
     batches = preferences.pair_batches(name, data, sharding=run_setup.sharding.batch, pairs=train.batch_size,
                                        seed=train.seed, epochs=epochs)
@@ -70,10 +70,10 @@ def _dpo(train, data, preference, model, optimizer, mesh, lora, operative_config
                                         config=config, async_save=train.async_checkpoints,
                                         before_save=lock.check if lock is not None else None, log=_log)
     if lora is None:
-        start_step, params, opt_state = finetune._start(train, run_setup, ckpt, batches, model_dir)
+        start_step, params, opt_state = finetune.start_or_resume(train, run_setup, ckpt, batches, model_dir)
         frozen, described = _reference(preference, train, run_setup, params, start_step)
     else:
-        start_step, params, opt_state, frozen = _start_lora(train, run_setup, ckpt, batches, lora)
+        start_step, params, opt_state, frozen = start_lora(train, run_setup, ckpt, batches, lora)
         described = "the base without adapters" if preference.needs_reference else "none (reference-free)"
     step = _step(preference, run_setup, lora)
     _log(f"{preference.loss} (beta {preference.beta}), reference: {described}; {run_setup.num_params / 1e6:.2f}M "
@@ -152,7 +152,7 @@ def _reference(preference: DPOConfig, train: TrainConfig, run_setup: setup.Train
                        with_tokenizer=False).params, what
 
 
-def _setup(config, mesh, optimizer, train_steps, microbatches, lora) -> setup.TrainSetup:
+def build_setup(config, mesh, optimizer, train_steps, microbatches, lora) -> setup.TrainSetup:
     """finetune's setup; with LoRA, the trained tree is the adapters (their shardings, optimizer state and shapes)
     and the base is held apart (`sharding.base`)."""
     if lora is None:
@@ -165,7 +165,7 @@ def _setup(config, mesh, optimizer, train_steps, microbatches, lora) -> setup.Tr
                             tx, schedule, shapes, microbatches, step=None)
 
 
-def _start_lora(train: TrainConfig, run_setup: setup.TrainSetup, ckpt, batches, lora):
+def start_lora(train: TrainConfig, run_setup: setup.TrainSetup, ckpt, batches, lora):
     """(start step, adapters, optimizer state, frozen base): MODEL_DIR's latest adapters (input position restored)
     or fresh ones (B = 0: the starting policy is the base), over INITIAL_CHECKPOINT_PATH's params in the compute
     dtype (int8 / int4 with lora.quantize)."""

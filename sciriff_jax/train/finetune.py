@@ -143,7 +143,7 @@ def finetune(train: TrainConfig, data: DataConfig, model: LlamaConfig | None = N
 
     With `lora` (its rank set: LORA_RANK), the base is frozen and LoRA adapters are trained (train/lora_train.py)."""
     distributed.maybe_initialize()
-    lock = _lock_model_dir(train)
+    lock = lock_model_dir(train)
     lora = lora if lora is not None and lora.rank else None  # LORA_RANK=None: every parameter is trained
     try:
         return _finetune(train, data, model, optimizer, mesh, evals, (operative_config, lora), eval_fn, lock)
@@ -152,7 +152,7 @@ def finetune(train: TrainConfig, data: DataConfig, model: LlamaConfig | None = N
             lock.release()
 
 
-def _lock_model_dir(train: TrainConfig) -> run_lock.RunLock | None:
+def lock_model_dir(train: TrainConfig) -> run_lock.RunLock | None:
     """Process 0 takes MODEL_DIR's run lock; every process learns whether it got it, so all stop together."""
     lock, error = None, None
     if jax.process_index() == 0:
@@ -176,7 +176,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, settings, eval_fn, loc
     t_start = time.time()
     model_dir = str(paths.resolve(train.model_dir))  # a local directory or a URL such as gs://bucket/run
     config = resolve_model_config(model, train)
-    chat_format, data = _chat_format(train, data, config, model_dir)  # before anything reads the mixture
+    chat_format, data = run_chat_format(train, data, config, model_dir)  # before anything reads the mixture
     train_steps, epochs = _plan_updates(train, data)
     loss = (train.loss_normalization, train.loss_microbatch_rows)
     if lora is None:
@@ -199,7 +199,7 @@ def _finetune(train, data, model, optimizer, mesh, evals, settings, eval_fn, loc
                                         config=config, async_save=train.async_checkpoints,
                                         before_save=lock.check if lock is not None else None, log=_log,
                                         record=record)
-    start_step, params, opt_state = _start(train, run_setup, ckpt, batches, model_dir)
+    start_step, params, opt_state = start_or_resume(train, run_setup, ckpt, batches, model_dir)
     sharding, length = run_setup.sharding, data.length
     _log(f"{run_setup.num_params / 1e6:.2f}M params ({config.param_dtype}; compute in {config.dtype}), mesh {dict(sharding.mesh.shape)} ({sharding.layout}), global "
          f"batch {train.batch_size} x {length} tokens, {train.microbatches} microbatch(es), steps "
@@ -264,7 +264,7 @@ def _plan_updates(train: TrainConfig, data: DataConfig) -> tuple[int, int | None
     return train_steps, epochs
 
 
-def _start(train: TrainConfig, run_setup: setup.TrainSetup, ckpt, batches, model_dir: str):
+def start_or_resume(train: TrainConfig, run_setup: setup.TrainSetup, ckpt, batches, model_dir: str):
     """(start step, params, optimizer state): MODEL_DIR's latest verified checkpoint (the input position
     restored into `batches`), else INITIAL_CHECKPOINT_PATH or a random init with a fresh optimizer."""
     sharding = run_setup.sharding
@@ -358,11 +358,11 @@ def _summarize(result: dict, model_dir: str, train_steps: int, start_step: int, 
         _log(f"done: steps {start_step}->{result['final_step']} in {result['seconds']:.1f}s, loss "
              f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f}; checkpoint {summary['checkpoint']}")
     if jax.process_index() == 0:
-        _record_summary(paths.resolve(model_dir) / "train_summary.json", summary)
+        record_summary(paths.resolve(model_dir) / "train_summary.json", summary)
     return summary
 
 
-def _record_summary(path, summary: dict) -> None:
+def record_summary(path, summary: dict) -> None:
     """Write train_summary.json without losing what an earlier run of this MODEL_DIR recorded there: a rerun that
     trained nothing leaves it as it is; one that trained appends the earlier record(s) under "earlier_runs"."""
     earlier = None
@@ -381,7 +381,7 @@ def _record_summary(path, summary: dict) -> None:
     writes.write_text(path, json.dumps(record, indent=1, default=str))  # a failed write leaves the earlier record
 
 
-def _chat_format(train: TrainConfig, data: DataConfig, config: LlamaConfig, model_dir: str):
+def run_chat_format(train: TrainConfig, data: DataConfig, config: LlamaConfig, model_dir: str):
     """(ChatFormat the run trains with or None for synthetic data, the data config naming the mixture tokenized
     with it).
 

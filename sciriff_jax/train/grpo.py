@@ -201,7 +201,7 @@ def grpo(rl: GRPOConfig, train: finetune.TrainConfig, model: LlamaConfig | None 
     steps), from train.initial_checkpoint_path; resumes from MODEL_DIR. With `lora` (its rank set), adapters are
     trained over the frozen base, which is also the KL reference. Returns a summary (train_summary.json)."""
     distributed.maybe_initialize()
-    lock = finetune._lock_model_dir(train)
+    lock = finetune.lock_model_dir(train)
     try:
         return _grpo(rl, train, model, optimizer, mesh, (operative_config, lora), lock)
     finally:
@@ -240,8 +240,8 @@ def _grpo(grpo_config, train, model, optimizer, mesh, settings, lock) -> dict:
         raise setup.RunConfigError("GRPO needs TRAIN_STEPS (the number of rollout + update rounds); set "
                                    "--gin.TRAIN_STEPS=N")
     config = finetune.resolve_model_config(model, train)
-    chat_format, data = finetune._chat_format(train, DataConfig(mixture_or_task_name=grpo_config.mixture_or_task_name),
-                                              config, model_dir)
+    data = DataConfig(mixture_or_task_name=grpo_config.mixture_or_task_name)
+    chat_format, data = finetune.run_chat_format(train, data, config, model_dir)
     if config.max_position and grpo_config.max_new_tokens >= config.max_position:
         raise setup.RunConfigError(f"MAX_NEW_TOKENS={grpo_config.max_new_tokens} leaves no room for a prompt in the "
                                    f"model's context of {config.max_position} tokens; set it below that")
@@ -252,17 +252,17 @@ def _grpo(grpo_config, train, model, optimizer, mesh, settings, lock) -> dict:
         raise setup.RunConfigError("GRPO with a quantized base (LORA_QUANTIZE) is not supported yet: the sampler "
                                    "runs the float base; set LoraConfig.quantize = None")
     # LoRA: dpo's setup and start (adapters trained, the base loaded frozen and held apart: sharding.base).
-    run_setup = dpo._setup(config, mesh, optimizer, train.train_steps * grpo_config.inner_steps,
+    run_setup = dpo.build_setup(config, mesh, optimizer, train.train_steps * grpo_config.inner_steps,
                            train.microbatches, lora)
     _check_rows(grpo_config, train, run_setup)
     ckpt = checkpoint.TrainCheckpointer(model_dir, period=train.checkpoint_period, keep=train.keep_checkpoints,
                                         config=config, async_save=train.async_checkpoints,
                                         before_save=lock.check if lock is not None else None, log=_log)
     if lora is None:
-        start_step, params, opt_state = finetune._start(train, run_setup, ckpt, stream, model_dir)
+        start_step, params, opt_state = finetune.start_or_resume(train, run_setup, ckpt, stream, model_dir)
         frozen = _reference(train, run_setup, params, start_step) if grpo_config.kl_coef > 0 else None
     else:
-        start_step, params, opt_state, frozen = dpo._start_lora(train, run_setup, ckpt, stream, lora)
+        start_step, params, opt_state, frozen = dpo.start_lora(train, run_setup, ckpt, stream, lora)
     step_fn = make_grpo_step(run_setup.model, run_setup.tx, grpo_config, microbatches=train.microbatches,
                              sharding=run_setup.sharding, lora=lora is not None)
     run = _Run(grpo_config, train, run_setup, chat_format, stream, step_fn, frozen, judge, lora)
@@ -347,7 +347,7 @@ def _updates(run: _Run, params, opt_state, start_step: int, ckpt, logger, guard)
     for step in range(start_step + 1, total + 1):
         params, opt_state, metrics, finite = rollout_update(run, params, opt_state, step)
         if not finite:
-            loop._on_nonfinite(step, metrics, run.stream, ckpt, run.train.on_nonfinite)
+            loop.handle_nonfinite(step, metrics, run.stream, ckpt, run.train.on_nonfinite)
             summary["skipped_steps"].append(step)
         summary["rewards"][step], summary["losses"][step] = metrics["reward_mean"], metrics["loss"]
         summary.setdefault("first_reward", metrics["reward_mean"])
@@ -357,7 +357,7 @@ def _updates(run: _Run, params, opt_state, start_step: int, ckpt, logger, guard)
         summary["train_seconds"] += metrics["train_s"]
         summary["steps"] += 1
         logger.log_train(step, metrics)
-        loop._checkpoint(step, params, opt_state, run.stream, ckpt, guard, last=step == total)
+        loop.checkpoint_step(step, params, opt_state, run.stream, ckpt, guard, last=step == total)
     ckpt.wait()
     summary.update(final_step=step, seconds=time.time() - started, params=params, opt_state=opt_state)
     return summary
@@ -373,7 +373,7 @@ def _summarize(result: dict, model_dir: str, train_steps: int, seconds: float) -
              f"reward {summary['first_reward']:.4f} -> {summary['last_reward']:.4f}; rollout {100 * split:.0f}% of "
              f"the time; checkpoint {summary['checkpoint']}")
     if jax.process_index() == 0:
-        finetune._record_summary(paths.resolve(model_dir) / "train_summary.json", summary)
+        finetune.record_summary(paths.resolve(model_dir) / "train_summary.json", summary)
     return summary
 
 

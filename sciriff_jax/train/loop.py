@@ -61,7 +61,7 @@ def train_loop(*, step_fn, params, opt_state, batches: Iterator, settings: LoopC
         batch = next(batches)
         params, opt_state, metrics = step_fn(params, opt_state, batch)
         if not bool(metrics["finite"]):  # one host sync per step: the NaN guard needs it
-            _on_nonfinite(step, metrics, batches, checkpointer, on_nonfinite)
+            handle_nonfinite(step, metrics, batches, checkpointer, on_nonfinite)
             summary["skipped_steps"].append(step)
         loss = float(metrics["loss"])
         if step == start_step + 1 and float(metrics["target_tokens"]) == 0:
@@ -80,7 +80,7 @@ def train_loop(*, step_fn, params, opt_state, batches: Iterator, settings: LoopC
             })
         if eval_fn is not None and eval_every and step % eval_every == 0:
             evaluate(step)
-        _checkpoint(step, params, opt_state, batches, checkpointer, preemption, last=step == train_steps)
+        checkpoint_step(step, params, opt_state, batches, checkpointer, preemption, last=step == train_steps)
     if eval_fn is not None and eval_every and step % eval_every and step > start_step:
         summary["final_eval"] = evaluate(step)
     elif "evals" in summary and step in summary["evals"]:
@@ -94,7 +94,7 @@ def train_loop(*, step_fn, params, opt_state, batches: Iterator, settings: LoopC
     return summary
 
 
-def _on_nonfinite(step: int, metrics: dict, batches, checkpointer, policy: str) -> None:
+def handle_nonfinite(step: int, metrics: dict, batches, checkpointer, policy: str) -> None:
     """A step whose loss or gradient is NaN/Inf (its update was not applied): stop, naming the batch and the
     last good checkpoint, or (policy "skip") say so and go on."""
     position = batches.state() if hasattr(batches, "state") else {}
@@ -110,7 +110,7 @@ def _on_nonfinite(step: int, metrics: dict, batches, checkpointer, policy: str) 
     print(f"[sciriff-jax] WARNING: skipping {msg}", flush=True)
 
 
-def _checkpoint(step: int, params, opt_state, batches, checkpointer, preemption, last: bool) -> None:
+def checkpoint_step(step: int, params, opt_state, batches, checkpointer, preemption, last: bool) -> None:
     """The periodic (and last) checkpoint; on a preemption request, a waited-for one, then exit (Preempted)."""
     if checkpointer is not None and (checkpointer.should_save(step) or last):
         checkpointer.save(step, params, opt_state, batches.state())
