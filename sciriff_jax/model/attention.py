@@ -26,9 +26,9 @@ _KERNEL_PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
 # tile that is fastest, per platform (measured on a 2-core CPU, fwd+bwd at 4,096 tokens per call, 9 heads of 64:
 # blockwise 256 beats the reference 1.1x at 512 tokens, 2.4x at 1,024 and 3.6x at 2,048, and the 128 / 512 tiles
 # at every length from 512; BENCHMARKS.md section 9.5, `python -m benchmarks.train_parts --sweep ...`).
-_REFERENCE_MAX_LEN = {"cpu": 256}
-_BLOCK = {"cpu": 256}
-_DEFAULT_REFERENCE_MAX_LEN, _DEFAULT_BLOCK = 2048, 512
+# Per platform: (reference up to this many tokens per row, blockwise tile); other platforms take the default.
+_XLA_CHOICE = {"cpu": (256, 256)}
+_XLA_DEFAULT = (2048, 512)
 
 
 def make_mask(q_len: int, k_len: int, segment_ids=None, kv_segment_ids=None, causal: bool = True,
@@ -94,23 +94,32 @@ def select_backend(backend: str, q, segment_ids=None, mesh=None, platform: str |
                  "falling back to XLA.", length)
     else:
         log.debug("attention auto: no fused attention kernel on platform %r; using XLA.", platform)
-    if length > _REFERENCE_MAX_LEN.get(platform, _DEFAULT_REFERENCE_MAX_LEN):
+    if length > _XLA_CHOICE.get(platform, _XLA_DEFAULT)[0]:
         return "blockwise"
     return "reference"
 
 
 def blockwise_tile(platform: str | None = None) -> int:
     """The blockwise backend's query / key tile on `platform` (None: `jax.default_backend()`)."""
-    return _BLOCK.get(jax.default_backend() if platform is None else platform, _DEFAULT_BLOCK)
+    return _XLA_CHOICE.get(jax.default_backend() if platform is None else platform, _XLA_DEFAULT)[1]
+
+
+def platform_of(mesh) -> str | None:
+    """The platform of a mesh's devices (ahead-of-time compilation: the target's, not the compiling host's); None
+    without a mesh (then the host's, `jax.default_backend()`)."""
+    devices = getattr(mesh, "devices", None)
+    return None if devices is None else devices.flat[0].platform
 
 
 def attention(q, k, v, *, segment_ids=None, causal: bool = True, backend: str = "auto", mesh=None):
-    """Causal (packed-aware) grouped-query attention through the chosen backend."""
-    name = select_backend(backend, q, segment_ids, mesh)
+    """Causal (packed-aware) grouped-query attention through the chosen backend, for the platform of `mesh`'s
+    devices (without a mesh, this host's)."""
+    platform = platform_of(mesh)
+    name = select_backend(backend, q, segment_ids, mesh, platform)
     if name == "reference":
         return reference_attention(q, k, v, make_mask(q.shape[1], k.shape[1], segment_ids, causal=causal))
     if name == "blockwise":
-        tile = blockwise_tile()
+        tile = blockwise_tile(platform)
         return blockwise_attention(q, k, v, segment_ids=segment_ids, causal=causal, block_q=tile, block_k=tile)
     if name == "cudnn":
         return cudnn_attention(q, k, v, segment_ids=segment_ids, causal=causal)
