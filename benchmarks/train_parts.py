@@ -33,6 +33,11 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def _tiles(args, length: int) -> list[int]:
+    """The --blocks tile sizes that fit a row of `length` tokens."""
+    return [b for b in (int(s) for s in args.blocks.split(",")) if b <= length]
+
+
 def _inputs(shape: dict, batch: int, seq: int):
     import numpy as np
 
@@ -125,18 +130,16 @@ def main(argv=None) -> dict:
         rows = []
         for length in (int(s) for s in args.sweep.split(",")):
             x = _inputs(shape, max(1, seq * batch // length), length)
-            blocks = [b for b in (int(s) for s in args.blocks.split(",")) if b <= length]
-            for name, call in jax_attention_cases(x, blocks).items():
+            for name, call in jax_attention_cases(x, _tiles(args, length)).items():
                 t = common.time_calls(call, warmup=warmup, iters=iters, label=f"{length}: {name}")
                 rows.append({"part": "attention", "seq": length, "system": name, **t})
         extra = {"shape": shape, "tokens_per_call": seq * batch, "load_avg_before": load_before,
                  "load_avg_after": os.getloadavg()}
         return common.report("attention fwd+bwd by row length", args, rows, ["seq", "system", "median_s"], extra)
     x = _inputs(shape, batch, seq)
-    blocks = [b for b in (int(s) for s in args.blocks.split(",")) if b <= seq]
     theirs = torch_cases(x)
     rows = []
-    for part, ours in (("head", jax_head_cases(x)), ("attention", jax_attention_cases(x, blocks))):
+    for part, ours in (("head", jax_head_cases(x)), ("attention", jax_attention_cases(x, _tiles(args, seq)))):
         (peer_name, peer), = theirs[part].items()
         peer_t = common.time_calls(peer, warmup=warmup, iters=iters, sync=lambda _: None, label=peer_name)
         rows.append({"part": part, "system": peer_name, **peer_t, "vs_torch": 1.0})

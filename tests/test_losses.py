@@ -134,18 +134,24 @@ def test_the_two_normalisations_by_hand():
 
 
 def test_outsider_torch_cross_entropy_agrees():
-    """Public import only, PyTorch on the other side: the loss sums equal torch's cross_entropy."""
+    """Public import only, PyTorch on the other side: the loss sums and their gradients (computed in our forward
+    pass) equal torch's cross_entropy and autograd's."""
     torch = pytest.importorskip("torch")
     from sciriff_jax.train.losses import token_loss_sums
 
     hidden, head, targets = _inputs()
     weights = np.ones((B, L), np.float32)
     got, count = token_loss_sums(hidden, head, targets, weights, chunk_size=4)
-    logits = torch.from_numpy(np.asarray(hidden)) @ torch.from_numpy(np.asarray(head))
-    want = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.from_numpy(np.asarray(targets)).long().reshape(-1),
-                                             reduction="sum")
+    t_hidden = torch.tensor(np.asarray(hidden), requires_grad=True)
+    t_head = torch.tensor(np.asarray(head), requires_grad=True)
+    want = torch.nn.functional.cross_entropy((t_hidden @ t_head).reshape(-1, V),
+                                             torch.from_numpy(np.asarray(targets)).long().reshape(-1), reduction="sum")
     assert float(count) == B * L
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    want.backward()
+    grads = jax.grad(lambda h, w: token_loss_sums(h, w, targets, weights, chunk_size=4)[0], (0, 1))(hidden, head)
+    np.testing.assert_allclose(grads[0], t_hidden.grad.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads[1], t_head.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def _llama_batch(config, b=4, length=8, seed=0):

@@ -143,7 +143,8 @@ def _ce_chunk(h, head, t, w):
 
 def _ce_sum(hidden, head, targets, w, chunk):
     def body(total, xs):
-        return total + _ce_chunk(*xs[:1], head, *xs[1:])[0], None
+        h, t, wc = xs
+        return total + _ce_chunk(h, head, t, wc)[0], None
 
     xs = (_chunks(hidden, chunk), _chunks(targets, chunk), _chunks(w, chunk))
     return jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)[0]
