@@ -1,4 +1,6 @@
 """Every attention backend computes the reference function: values and gradients, packed and unpacked, GQA."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +95,23 @@ def test_blockwise_gradient_never_materialises_the_score_matrix():
     assert reference >= scores  # the check below can fail: the reference really holds S x S
     assert blockwise < scores / 8
 
+
+def test_blockwise_under_a_scan_over_layers_keeps_its_tile_masks_inside_the_tile_loop():
+    # A model scans its layers; differentiating the scan hoists what depends on its constants alone. The masks
+    # depend on the segment ids only and were hoisted for every (query block, key block) pair at once.
+    b, length, heads, d, tile = 1, 512, 2, 16, 128
+    seg = jnp.ones((b, length), jnp.int32)
+
+    def loss(x, scales):
+        def layer(h, s):
+            return blockwise_attention(h * s, h, h, segment_ids=seg, block_q=tile, block_k=tile), None
+        return jnp.sum(jax.lax.scan(layer, x, scales)[0])
+
+    hlo = jax.jit(jax.grad(loss, argnums=1)).lower(jnp.ones((b, length, heads, d)), jnp.ones(3)).compile().as_text()
+    tiles = [np.prod([int(n) for n in dims.split(",")]) // (tile * tile)
+             for dims in re.findall(rf"(?:f32|pred)\[([\d,]*{tile},{tile})\]", hlo)]
+    assert tiles, "no score tile in the compiled gradient: the check below would pass vacuously"
+    assert max(tiles) <= b * heads  # one [B, KV, G, bq, bk] tile at a time, never a stack of them
 
 def test_blockwise_matches_reference_without_causal_mask():
     q, k, v = qkv()
