@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sciriff_jax.model import Llama, LlamaConfig, init_params, logical_axes, param_shapes
+from sciriff_jax.model.llama import swiglu
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,6 +117,19 @@ def test_scan_and_unrolled_layers_compute_the_same_function():
     a = forward(c, params, tokens)
     b = forward(c.replace(scan_layers=False), unrolled, tokens)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_swiglu_hand_written_gradient_equals_autodiff(dtype):
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    gate, up, d_out = (jax.random.normal(k, (4, 32), jnp.float32).astype(dtype) * 3 for k in keys)
+    ours = jax.vjp(swiglu, gate, up)
+    plain = jax.vjp(lambda g, u: jax.nn.silu(g.astype(jnp.float32)) * u.astype(jnp.float32), gate, up)
+    tol = 1e-6 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(ours[0].astype(jnp.float32), plain[0], rtol=tol, atol=tol)
+    for a, b in zip(ours[1](d_out), plain[1](d_out.astype(jnp.float32))):
+        assert a.dtype == jnp.dtype(dtype)
+        np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=tol, atol=tol * 3)
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])

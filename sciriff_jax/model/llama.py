@@ -128,6 +128,30 @@ def _project(module: Attention, x, wq, wk, wv):
     return q, k, v
 
 
+@jax.custom_vjp
+def swiglu(gate, up):
+    """silu(gate) * up, with its gradient written out by hand: both input gradients from one pass over the saved
+    inputs. XLA:CPU's own derivative of it recomputes parts in the transposed layout of the weight-gradient
+    matmuls: 0.045 s per layer slower at SmolLM2-135M's shape, 4 x 1,024 tokens, on a 2-core CPU. The same
+    function either way (tests/test_model.py)."""
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+    return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(residuals, d_out):
+    gate, up = (x.astype(jnp.float32) for x in residuals)
+    d_out = d_out.astype(jnp.float32)
+    sig = jax.nn.sigmoid(gate)
+    d_gate = d_out * up * sig * (1 + gate * (1 - sig))
+    return d_gate.astype(residuals[0].dtype), (d_out * gate * sig).astype(residuals[1].dtype)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
@@ -143,7 +167,7 @@ class MLP(nn.Module):
         down = _param(self, "down_proj", (c.intermediate_size, c.hidden_size), ("mlp", "embed"))
         g = lora_lib.adapt(self, "gate_proj", x, x @ gate.astype(dt), gate.shape, ("embed", "mlp"), 1)
         u = lora_lib.adapt(self, "up_proj", x, x @ up.astype(dt), up.shape, ("embed", "mlp"), 1)
-        hidden = _constrain(jax.nn.silu(g) * u, ("activation_batch", "activation_length", "activation_mlp"))
+        hidden = _constrain(swiglu(g, u), ("activation_batch", "activation_length", "activation_mlp"))
         return lora_lib.adapt(self, "down_proj", hidden, hidden @ down.astype(dt), down.shape, ("mlp", "embed"), 1)
 
 
