@@ -8,6 +8,7 @@ to mesh axes per layout. Parameters live in `param_dtype` (fp32 by default), com
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -36,6 +37,17 @@ def _param(module: nn.Module, name: str, shape, axes, init=_INIT):
     c = module.config
     # A QLoRA base holds its kernels quantized (model/lora.py): they are dequantized here, one layer at a time.
     return lora_lib.dense(module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(c.param_dtype)))
+
+
+def _matmul(x, w, n_in: int, dtype):
+    """x [..., in...] @ w [in..., out...] -> [..., out...] in `dtype`, as one matmul of two matrices.
+
+    Every leading axis of x is folded into one: a [batch, length, ...] matmul contracts both batch and length in
+    the weight's gradient, which XLA:CPU runs 1.5x slower than the same matmul over [batch * length] (SwiGLU MLP
+    at SmolLM2-135M's shape, 4 x 1,024 tokens, 2-core CPU)."""
+    lead, w_in = x.shape[:x.ndim - n_in], math.prod(w.shape[:n_in])
+    y = x.reshape(-1, w_in) @ w.astype(dtype).reshape(w_in, -1)
+    return y.reshape(*lead, *w.shape[n_in:])
 
 
 def _rms(x, scale, eps: float, dtype, axes=(-1,)):
@@ -91,7 +103,7 @@ class Attention(nn.Module):
             new_cache = (pk, pv)
         with jax.named_scope("o_proj"):
             out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", "activation_head_dim"))
-            y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
+            y = _matmul(out, wo, 2, dt)
             y = lora_lib.adapt(self, "o_proj", out, y, wo.shape, ("heads", "head_dim", "embed"), 2)
         return y, new_cache
 
@@ -102,9 +114,7 @@ def _project(module: Attention, x, wq, wk, wv):
     c = module.config
     dt = jnp.dtype(c.dtype)
     h, kvh, hd = c.num_heads, c.num_kv_heads, c.head_dim
-    q = jnp.einsum("bld,dhk->blhk", x, wq.astype(dt))
-    k = jnp.einsum("bld,dhk->blhk", x, wk.astype(dt))
-    v = jnp.einsum("bld,dhk->blhk", x, wv.astype(dt))
+    q, k, v = (_matmul(x, w, 1, dt) for w in (wq, wk, wv))
     q = lora_lib.adapt(module, "q_proj", x, q, wq.shape, ("embed", "heads", "head_dim"), 1)
     k = lora_lib.adapt(module, "k_proj", x, k, wk.shape, ("embed", "kv_heads", "head_dim"), 1)
     v = lora_lib.adapt(module, "v_proj", x, v, wv.shape, ("embed", "kv_heads", "head_dim"), 1)
@@ -165,10 +175,10 @@ class MLP(nn.Module):
         gate = _param(self, "gate_proj", (c.hidden_size, c.intermediate_size), ("embed", "mlp"))
         up = _param(self, "up_proj", (c.hidden_size, c.intermediate_size), ("embed", "mlp"))
         down = _param(self, "down_proj", (c.intermediate_size, c.hidden_size), ("mlp", "embed"))
-        g = lora_lib.adapt(self, "gate_proj", x, x @ gate.astype(dt), gate.shape, ("embed", "mlp"), 1)
-        u = lora_lib.adapt(self, "up_proj", x, x @ up.astype(dt), up.shape, ("embed", "mlp"), 1)
+        g = lora_lib.adapt(self, "gate_proj", x, _matmul(x, gate, 1, dt), gate.shape, ("embed", "mlp"), 1)
+        u = lora_lib.adapt(self, "up_proj", x, _matmul(x, up, 1, dt), up.shape, ("embed", "mlp"), 1)
         hidden = _constrain(swiglu(g, u), ("activation_batch", "activation_length", "activation_mlp"))
-        return lora_lib.adapt(self, "down_proj", hidden, hidden @ down.astype(dt), down.shape, ("mlp", "embed"), 1)
+        return lora_lib.adapt(self, "down_proj", hidden, _matmul(hidden, down, 1, dt), down.shape, ("mlp", "embed"), 1)
 
 
 class DecoderLayer(nn.Module):
