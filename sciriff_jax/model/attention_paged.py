@@ -58,7 +58,7 @@ def attend(q, pool_k, pool_v, layer, page_table, start, *, block_pages: int = 4)
         s = jnp.einsum("bkgqd,bskd->bkgqs", qg, kb, preferred_element_type=jnp.float32) * scale
         k_pos = j * block + jnp.arange(block, dtype=start.dtype)
         mask = (k_pos[None, None, :] <= q_pos[:, :, None])[:, None, None]  # [B, 1, 1, Lq, block]
-        return online_softmax.update(carry, s, mask, vb, "bskd")
+        return online_softmax.update(carry, s, mask, vb, "bkgqs,bskd->bkgqd")
 
     carry = jax.lax.fori_loop(0, live, fold, online_softmax.init((b, kv, g, lq), d))
     out, _ = online_softmax.finish(carry)  # [B, KV, G, Lq, D]

@@ -40,7 +40,7 @@ def ring_attention(q, k, v, *, segment_ids=None, causal: bool = True, mesh, axis
             if causal:
                 mask = mask & (q_pos[:, None] >= k_pos[None, :])[None]
             s = jnp.einsum("bqkgd,bskd->bkgqs", qg, kb, preferred_element_type=jnp.float32) * scale
-            carry = online_softmax.update(carry, s, mask[:, None, None], vb, "bskd")
+            carry = online_softmax.update(carry, s, mask[:, None, None], vb, "bkgqs,bskd->bkgqd")
             if t < cp - 1:
                 kb, vb, sb = jax.lax.ppermute((kb, vb, sb), axis, perm)
         out, _ = online_softmax.finish(carry)  # [b, kv, g, lq, d]

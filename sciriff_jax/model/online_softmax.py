@@ -16,18 +16,19 @@ def init(shape, head_dim: int):
             jnp.zeros((*shape, head_dim), jnp.float32))
 
 
-def update(carry, scores, mask, v, v_layout: str = "bksd"):
-    """Fold one tile: scores [b, kv, g, q, s] (float32, scaled), mask broadcastable to it, v in `v_layout`."""
+def update(carry, scores, mask, v, pv: str):
+    """Fold one tile: scores [..., q, s] (float32, scaled), mask broadcastable to them, v; `pv` is the einsum of
+    the tile's probabilities with v (the layouts of scores, v and the output)."""
     m, l, acc = carry
     m_new = jnp.maximum(m, jnp.where(mask, scores, MASK_VALUE).max(-1))
     p = jnp.where(mask, jnp.exp(scores - m_new[..., None]), 0.0)
     corr = jnp.exp(m - m_new)
-    pv = jnp.einsum(f"bkgqs,{v_layout}->bkgqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
+    out = jnp.einsum(pv, p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return m_new, l * corr + p.sum(-1), acc * corr[..., None] + out
 
 
 def finish(carry):
-    """(output [b, kv, g, q, d], log-sum-exp [b, kv, g, q]) of a folded carry; empty rows give 0."""
+    """(output [..., q, d], log-sum-exp [..., q]) of a folded carry; empty rows give 0."""
     m, l, acc = carry
     l = jnp.maximum(l, 1e-30)
     return acc / l[..., None], m + jnp.log(l)
