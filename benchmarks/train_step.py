@@ -256,7 +256,9 @@ def parse(argv=None):
     p.add_argument("--dtype", default=None, help="compute dtype (default float32 on a CPU, bfloat16 elsewhere)")
     # dots_no_batch keeps every projection output (no matmul recompute) but never attention internals:
     # with the XLA blockwise backend "dots" would also save its score blocks (see BENCHMARKS.md, memory).
-    p.add_argument("--remat", default=None, help="sciriff-jax remat policy (default none on a CPU, else dots_no_batch)")
+    p.add_argument("--remat", default=None,
+                   help="sciriff-jax remat policy (default dots_no_batch; on a CPU too: at the SmolLM2-135M shape it "
+                        "is faster than none, BENCHMARKS.md section 9.6)")
     p.add_argument("--attention", default="auto", help="sciriff-jax attention backend")
     p.add_argument("--loss", choices=("chunked", "plain"), default="chunked",
                    help="sciriff-jax loss: chunked (train/losses.py) or plain full [B, L, V] logits (the old step)")
@@ -278,14 +280,14 @@ def parse(argv=None):
 
 
 def model_config(args):
-    """The LlamaConfig of --shape with the run's dtype, remat and attention (CPU: float32, no remat)."""
+    """The LlamaConfig of --shape with the run's dtype, remat and attention (CPU: float32)."""
     import jax
 
     from sciriff_jax.model.config import LlamaConfig
 
     cpu = jax.default_backend() == "cpu"
     args.dtype = args.dtype or ("float32" if cpu else "bfloat16")
-    args.remat = args.remat or ("none" if cpu else "dots_no_batch")
+    args.remat = args.remat or "dots_no_batch"
     return LlamaConfig(**SHAPES[args.shape], remat_policy=args.remat, attention_backend=args.attention,
                        max_position=max(4096, args.seq), dtype=args.dtype)
 

@@ -132,9 +132,20 @@ def test_swiglu_hand_written_gradient_equals_autodiff(dtype):
         np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=tol, atol=tol * 3)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
+@pytest.mark.parametrize("policy", ["full", "dots_no_batch"])
+def test_dots_no_batch_keeps_the_blockwise_output_so_the_backward_skips_its_forward(policy, capsys):
+    c = tiny(attention_backend="blockwise", remat_policy=policy, scan_layers=False)
+    params = init_params(c, jax.random.PRNGKey(0))
+    tokens = jnp.arange(16).reshape(2, 8) % 61
+    jax.ad_checkpoint.print_saved_residuals(lambda p: Llama(c).apply({"params": p}, tokens).sum(), params)
+    saved = capsys.readouterr().out
+    for name in ("'blockwise_out'", "'blockwise_lse'"):
+        assert (saved.count(name) == c.num_layers) == (policy == "dots_no_batch"), saved
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
 def test_remat_policies_leave_loss_and_gradients_unchanged(policy):
-    c = tiny()
+    c = tiny(attention_backend="blockwise")  # dots_no_batch also saves its named output and log-sum-exp
     params = init_params(c, jax.random.PRNGKey(3))
     tokens = jnp.arange(16).reshape(2, 8) % 61
 

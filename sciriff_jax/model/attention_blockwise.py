@@ -14,9 +14,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from sciriff_jax.model import online_softmax
 from sciriff_jax.model.online_softmax import MASK_VALUE
+
+SAVED_NAMES = ("blockwise_out", "blockwise_lse")  # the forward's results that its backward pass reads
 
 
 def _pad_to(x, length, axis, value):
@@ -98,6 +101,8 @@ def _flash(qb, kb, vb, seg_q, seg_k, live, causal, bq, bk):
 
 def _flash_fwd(qb, kb, vb, seg_q, seg_k, live, causal, bq, bk):
     out, lse = _forward(qb, kb, vb, seg_q, seg_k, live, causal, bq, bk)
+    # Named for remat policies (model/llama.py): saving these two spares the backward pass the whole forward.
+    out, lse = checkpoint_name(out, SAVED_NAMES[0]), checkpoint_name(lse, SAVED_NAMES[1])
     return out.astype(qb.dtype), (qb, kb, vb, seg_q, seg_k, live, out, lse)
 
 

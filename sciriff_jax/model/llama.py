@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sciriff_jax.model import attention_paged, lora as lora_lib
+from sciriff_jax.model import attention_blockwise, attention_paged, lora as lora_lib
 from sciriff_jax.model.attention import attention
 from sciriff_jax.model.config import LlamaConfig
 from sciriff_jax.model.rope import apply_rope, inverse_frequencies, positions_from_segments
@@ -25,7 +25,11 @@ _INIT = nn.initializers.normal(0.02)  # Hugging Face's initializer_range default
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # The projections' outputs, and the blockwise attention's output and log-sum-exp: its backward pass then does
+    # not rerun its forward (8-layer SmolLM2-135M step on the 2-core CPU: 10.77 -> 10.22 s).
+    "dots_no_batch": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(*attention_blockwise.SAVED_NAMES)),
 }
 
 
