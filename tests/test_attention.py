@@ -111,7 +111,8 @@ def test_blockwise_under_a_scan_over_layers_keeps_its_tile_masks_inside_the_tile
     tiles = [np.prod([int(n) for n in dims.split(",")]) // (tile * tile)
              for dims in re.findall(rf"(?:f32|pred)\[([\d,]*{tile},{tile})\]", hlo)]
     assert tiles, "no score tile in the compiled gradient: the check below would pass vacuously"
-    assert max(tiles) <= b * heads  # one [B, KV, G, bq, bk] tile at a time, never a stack of them
+    assert max(tiles) <= b * heads  # one [B, KV, G * bq, bk] tile at a time, never a stack of them
+
 
 def test_blockwise_matches_reference_without_causal_mask():
     q, k, v = qkv()
