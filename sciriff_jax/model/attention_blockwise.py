@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from sciriff_jax.model import online_softmax
-from sciriff_jax.model.online_softmax import MASK_VALUE
 
 SAVED_NAMES = ("blockwise_out", "blockwise_lse")  # the forward's results that its backward pass reads
 
