@@ -7,8 +7,9 @@ fused AdamW on CUDA (foreach on CPU), the same microbatches accumulated with one
 float32 on a CPU, bf16 (autocast for PyTorch) on an accelerator (--dtype). No gradient clipping.
 Model FLOPs per token = 6 * params + 6 * layers * d * seq (ANCHORS.md).
 
-The timed steps of the systems are interleaved (jax, torch, jax, torch, ...) in one process so a shared machine's
-load falls on both alike; the load average is recorded. Peak memory is each system's own: one child process per
+The timed steps of the systems are interleaved in one process, in a counterbalanced order (torch jax, jax torch,
+torch jax, ...), so a shared machine's load falls on both alike and neither always runs right after the other;
+the load average and each step's predecessor are recorded. Peak memory is each system's own: one child process per
 system runs two steps alone and reports its peak RSS (host) or peak device bytes (accelerator).
 
   python -m benchmarks.train_step --shape smollm2-135m --seq 1024 --batch 4 --microbatches 4 --systems jax,torch
@@ -166,25 +167,44 @@ def torch_system(config, batch_np: dict, *, microbatches: int) -> dict:
 
 
 def interleaved(systems: dict, *, warmup: int, iters: int) -> dict:
-    """{name: timing} with the systems' steps alternating, so both see the same machine load."""
+    """{name: timing} with the systems' steps alternating, so both see the same machine load.
+
+    The order is counterbalanced (A B, B A, A B, ...): a step's time depends on what ran just before it in the
+    process (the other system's freed memory still held by its allocator, cold caches), and a fixed order would
+    hand that cost to the same system every time (BENCHMARKS.md section 9.7). Each step records the system that ran before it, and the
+    timing splits the steps that followed the other system from those that followed the same one."""
     import statistics
 
     times = {name: [] for name in systems}
+    after = {name: [] for name in systems}
     for name, s in systems.items():
         t0 = time.perf_counter()
         s["sync"](s["one"]())
         s["info"]["first_s"] = time.perf_counter() - t0
         for _ in range(warmup):
             s["sync"](s["one"]())
-    for _ in range(iters):
-        for name, s in systems.items():
+    # Warm-up ended with the last system, so the timed rounds start with it (B A, A B, ...): with an even number
+    # of rounds each system then follows the other in exactly half of its steps.
+    order, previous = list(systems), list(systems)[-1]
+    for i in range(iters):
+        for name in (order[::-1] if i % 2 == 0 else order):
+            s = systems[name]
             t0 = time.perf_counter()
             s["sync"](s["one"]())
             times[name].append(time.perf_counter() - t0)
-            print(f"  {name} step {time.perf_counter() - t0:.2f}s (load {os.getloadavg()[0]:.1f})", file=sys.stderr,
-                  flush=True)
-    return {name: {"median_s": statistics.median(t), "mean_s": statistics.fmean(t), "min_s": min(t), "iters": iters,
-                   "step_s": t} for name, t in times.items()}
+            after[name].append(previous)
+            previous = name
+            print(f"  {name} step {times[name][-1]:.2f}s (after {after[name][-1]}, load {os.getloadavg()[0]:.1f})",
+                  file=sys.stderr, flush=True)
+    out = {}
+    for name, t in times.items():
+        out[name] = {"median_s": statistics.median(t), "mean_s": statistics.fmean(t), "min_s": min(t),
+                     "iters": iters, "step_s": t, "step_after": after[name]}
+        for label, same in (("after_other", False), ("after_self", True)):
+            split = [x for x, prev in zip(t, after[name]) if (prev == name) == same]
+            if split:
+                out[name][f"median_s_{label}"] = statistics.median(split)
+    return out
 
 
 def peak_memory_gb() -> dict:
@@ -337,8 +357,8 @@ def finish(args, config, rows: list[dict], extra: dict) -> dict:
             r["vs_transformers"] = r["tokens_per_s"] / torch_rows[0]["tokens_per_s"]
             if r.get("peak_rss_gb") and torch_rows[0].get("peak_rss_gb"):
                 r["rss_vs_transformers"] = r["peak_rss_gb"] / torch_rows[0]["peak_rss_gb"]
-    cols = ["system", "tokens_per_s", "vs_transformers", "median_s", "first_s", "peak_rss_gb", "rss_vs_transformers",
-            "peak_device_gb", "final_loss"]
+    cols = ["system", "tokens_per_s", "vs_transformers", "median_s", "median_s_after_other", "median_s_after_self",
+            "first_s", "peak_rss_gb", "rss_vs_transformers", "peak_device_gb", "final_loss"]
     return common.report("training step", args, rows, cols, extra={
         "model": config.to_dict(), "shape": args.shape, "num_params": config.num_params(), "flops_per_token": fpt,
         "tokens_per_step": tokens, "microbatches": args.microbatches, **extra})

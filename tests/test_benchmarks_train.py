@@ -40,6 +40,18 @@ def test_train_step_synthetic_batch_follows_the_batch_contract():
     assert (b["decoder_input_tokens"][:, 1:] == b["decoder_target_tokens"][:, :-1]).all()
 
 
+def test_train_step_interleaving_counterbalances_the_order():
+    ran = []
+    systems = {name: {"one": (lambda name=name: ran.append(name)), "sync": lambda _: None, "info": {}}
+               for name in ("torch", "jax")}
+    timing = train_step.interleaved(systems, warmup=1, iters=4)
+    # Built and warmed in order, then timed B A, A B, B A, A B: each system follows the other as often as itself.
+    assert ran == ["torch", "torch", "jax", "jax"] + ["jax", "torch", "torch", "jax", "jax", "torch", "torch", "jax"]
+    assert timing["torch"]["step_after"] == ["jax", "torch", "jax", "torch"]
+    assert timing["jax"]["step_after"] == ["jax", "torch", "jax", "torch"]
+    assert {"median_s_after_other", "median_s_after_self"} <= set(timing["jax"])
+
+
 def test_train_parts_benchmark_times_the_head_and_attention_against_torch(tmp_path):
     from benchmarks import train_parts
 
