@@ -35,9 +35,11 @@ import jax
 import jax.numpy as jnp
 
 LOSS_NORMALIZATIONS = ("tokens", "microbatch")
-# Elements of one chunk's float32 logits (64 MiB): small next to a model's activations, large enough that each
-# chunk's head matmul keeps the device busy.
-CHUNK_ELEMENTS = 1 << 24
+# Elements of one chunk's float32 logits (128 MiB): small next to a model's activations, large enough that each
+# chunk's head matmul keeps the device busy. At SmolLM2-135M's vocabulary and 4 x 1,024 tokens that is 128
+# positions a chunk (512 rows a matmul): 0.4 s a step faster on a 2-core CPU than 64 MiB, for +0.04 GB
+# (BENCHMARKS.md section 9.7).
+CHUNK_ELEMENTS = 1 << 25
 _LOGIT_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
 
