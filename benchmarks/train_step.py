@@ -7,8 +7,8 @@ fused AdamW on CUDA (foreach on CPU), the same microbatches accumulated with one
 float32 on a CPU, bf16 (autocast for PyTorch) on an accelerator (--dtype). No gradient clipping.
 Model FLOPs per token = 6 * params + 6 * layers * d * seq (ANCHORS.md).
 
-The timed steps of the systems are interleaved in one process, in a counterbalanced order (torch jax, jax torch,
-torch jax, ...), so a shared machine's load falls on both alike and neither always runs right after the other;
+The timed steps of the systems are interleaved in one process, in a counterbalanced order (jax torch, torch jax,
+jax torch, ...), so a shared machine's load falls on both alike and neither always runs right after the other;
 the load average and each step's predecessor are recorded. Peak memory is each system's own: one child process per
 system runs two steps alone and reports its peak RSS (host) or peak device bytes (accelerator).
 
@@ -169,10 +169,11 @@ def torch_system(config, batch_np: dict, *, microbatches: int) -> dict:
 def interleaved(systems: dict, *, warmup: int, iters: int) -> dict:
     """{name: timing} with the systems' steps alternating, so both see the same machine load.
 
-    The order is counterbalanced (A B, B A, A B, ...): a step's time depends on what ran just before it in the
-    process (the other system's freed memory still held by its allocator, cold caches), and a fixed order would
-    hand that cost to the same system every time (BENCHMARKS.md section 9.7). Each step records the system that ran before it, and the
-    timing splits the steps that followed the other system from those that followed the same one."""
+    The order is counterbalanced (B A, A B, B A, ... for systems built A then B): a step's time depends on what
+    ran just before it in the process (the other system's freed memory still held by its allocator, cold caches),
+    and a fixed order would hand that cost to the same system every time (BENCHMARKS.md section 9.7). Each step
+    records the system that ran before it, and the timing splits the steps that followed the other system from
+    those that followed the same one."""
     import statistics
 
     times = {name: [] for name in systems}
