@@ -186,7 +186,8 @@ def interleaved(systems: dict, *, warmup: int, iters: int) -> dict:
             s["sync"](s["one"]())
     # Warm-up ended with the last system, so the timed rounds start with it (B A, A B, ...): with an even number
     # of rounds each system then follows the other in exactly half of its steps.
-    order, previous = list(systems), list(systems)[-1]
+    order = list(systems)
+    previous = order[-1]
     for i in range(iters):
         for name in (order[::-1] if i % 2 == 0 else order):
             s = systems[name]
