@@ -152,6 +152,7 @@ def test_the_guarded_update_runs_in_place_without_copying_the_donated_optimizer_
     opt_state = tx.init(params)
     step = train.make_train_step(model, tx)
     hlo = step.jitted.lower(params, opt_state, _batch()).compile().as_text()
+    assert "opt_state" in hlo  # the state's parameters are named in the HLO, so the search below can find a copy
     moments = [n for n in re.findall(r"= f32\[[^\]]*\]\{[^}]*\} copy\(%?([\w.]+)\)", hlo) if "opt_state" in n]
     assert moments == [], moments
     assert "conditional" in hlo
